@@ -1,0 +1,11 @@
+"""ComfyUI-EmoFeedback2: continuous valence/arousal emotion control with LVLM feedback.
+
+ComfyUI imports this file from ``custom_nodes/<folder>/__init__.py``; pip installs the same folder as
+the ``emofeedback2`` package (engines, training, CLI). Every import inside the pack is relative so
+both routes work, and importing this module never imports ComfyUI itself.
+"""
+
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+__version__ = "0.1.0"
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "__version__"]

@@ -1,0 +1,1 @@
+"""ComfyUI-free engines: emotion space, scorers, refiner, feedback loop, adapter, generators."""

@@ -1,0 +1,51 @@
+"""The scorer interface: images in, one valence-arousal reading per image out.
+
+Implemented by the LVLM scorer (:mod:`.lvlm_scorer`) and the weight-free colour heuristic
+(:mod:`.color_scorer`); used by the nodes, the feedback loop and the training rewards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Protocol, Sequence, runtime_checkable
+
+from .emotion_space import VA, va_distance, va_reward
+from .images import ImageBatch
+
+
+@dataclass(frozen=True)
+class EmotionReading:
+    """One image's measured emotion. ``analysis`` is sanitised model text ('' when not asked)."""
+
+    valence: float
+    arousal: float
+    analysis: str = ""
+
+    @property
+    def point(self) -> VA:
+        return VA.clamped(self.valence, self.arousal)
+
+    def reward(self, target: VA) -> float:
+        return va_reward(self.point, target)
+
+    def distance(self, target: VA) -> float:
+        return va_distance(self.point, target)
+
+
+@runtime_checkable
+class EmotionScorer(Protocol):
+    """Anything that reads valence/arousal from a batch of images."""
+
+    #: short human-readable name, shown in node outputs and reports
+    name: str
+    #: True for the colour heuristic, so outputs can say the reading is not a learned judgement
+    is_heuristic: bool
+
+    def score(self, images: ImageBatch, *, analysis: bool = False) -> list[EmotionReading]:
+        """One reading per image, in order. ``analysis=True`` also fills a short explanation."""
+        ...
+
+
+def rewards_against(readings: Sequence[EmotionReading], target: Optional[VA]) -> list[Optional[float]]:
+    """Reward of each reading against ``target`` (``None`` entries when there is no target)."""
+    return [r.reward(target) if target is not None else None for r in readings]

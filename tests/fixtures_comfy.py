@@ -1,0 +1,1 @@
+"""Fixtures for this model family (filled in by the issue that owns it)."""

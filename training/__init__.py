@@ -1,0 +1,1 @@
+"""Headless GRPO training of the generator LoRA and emotion adapter. Reuses the engines; never imports nodes."""
