@@ -14,4 +14,10 @@ import torch  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-pytest_plugins = ["fixtures_lvlm", "fixtures_diffusion", "fixtures_comfy"]
+pytest_plugins = [
+    "fixtures_lvlm",  # tiny Qwen2/2.5/3-VL models (scorer issue)
+    "fixtures_diffusion",  # tiny SD1.5/SDXL/SD3 pipelines (generation issue)
+    "fixtures_comfy_fakes",  # fake comfy.utils / model_management / folder_paths (scorer issue)
+    "fixtures_comfy_sampling",  # fake MODEL/CLIP/VAE and comfy.sample (generation issue)
+    "fixtures_comfy_server",  # real ComfyUI server when COMFYUI_DIR is set (workflows issue)
+]
