@@ -1,1 +1,26 @@
-"""Fixtures for this model family (filled in by the issue that owns it)."""
+"""Tiny SD1.5-, SDXL- and SD3-like diffusers pipelines, built once per test session.
+
+Built with :func:`emofeedback2.tiny_models.diffusion.build_tiny_pipeline` (``save_pretrained``), so
+tests load them through the same ``from_pretrained`` code users run on real checkpoints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dirs(tmp_path_factory) -> dict[str, Path]:
+    """``{"sd15": Path, "sdxl": Path, "sd3": Path}``: saved tiny pipeline folders (seed 0)."""
+    from emofeedback2.tiny_models.diffusion import ARCHES, build_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("tiny_pipelines")
+    return {arch: build_tiny_pipeline(root / arch, arch=arch, seed=0) for arch in ARCHES}
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tiny_pipeline_dirs) -> Path:
+    """The tiny SD1.5-like pipeline folder (the cheapest, and what ComfyUI's slim checkpoint mirrors)."""
+    return tiny_pipeline_dirs["sd15"]

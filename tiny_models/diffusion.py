@@ -1,0 +1,238 @@
+"""Tiny random SD1.5-, SDXL- and SD3-like diffusers pipelines, built offline for tests and benchmarks.
+
+The pipelines have the real classes and the real component layout (tokenizers, CLIP text encoders,
+UNet / SD3 transformer, VAE, scheduler) at toy sizes, and are written with ``save_pretrained`` so the
+code under test loads them with the same ``from_pretrained`` call users run on real checkpoints.
+The SD3-like pipeline has no T5 encoder (``text_encoder_3=None, tokenizer_3=None``); diffusers then
+feeds zeros in T5's place, as it does for users who drop T5 to save memory.
+
+Sizes (hidden widths) mirror the real models' *ratios* only loosely; what matters for the code under
+test is the layout: SD1.5 conditioning is one context tensor, SDXL adds a pooled vector and time ids,
+SD3 has a joint context plus a pooled vector from two CLIP encoders.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import torch
+
+ARCHES = ("sd15", "sdxl", "sd3")
+
+# Widths of the tiny text encoders. SDXL/SD3 concatenate two encoders' outputs.
+TEXT_HIDDEN = 32
+TEXT_PROJECTION = 32
+TOKENIZER_MAX_LENGTH = 77
+SD3_JOINT_DIM = 2 * TEXT_HIDDEN  # the CLIP pair concatenated (real SD3: 768+1280 → padded to 4096)
+
+
+def _vocab() -> dict[str, int]:
+    """A byte-free CLIP BPE vocabulary: specials, single characters and their word-final forms."""
+    symbols = list(string.ascii_lowercase + string.digits + string.punctuation)
+    tokens = ["<|startoftext|>", "<|endoftext|>"] + symbols + [s + "</w>" for s in symbols]
+    return {token: index for index, token in enumerate(tokens)}
+
+
+def write_tiny_clip_tokenizer(folder: Path) -> Path:
+    """Save a CLIPTokenizer (character-level BPE, max length 77) with ``save_pretrained`` into ``folder``.
+
+    ``vocab.json`` and ``merges.txt`` are written too, in the layout of real CLIP tokenizer folders.
+    """
+    from transformers import CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = _vocab()
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=TOKENIZER_MAX_LENGTH)
+    tokenizer.save_pretrained(str(folder))
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    return folder
+
+
+def _tokenizer():
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer(vocab=_vocab(), merges=[], model_max_length=TOKENIZER_MAX_LENGTH)
+
+
+def _text_encoder(with_projection: bool):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    vocab = _vocab()
+    config = CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=TEXT_HIDDEN,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=TOKENIZER_MAX_LENGTH,
+        projection_dim=TEXT_PROJECTION,
+        hidden_act="gelu",
+        bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=vocab["<|endoftext|>"],
+    )
+    cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+    return cls(config).eval()
+
+
+def _vae(sd3: bool):
+    from diffusers import AutoencoderKL
+
+    extra = (
+        dict(shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False, use_post_quant_conv=False)
+        if sd3
+        else dict(scaling_factor=0.18215)
+    )
+    return AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=32,
+        **extra,
+    ).eval()
+
+
+def _sd_scheduler():
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+
+
+def _build_sd15():
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TEXT_HIDDEN,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    ).eval()
+    return StableDiffusionPipeline(
+        vae=_vae(sd3=False),
+        text_encoder=_text_encoder(with_projection=False),
+        tokenizer=_tokenizer(),
+        unet=unet,
+        scheduler=_sd_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def _build_sdxl():
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+
+    time_embed_dim = 8
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_embed_dim,
+        transformer_layers_per_block=(1, 1),
+        # six time ids (original size, crop, target size) + the pooled text vector
+        projection_class_embeddings_input_dim=6 * time_embed_dim + TEXT_PROJECTION,
+        cross_attention_dim=2 * TEXT_HIDDEN,
+        norm_num_groups=32,
+    ).eval()
+    return StableDiffusionXLPipeline(
+        vae=_vae(sd3=False),
+        text_encoder=_text_encoder(with_projection=False),
+        text_encoder_2=_text_encoder(with_projection=True),
+        tokenizer=_tokenizer(),
+        tokenizer_2=_tokenizer(),
+        unet=unet,
+        scheduler=_sd_scheduler(),
+        force_zeros_for_empty_prompt=True,
+    )
+
+
+def _build_sd3():
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    transformer = SD3Transformer2DModel(
+        sample_size=16,
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_projection_dim=32,
+        joint_attention_dim=SD3_JOINT_DIM,
+        pooled_projection_dim=2 * TEXT_PROJECTION,
+        out_channels=4,
+    ).eval()
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=_vae(sd3=True),
+        text_encoder=_text_encoder(with_projection=True),
+        tokenizer=_tokenizer(),
+        text_encoder_2=_text_encoder(with_projection=True),
+        tokenizer_2=_tokenizer(),
+        text_encoder_3=None,
+        tokenizer_3=None,
+    )
+
+
+_BUILDERS = {"sd15": _build_sd15, "sdxl": _build_sdxl, "sd3": _build_sd3}
+
+
+def build_tiny_pipeline(out_dir: str | Path, arch: str = "sd15", seed: int = 0) -> Path:
+    """Build a tiny random pipeline of ``arch`` and ``save_pretrained`` it into ``out_dir``.
+
+    Deterministic given ``seed`` (weights are drawn under a forked RNG, so the caller's global torch
+    RNG is untouched). Load it back with the ordinary ``<PipelineClass>.from_pretrained(out_dir)``
+    (for ``sd3`` pass ``text_encoder_3=None, tokenizer_3=None``) or with
+    :func:`emofeedback2.engines.diffusers_backend.load_diffusers_generator`.
+    """
+    if arch not in _BUILDERS:
+        raise ValueError(f"arch must be one of {', '.join(ARCHES)}; got {arch!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        pipe = _BUILDERS[arch]()
+    pipe.save_pretrained(str(out), safe_serialization=True)
+    return out
+
+
+def main() -> None:  # pragma: no cover - convenience for humans: python -m emofeedback2.tiny_models.diffusion DIR
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir")
+    parser.add_argument("--arch", choices=ARCHES, default="sd15")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(build_tiny_pipeline(args.out_dir, args.arch, args.seed))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
