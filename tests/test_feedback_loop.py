@@ -1,0 +1,178 @@
+"""The feedback loop engine on a fake generator whose emotion follows the prompt's words."""
+
+import json
+
+import pytest
+import torch
+
+from emofeedback2.engines.emotion_space import VA
+from emofeedback2.engines.feedback_loop import FeedbackLoop, LoopConfig, candidate_seed, run_feedback_loop
+from emofeedback2.engines.refiner import FallbackRefiner, LVLMRefiner, subject_words
+from loop_fakes import PixelScorer, PromptResponsiveGenerator, ScriptedLVLM
+
+PROMPT = "a lighthouse on a rocky cliff, wide shot"
+SMALL = dict(width=16, height=16, steps=1)
+
+
+def run(target=VA(1.5, 1.0), generator=None, scorer=None, refiner=None, progress=None, **config):
+    settings = dict(rounds=4, candidates=3, tolerance=0.0, min_improvement=0.0, seed=7, **SMALL)
+    settings.update(config)
+    return run_feedback_loop(
+        generator or PromptResponsiveGenerator(), scorer or PixelScorer(), refiner or FallbackRefiner(),
+        PROMPT, target, LoopConfig(**settings), progress=progress,
+    )
+
+
+def test_refinement_moves_the_reading_toward_the_target():
+    result = run(rounds=4, candidates=3)
+    # Mean distance of each round's candidates falls as the steer point compensates the generator's bias.
+    means = [sum(c.distance for c in r.candidates) / len(r.candidates) for r in result.rounds]
+    assert means[-1] < means[0] - 0.5
+    # Control: without refinement (one round repeated with more seeds) the mean stays where it was.
+    control = run(rounds=1, candidates=12)
+    control_mean = sum(c.distance for c in control.rounds[0].candidates) / 12
+    assert means[-1] < control_mean - 0.5
+
+
+def test_best_reward_never_decreases_and_is_the_best_seen():
+    result = run(rounds=5, candidates=2, target=VA(-2.0, 1.5))
+    rewards = result.best_rewards
+    assert all(b >= a for a, b in zip(rewards, rewards[1:]))
+    every = [c for r in result.rounds for c in r.candidates]
+    assert result.best.reward == max(c.reward for c in every)
+    assert result.final_prompt == result.best.prompt
+    assert torch.equal(result.best_image, result.images[result.best.image_index : result.best.image_index + 1])
+
+
+def test_early_stop_on_tolerance_saves_rounds():
+    generator = PromptResponsiveGenerator(gain=1.0, bias=(0.0, 0.0), noise=0.05)
+    result = run(target=VA(1.0, 1.0), generator=generator, rounds=3, candidates=4, tolerance=0.5)
+    assert result.stop_reason == "tolerance"
+    assert len(result.rounds) < 3 and result.best.distance <= 0.5
+    assert result.counts.generator_images == 4 * len(result.rounds)
+    assert result.rounds[-1].refined_prompt is None  # no refinement after the last round
+
+
+def test_plateau_stop():
+    # A generator that ignores the prompt: round 2 cannot improve much → plateau.
+    generator = PromptResponsiveGenerator(gain=0.0, bias=(0.0, 0.0), noise=0.01)
+    result = run(target=VA(2.5, 2.5), generator=generator, rounds=5, candidates=2, min_improvement=0.05)
+    assert result.stop_reason == "plateau" and len(result.rounds) == 2
+
+
+def test_one_batched_scorer_call_per_round_and_counts():
+    scorer = PixelScorer()
+    generator = PromptResponsiveGenerator()
+    result = run(scorer=scorer, generator=generator, rounds=3, candidates=5)
+    assert scorer.batch_sizes == [5, 5, 5]
+    assert result.counts.scorer_calls == 3 and result.counts.scorer_images == 15
+    assert result.counts.generator_images == 15 and generator.calls == 3
+    assert result.counts.refiner_calls == 2 and result.counts.refiner_lvlm_images == 0
+    assert result.counts.image_evaluations == 15
+    assert result.images.shape == (15, 16, 16, 3)
+    assert set(result.timings) >= {"generate", "score", "refine", "total"}
+
+
+def test_seeds_are_distinct_derived_and_reproducible():
+    result = run(rounds=3, candidates=4, seed=100)
+    seeds = [c.seed for r in result.rounds for c in r.candidates]
+    assert len(set(seeds)) == len(seeds)
+    assert seeds[5] == candidate_seed(100, 1, 1, 4) == 105
+    first = run(rounds=3, candidates=4, seed=3).to_dict()
+    second = run(rounds=3, candidates=4, seed=3).to_dict()
+    for d in (first, second):
+        d.pop("timings")
+        for r in d["rounds"]:
+            r.pop("seconds")
+    assert first == second
+    other = run(rounds=3, candidates=4, seed=4).to_dict()
+    assert other["rounds"][0]["candidates"][0]["valence"] != first["rounds"][0]["candidates"][0]["valence"]
+
+
+class Cancel(Exception):
+    pass
+
+
+class InterruptProcessingException(Exception):
+    """Same name as ComfyUI's cancel exception."""
+
+
+@pytest.mark.parametrize("cancel_at", [3, 7, 9])
+def test_cancel_mid_loop_leaves_whole_rounds(cancel_at):
+    calls = []
+
+    def progress(done, total):
+        calls.append((done, total))
+        if len(calls) == cancel_at:
+            raise InterruptProcessingException()
+
+    with pytest.raises(InterruptProcessingException) as info:
+        run(rounds=4, candidates=3, progress=progress)
+    partial = info.value.partial_result
+    assert partial.cancelled and partial.stop_reason == "cancelled"
+    n = len(partial.rounds)
+    assert partial.images is None if n == 0 else partial.images.shape[0] == 3 * n
+    for record in partial.rounds:
+        assert len(record.candidates) == 3
+    if n:
+        assert partial.best.round <= n
+    json.loads(partial.to_json())  # still serialisable
+
+
+def test_generator_errors_are_reported_as_errors_not_cancels():
+    class Broken(PromptResponsiveGenerator):
+        def generate(self, request, progress=None):
+            if self.calls == 1:
+                raise RuntimeError("out of memory")
+            return super().generate(request, progress)
+
+    with pytest.raises(RuntimeError) as info:
+        run(generator=Broken(), rounds=3, candidates=2)
+    assert info.value.partial_result.stop_reason == "error: RuntimeError"
+    assert len(info.value.partial_result.rounds) == 1
+
+
+def test_history_json_has_every_candidate_and_feedback():
+    result = run(rounds=2, candidates=2)
+    data = json.loads(result.to_json())
+    assert [len(r["candidates"]) for r in data["rounds"]] == [2, 2]
+    cand = data["rounds"][1]["candidates"][0]
+    assert set(cand) >= {"round", "prompt", "seed", "valence", "arousal", "reward"}
+    assert data["rounds"][0]["feedback"] and data["rounds"][0]["refined_prompt"] == data["rounds"][1]["prompt"]
+    for word in subject_words(PROMPT):
+        assert word in data["rounds"][1]["prompt"]
+
+
+def test_initial_prompt_modes():
+    generator = PromptResponsiveGenerator()
+    run(generator=generator, rounds=1, candidates=1, initial_prompt="as_is")
+    assert generator.requests[0].prompts[0] == PROMPT
+    generator = PromptResponsiveGenerator()
+    run(generator=generator, rounds=1, candidates=1, target=VA(2.5, 2.5))
+    assert generator.requests[0].prompts[0].startswith(PROMPT + ", ") and "mood" in generator.requests[0].prompts[0]
+
+
+def test_quality_term_changes_selection():
+    def quality(images):  # prefers the last candidate of each round
+        return [float(i == images.shape[0] - 1) for i in range(images.shape[0])]
+
+    config = LoopConfig(rounds=1, candidates=4, quality_weight=10.0, seed=1, **SMALL)
+    result = FeedbackLoop(PromptResponsiveGenerator(), PixelScorer(), None, config, quality_fn=quality).run(PROMPT, VA(0, 0))
+    assert result.best.index == 3 and result.best.quality == 1.0
+
+
+def test_lvlm_refiner_in_the_loop_counts_its_image_reads():
+    lvlm = ScriptedLVLM("FEEDBACK: too dark. PROMPT: a lighthouse on a rocky cliff, wide shot, golden light, joyful")
+    result = run(refiner=LVLMRefiner(lvlm), rounds=3, candidates=2)
+    assert result.counts.refiner_lvlm_images == 2
+    assert result.counts.image_evaluations == 6 + 2
+    assert result.rounds[1].prompt.endswith("golden light, joyful")
+
+
+def test_bad_config_and_inputs_are_explained():
+    with pytest.raises(ValueError, match="rounds"):
+        LoopConfig(rounds=0)
+    with pytest.raises(ValueError, match="tolerance"):
+        LoopConfig(tolerance=7)
+    with pytest.raises(ValueError, match="prompt is empty"):
+        run_feedback_loop(PromptResponsiveGenerator(), PixelScorer(), None, "  ", VA(0, 0), LoopConfig(**SMALL))
