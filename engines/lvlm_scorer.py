@@ -1,0 +1,475 @@
+"""The LVLM emotion scorer: any transformers image-text-to-text model as a valence/arousal judge.
+
+Scoring never parses free text. For every image we ask two questions (valence, arousal) on the
+Self-Assessment Manikin scale 1..9, put the answer prefix (``"Valence: "``) into the prompt and read
+the model's next-token distribution over the digit tokens ``1``…``9``. The reading is the expected
+value of that distribution, converted linearly to [-3, 3] (SAM 1..9 → [-3, 3], as in
+:func:`.emotion_space.from_sam`). This is the Q-Align idea: continuous, differentiable, one forward
+pass, never "unparsable". Both questions for all images go through **one** left-padded batch of
+``2·B`` rows, so a batch of images costs one forward pass.
+
+Free text is used only where text is the product: the optional short "analysis" and
+:meth:`LVLMScorer.generate_text` (for the prompt refiner). It is always sanitised
+(:func:`.text_safety.sanitize_model_text`).
+
+Loading goes through ``AutoModelForImageTextToText`` + ``AutoProcessor`` from a local folder or a
+hub id (safetensors only; ``trust_remote_code`` off unless asked), optionally with a peft LoRA
+adapter folder produced by training.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import torch
+
+from .emotion_space import VA_MIN, VA_SPAN
+from .images import ImageBatch, ImageBatchError, to_pil_list
+from .progress import ProgressCallback, report
+from .scoring import EmotionReading
+from .text_safety import sanitize_model_text
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ATTENTION_CHOICES = ("sdpa", "eager", "flash_attention_2")
+MODELS_LLM_HINT = "ComfyUI users: put the model folder under ComfyUI/models/LLM/<name> and pick <name> in the LVLM loader node"
+
+#: The rating scale the questions ask for; digits map linearly to [-3, 3] (5 → 0).
+SCALE_DIGITS = tuple(str(d) for d in range(1, 10))
+_SCALE_LO, _SCALE_HI = 1.0, 9.0
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class LVLMLoadError(RuntimeError):
+    """The LVLM (or its adapter/processor) cannot be loaded; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class ScoringPrompts:
+    """The two questions and their answer prefixes. A prefix ends with a space: the digit follows."""
+
+    valence_question: str = (
+        "Rate the emotional valence this image evokes on the Self-Assessment Manikin scale from 1 to 9: "
+        "1 = very unpleasant, sad or distressing; 5 = neutral; 9 = very pleasant, happy or joyful. "
+        "Answer with a single digit."
+    )
+    valence_prefix: str = "Valence: "
+    arousal_question: str = (
+        "Rate the emotional arousal this image evokes on the Self-Assessment Manikin scale from 1 to 9: "
+        "1 = very calm, relaxed or sleepy; 5 = moderate; 9 = very excited, tense or energetic. "
+        "Answer with a single digit."
+    )
+    arousal_prefix: str = "Arousal: "
+    analysis_instruction: str = (
+        "In one or two short sentences, say which visual elements of this image (colour, light, subject, "
+        "expression, composition) make it feel pleasant or unpleasant, and calm or excited."
+    )
+
+
+@dataclass
+class LVLMConfig:
+    """How to load and run the judge model. Every field has a safe default except ``model``."""
+
+    #: local model folder (with config.json) or a Hugging Face hub id such as "Qwen/Qwen2.5-VL-7B-Instruct"
+    model: str
+    #: "auto" (bfloat16 on a GPU that supports it, else float32), "float32", "bfloat16" or "float16"
+    dtype: str = "auto"
+    #: "auto" (cuda, then mps, then cpu), or a torch device string such as "cuda:1" or "cpu"
+    device: str = "auto"
+    #: None = transformers' default; or "sdpa", "eager", "flash_attention_2"
+    attn_implementation: Optional[str] = None
+    #: a peft LoRA adapter folder (adapter_config.json + adapter_model.safetensors), e.g. from training
+    adapter: Optional[str] = None
+    #: allow model code from the model folder/hub repo to run; off unless you trust the source
+    trust_remote_code: bool = False
+    #: cap on pixels per image fed to the vision encoder (speed/memory); None keeps the processor's
+    max_pixels: Optional[int] = None
+    #: floor on pixels per image; None keeps the processor's
+    min_pixels: Optional[int] = None
+    #: move the model to ``offload_device`` after every call (frees GPU memory between uses)
+    offload_after_use: bool = False
+    offload_device: str = "cpu"
+    #: images per forward pass; 0 = all images of a call in one pass (the default)
+    max_images_per_pass: int = 0
+    prompts: ScoringPrompts = field(default_factory=ScoringPrompts)
+
+
+@dataclass
+class ScoreDetails:
+    """Tensors behind a batch of readings. ``digit_mass`` is the probability the model put on any
+    scale digit at the answer position (near 1 = the model was answering the question; a low value
+    flags a reading that rests on little probability mass)."""
+
+    valence: torch.Tensor
+    arousal: torch.Tensor
+    digit_mass_valence: torch.Tensor
+    digit_mass_arousal: torch.Tensor
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise LVLMLoadError(f"device={device!r} is not a torch device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise LVLMLoadError(f"device={device!r} asked for CUDA but no CUDA GPU is available; use device='cpu' or 'auto'")
+    return resolved
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise LVLMLoadError(f"dtype={dtype!r} is not supported; use 'auto' or one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _looks_like_hub_id(model: str) -> bool:
+    """``owner/name`` with no leading ``.``/``~``/``/`` and no backslash: a Hugging Face hub id."""
+    return (
+        not os.path.isabs(model)
+        and not model.startswith((".", "~"))
+        and "\\" not in model
+        and _HUB_ID.match(model) is not None
+    )
+
+
+def resolve_model_source(model: str) -> tuple[str, bool]:
+    """Return ``(source, is_local)``: an existing folder with config.json, or a hub id.
+
+    Raises :class:`LVLMLoadError` naming the folder (and ComfyUI's ``models/LLM``) when a path is
+    given that does not exist or is not a model folder.
+    """
+    if not isinstance(model, str) or not model.strip():
+        raise LVLMLoadError(f"model must be a model folder or a hub id, got {model!r}. {MODELS_LLM_HINT}.")
+    model = model.strip()
+    path = Path(os.path.expanduser(model))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise LVLMLoadError(
+                f"{path} is not a Hugging Face model folder (no config.json in it). Put the whole model "
+                f"folder there (config.json, *.safetensors, tokenizer and processor files). {MODELS_LLM_HINT}."
+            )
+        return str(path), True
+    if path.exists():
+        raise LVLMLoadError(f"{path} is a file; the LVLM must be a model folder with config.json. {MODELS_LLM_HINT}.")
+    if not _looks_like_hub_id(model):
+        raise LVLMLoadError(
+            f"LVLM model folder not found: {path}. Check the path, or download the model into that folder. "
+            f"{MODELS_LLM_HINT}."
+        )
+    return model, False
+
+
+def _check_image_text_model(config: Any, source: str) -> None:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    model_type = getattr(config, "model_type", None)
+    if model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        return
+    if "AutoModelForImageTextToText" in (getattr(config, "auto_map", None) or {}):
+        return
+    if getattr(config, "vision_config", None) is None:
+        raise LVLMLoadError(
+            f"{source} is a text-only model (model_type {model_type!r}); the emotion scorer needs a "
+            "vision-language (image-text-to-text) model such as Qwen2.5-VL-7B-Instruct, Qwen2-VL or Qwen3-VL."
+        )
+    raise LVLMLoadError(
+        f"{source} (model_type {model_type!r}) is not an image-text-to-text model transformers knows; "
+        "use a Qwen2-VL / Qwen2.5-VL / Qwen3-VL model, or set trust_remote_code if its repo ships the code."
+    )
+
+
+def _apply_pixel_limits(processor: Any, min_pixels: Optional[int], max_pixels: Optional[int]) -> None:
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is None or (min_pixels is None and max_pixels is None):
+        return
+    for name, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise LVLMLoadError(f"{name} must be a positive integer number of pixels, got {value!r}")
+    size = dict(getattr(image_processor, "size", None) or {})
+    if "longest_edge" in size or "shortest_edge" in size:
+        if min_pixels is not None:
+            size["shortest_edge"] = min_pixels
+        if max_pixels is not None:
+            size["longest_edge"] = max_pixels
+        if size.get("shortest_edge", 0) > size.get("longest_edge", float("inf")):
+            raise LVLMLoadError(f"min_pixels ({size['shortest_edge']}) is larger than max_pixels ({size['longest_edge']})")
+        image_processor.size = size
+    for name, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)):
+        if value is not None and hasattr(image_processor, name):
+            setattr(image_processor, name, value)
+
+
+def _load_adapter(model: Any, adapter: str) -> Any:
+    folder = Path(os.path.expanduser(adapter))
+    if not folder.is_dir():
+        raise LVLMLoadError(
+            f"LoRA adapter folder not found: {folder}. Point 'adapter' at the folder training wrote "
+            "(it contains adapter_config.json and adapter_model.safetensors), or leave it empty."
+        )
+    if not (folder / "adapter_config.json").is_file():
+        raise LVLMLoadError(f"{folder} has no adapter_config.json; it is not a peft LoRA adapter folder.")
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, str(folder), is_trainable=False)
+    except Exception as exc:  # peft raises various errors for mismatched adapters
+        raise LVLMLoadError(f"could not apply the LoRA adapter in {folder} to this model: {exc}") from exc
+
+
+def load_lvlm(config: LVLMConfig) -> "LVLMScorer":
+    """Load the model, processor and optional adapter described by ``config``."""
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    if config.attn_implementation not in (None, *ATTENTION_CHOICES):
+        raise LVLMLoadError(
+            f"attn_implementation={config.attn_implementation!r}; use None or one of {', '.join(ATTENTION_CHOICES)}"
+        )
+    if config.max_images_per_pass < 0:
+        raise LVLMLoadError("max_images_per_pass must be 0 (all at once) or a positive number")
+    source, is_local = resolve_model_source(config.model)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    common = {"trust_remote_code": config.trust_remote_code}
+    try:
+        hf_config = AutoConfig.from_pretrained(source, **common)
+    except (OSError, ValueError) as exc:
+        where = f"the folder {source}" if is_local else f"the Hugging Face hub id {source!r} (offline, private or misspelt?)"
+        raise LVLMLoadError(
+            f"could not read the model config from {where}: {exc}. Download the model into a folder and "
+            f"pass that folder. {MODELS_LLM_HINT}."
+        ) from exc
+    _check_image_text_model(hf_config, source)
+    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True, **common}
+    if config.attn_implementation:
+        kwargs["attn_implementation"] = config.attn_implementation
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
+        processor = AutoProcessor.from_pretrained(source, **common)
+    except (OSError, ValueError, ImportError) as exc:
+        raise LVLMLoadError(
+            f"could not load the model/processor from {source}: {exc}. The folder needs *.safetensors weights "
+            f"(no .bin), config.json, tokenizer and processor files. {MODELS_LLM_HINT}."
+        ) from exc
+    if getattr(processor, "image_processor", None) is None or getattr(processor, "tokenizer", None) is None:
+        raise LVLMLoadError(f"{source} has no image processor and tokenizer; it is not a vision-language model folder.")
+    _apply_pixel_limits(processor, config.min_pixels, config.max_pixels)
+    if config.adapter:
+        model = _load_adapter(model, config.adapter)
+    model.eval()
+    scorer = LVLMScorer(model, processor, config, device=device, dtype=dtype)
+    if not config.offload_after_use:
+        scorer.to(device)
+    else:
+        scorer.to(torch.device(config.offload_device))
+    return scorer
+
+
+# --- scoring -----------------------------------------------------------------------------------
+
+
+class LVLMScorer:
+    """An :class:`~.scoring.EmotionScorer` backed by a vision-language model."""
+
+    is_heuristic = False
+
+    def __init__(self, model: Any, processor: Any, config: LVLMConfig, device: torch.device, dtype: torch.dtype):
+        self.model = model
+        self.processor = processor
+        self.config = config
+        self.device = device
+        self.dtype = dtype
+        self.prompts = config.prompts
+        self.name = f"LVLM {Path(config.model).name or config.model}" + (
+            f" + {Path(config.adapter).name}" if config.adapter else ""
+        )
+        self.tokenizer = processor.tokenizer
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.digit_ids = self._single_token_ids(SCALE_DIGITS)
+        self._current_device = device
+
+    def _single_token_ids(self, symbols: Sequence[str]) -> list[int]:
+        ids = []
+        for symbol in symbols:
+            encoded = self.tokenizer.encode(symbol, add_special_tokens=False)
+            if len(encoded) != 1:
+                raise LVLMLoadError(
+                    f"the tokenizer splits the digit {symbol!r} into {len(encoded)} tokens; expected-value scoring "
+                    "needs one token per digit (true for Qwen-VL models)"
+                )
+            ids.append(encoded[0])
+        return ids
+
+    # -- device lifecycle --
+
+    def to(self, device: Union[str, torch.device]) -> "LVLMScorer":
+        device = torch.device(device)
+        if device != self._current_device or next(self.model.parameters()).device != device:
+            self.model.to(device)
+            self._current_device = device
+        return self
+
+    @contextmanager
+    def _on_device(self) -> Iterator[None]:
+        self.to(self.device)
+        try:
+            yield
+        finally:
+            if self.config.offload_after_use:
+                self.to(self.config.offload_device)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+
+    # -- prompts --
+
+    def _chat(self, text: str, with_image: bool = True) -> str:
+        content: list[dict[str, str]] = [{"type": "image"}] if with_image else []
+        content.append({"type": "text", "text": text})
+        messages = [{"role": "user", "content": content}]
+        try:
+            return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except (ValueError, AttributeError) as exc:
+            raise LVLMLoadError(f"the model's processor has no usable chat template: {exc}") from exc
+
+    def _encode(self, texts: list[str], images: Optional[list[Any]]) -> dict[str, torch.Tensor]:
+        kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True}
+        if images is not None:
+            kwargs["images"] = images
+        batch = self.processor(**kwargs)
+        return {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+    def _chunks(self, n: int) -> list[tuple[int, int]]:
+        size = self.config.max_images_per_pass or n
+        return [(start, min(n, start + size)) for start in range(0, n, size)]
+
+    # -- expected-value scoring --
+
+    def score_details(
+        self, images: ImageBatch, *, grad: bool = False, progress: Optional[ProgressCallback] = None
+    ) -> ScoreDetails:
+        """Expected-value valence/arousal for every image (differentiable when ``grad=True``)."""
+        pil = to_pil_list(images)
+        p = self.prompts
+        rows = [self._chat(p.valence_question) + p.valence_prefix, self._chat(p.arousal_question) + p.arousal_prefix]
+        scale = torch.arange(_SCALE_LO, _SCALE_HI + 1.0, dtype=torch.float32)
+        outputs: list[torch.Tensor] = []
+        masses: list[torch.Tensor] = []
+        chunks = self._chunks(len(pil))
+        report(progress, 0, len(chunks))
+        with self._on_device(), torch.set_grad_enabled(grad):
+            for done, (start, stop) in enumerate(chunks, 1):
+                chunk = pil[start:stop]
+                texts = [row for _ in chunk for row in rows]  # image i → rows 2i (valence), 2i+1 (arousal)
+                batch_images = [image for image in chunk for _ in rows]
+                encoded = self._encode(texts, batch_images)
+                logits = self.model(**encoded, logits_to_keep=1).logits[:, -1, :].float()
+                digit_logits = logits[:, self.digit_ids]
+                probs = torch.softmax(digit_logits, dim=-1)
+                expected = (probs * scale.to(probs.device)).sum(dim=-1)
+                outputs.append(VA_MIN + (expected - _SCALE_LO) * VA_SPAN / (_SCALE_HI - _SCALE_LO))
+                masses.append(torch.exp(torch.logsumexp(digit_logits, -1) - torch.logsumexp(logits, -1)))
+                report(progress, done, len(chunks))
+        values = torch.cat(outputs)
+        mass = torch.cat(masses)
+        if not torch.isfinite(values).all():
+            raise FloatingPointError(
+                f"{self.name} produced NaN/inf logits (dtype {self.dtype}); try dtype='float32' or 'bfloat16'"
+            )
+        return ScoreDetails(values[0::2], values[1::2], mass[0::2].detach(), mass[1::2].detach())
+
+    def score_tensors(self, images: ImageBatch, *, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(valence[B], arousal[B])`` in [-3, 3]; gradients reach the model's weights when ``grad``."""
+        details = self.score_details(images, grad=grad)
+        return details.valence, details.arousal
+
+    def score(
+        self, images: ImageBatch, *, analysis: bool = False, progress: Optional[ProgressCallback] = None
+    ) -> list[EmotionReading]:
+        """One reading per image, in order; ``analysis=True`` adds a short sanitised explanation."""
+        details = self.score_details(images, progress=progress)
+        texts = [""] * len(details.valence)
+        if analysis:
+            texts = self.generate_text(images, self.prompts.analysis_instruction, max_new_tokens=64, max_chars=400)
+        return [
+            EmotionReading(valence=float(v), arousal=float(a), analysis=t)
+            for v, a, t in zip(details.valence.tolist(), details.arousal.tolist(), texts)
+        ]
+
+    # -- free text (analysis, refiner) --
+
+    @torch.no_grad()
+    def generate_text(
+        self,
+        images: Optional[ImageBatch],
+        instructions: Union[list[str], str],
+        max_new_tokens: int = 128,
+        max_chars: int = 600,
+    ) -> list[str]:
+        """Greedy answers to ``instructions`` (one per image, or one for all), sanitised.
+
+        ``images=None`` asks text-only questions (then ``instructions`` must be a list).
+        """
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        pil = None if images is None else to_pil_list(images)
+        if isinstance(instructions, str):
+            if pil is None:
+                instructions = [instructions]
+            else:
+                instructions = [instructions] * len(pil)
+        instructions = list(instructions)
+        if not instructions:
+            raise ValueError("instructions is empty: pass one instruction, or one per image")
+        if pil is not None and len(instructions) != len(pil):
+            raise ValueError(f"got {len(instructions)} instructions for {len(pil)} images; pass one per image or a single one")
+        texts = [self._chat(str(text), with_image=pil is not None) for text in instructions]
+        answers: list[str] = []
+        with self._on_device():
+            for start, stop in self._chunks(len(texts)):
+                encoded = self._encode(texts[start:stop], None if pil is None else pil[start:stop])
+                generated = self.model.generate(
+                    **encoded,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                )
+                new_tokens = generated[:, encoded["input_ids"].shape[1]:]
+                for row in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True):
+                    answers.append(sanitize_model_text(row, max_chars=max_chars))
+        return answers
+
+
+def check_images_for_scoring(images: ImageBatch) -> None:
+    """Raise :class:`ImageBatchError` early for an empty/NaN/odd-shaped batch (nodes call this first)."""
+    to_pil_list(images)
+
+
+__all__ = [
+    "LVLMConfig",
+    "LVLMLoadError",
+    "LVLMScorer",
+    "ScoreDetails",
+    "ScoringPrompts",
+    "ImageBatchError",
+    "load_lvlm",
+    "resolve_model_source",
+]
