@@ -1,0 +1,404 @@
+"""Typed, documented configuration for GRPO training of the generator LoRA (+ emotion adapter).
+
+One dataclass per concern, every field with a default and a ``help`` text (``emofeedback2 train
+--help-config`` prints them). Configs load from TOML or YAML; ``--set section.field=value`` overrides
+any field. :func:`derive` does the batch arithmetic the user would otherwise get wrong (samples per
+step, micro-batches, optimizer updates per step) and fails early on impossible combinations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+
+class ConfigError(ValueError):
+    """The training configuration is inconsistent or names something that does not exist."""
+
+
+def _f(default: Any, help: str, **kwargs: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        value = default
+        return field(default_factory=lambda: json.loads(json.dumps(value)), metadata={"help": help}, **kwargs)
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+@dataclass
+class ModelConfig:
+    pretrained: str = _f("", "diffusers pipeline: a local save_pretrained folder or a hub id (SD1.5, SDXL or SD3.x)")
+    arch: str = _f("auto", "'auto' (detected from the pipeline), 'sd15', 'sdxl' or 'sd3'")
+    dtype: str = _f("float32", "dtype of the frozen base weights: float32, float16 or bfloat16 (LoRA/adapter stay fp32)")
+    lora_rank: int = _f(8, "LoRA rank r")
+    lora_alpha: float = _f(8.0, "LoRA alpha; the update is scaled by alpha/r (exported as kohya '.alpha')")
+    lora_targets: list = _f([], "module names LoRA wraps; empty = the attention projections of the arch")
+    lora_init: Optional[str] = _f(None, "optional peft/diffusers LoRA folder to start from (not implemented: leave empty)")
+    train_adapter: bool = _f(True, "train the emotion adapter jointly (it feeds the target V-A into the conditioning)")
+    adapter_init: Optional[str] = _f(None, "optional emotion adapter .safetensors to start from (else a fresh identity adapter)")
+    adapter_hidden: int = _f(0, "hidden width of a fresh emotion adapter (0 = the adapter's default)")
+    gradient_checkpointing: bool = _f(False, "recompute activations in backward (less memory, ~30% slower)")
+
+
+@dataclass
+class SamplingConfig:
+    steps: int = _f(10, "sampling steps of each rollout (Flow-GRPO trains on 10, evaluates on 40)")
+    eval_steps: int = _f(20, "sampling steps of the deterministic evaluation sampler")
+    resolution: int = _f(512, "image side in pixels (multiple of 8)")
+    guidance_scale: float = _f(4.5, "classifier-free guidance; 1.0 disables the unconditional branch")
+    negative_prompt: str = _f("", "negative prompt for the unconditional branch")
+    eta: float = _f(1.0, "DDIM eta for SD1.5/SDXL rollouts; must be > 0 (eta=0 has no log-prob)")
+    sde_noise_level: float = _f(0.7, "'a' in the flow SDE sigma_t = a*sqrt(t/(1-t)) for SD3.x rollouts")
+    adapter_strength: float = _f(1.0, "emotion adapter strength during rollouts and training")
+
+
+@dataclass
+class DataConfig:
+    prompts_file: str = _f("", "text file, one prompt per line ('#' comments); empty = the shipped neutral prompts")
+    targets: str = _f("uniform", "'uniform' over [-3,3]^2, or a CSV/JSONL file with valence,arousal[,prompt] rows")
+
+
+@dataclass
+class GRPOConfig:
+    group_size: int = _f(8, "G: images per (prompt, target) group, each with its own seed")
+    groups_per_step: int = _f(4, "groups sampled per step on EACH process (a group never spans processes)")
+    batch_size: int = _f(4, "micro-batch for rollouts AND training (the same, so the first ratio is exactly 1)")
+    updates_per_step: int = _f(1, "optimizer updates per step (micro-batches are split evenly between them)")
+    inner_epochs: int = _f(1, "passes over each step's samples")
+    clip_range: float = _f(1e-4, "PPO clip on the per-step likelihood ratio")
+    adv_clip: float = _f(5.0, "advantages are clipped to +-adv_clip")
+    global_std: bool = _f(True, "divide by the std over all groups (True) or each group's own std (False)")
+    kl_beta: float = _f(0.01, "weight of the KL to the base model (adapters disabled); 0 skips the reference pass")
+    train_timestep_fraction: float = _f(1.0, "fraction of the sampling steps trained per sample (random subset)")
+    train_window: list = _f([], "[start, end) step indices to train on (MixGRPO-style window); empty = all")
+    shuffle_advantages: bool = _f(False, "CONTROL ONLY: permute advantages between samples (destroys the signal)")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = _f(1e-4, "learning rate of the LoRA parameters")
+    adapter_lr: Optional[float] = _f(None, "learning rate of the emotion adapter (None = lr)")
+    weight_decay: float = _f(1e-4, "AdamW weight decay")
+    betas: list = _f([0.9, 0.999], "AdamW betas")
+    eps: float = _f(1e-8, "AdamW eps")
+    max_grad_norm: float = _f(1.0, "gradient-norm clip (0 disables)")
+    ema: bool = _f(False, "keep an EMA of the trainable weights; exports use the EMA")
+    ema_decay: float = _f(0.95, "EMA decay per optimizer update")
+
+
+@dataclass
+class RewardSpec:
+    kind: str = _f("color", "'lvlm' (V-A from the LVLM scorer), 'color' (colour heuristic V-A), "
+                   "'brightness' (toy: brightness toward target valence), 'clip_quality' (PickScore-style)")
+    weight: float = _f(1.0, "weight in the summed reward")
+    normalize: str = _f("none", "'none' or 'batch' (z-score over the step's samples before weighting)")
+    path: str = _f("", "model folder / hub id: the LVLM for 'lvlm', a CLIPModel+processor for 'clip_quality'")
+    device: str = _f("", "device of the reward model ('' = the training device)")
+    dtype: str = _f("float32", "dtype of the reward model")
+    offload: bool = _f(False, "move the reward model to CPU between uses (saves GPU memory)")
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    rewards: list = field(default_factory=lambda: [RewardSpec()], metadata={"help": "list of [[rewards]] tables"})
+    output_dir: str = _f("runs/grpo", "checkpoints, TensorBoard logs and exports go here")
+    seed: int = _f(0, "master seed: prompts, targets and every sample's noise derive from (seed, step)")
+    max_steps: int = _f(100, "GRPO steps (one step = sample, score, update)")
+    save_every: int = _f(10, "checkpoint every N steps (and at the end)")
+    keep_checkpoints: int = _f(2, "how many step checkpoints to keep")
+    log_every: int = _f(1, "TensorBoard scalars every N steps")
+    image_log_every: int = _f(10, "TensorBoard sample grid every N steps (0 = never)")
+    device: str = _f("auto", "'auto' (accelerate's choice), 'cpu' or 'cuda'")
+    reward_workers: int = _f(1, "threads scoring rewards while the next micro-batch is sampled (0 = inline)")
+    export_at_end: bool = _f(True, "write the kohya LoRA, diffusers LoRA and adapter into output_dir/export at the end")
+    progress: bool = _f(True, "show a tqdm progress bar")
+
+
+SECTIONS = {"model": ModelConfig, "sampling": SamplingConfig, "data": DataConfig, "grpo": GRPOConfig, "optim": OptimConfig}
+
+
+# --- loading, overrides ---------------------------------------------------------------------------------
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Convert TOML/YAML/CLI values to the field's declared type (strings from --set are parsed)."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    if value is None:
+        if "Optional" in text or "None" in text:
+            return None
+        raise ConfigError(f"{where} may not be empty")
+    optional = "Optional" in text or "None" in text
+    base = text.replace("Optional[", "").replace("]", "").replace(" | None", "").strip()
+    if isinstance(value, str) and optional and value.lower() in ("none", "null"):
+        return None
+    if isinstance(value, str) and base != "str":
+        try:
+            value = json.loads(value) if base not in ("bool",) else value
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{where}: cannot read {value!r} as {base}") from exc
+    try:
+        if base == "bool":
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if base == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if base == "float":
+            return float(value)
+        if base == "str":
+            return str(value)
+        if base == "list":
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(value)
+            return list(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: expected {base}, got {value!r}") from exc
+    return value
+
+
+def _fill(cls: type, data: dict, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"[{where}] must be a table, got {type(data).__name__}")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown field(s) {unknown} in [{where}]; known: {sorted(names)}")
+    kwargs = {k: _coerce(v, names[k].type, f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict) -> TrainConfig:
+    data = dict(data)
+    kwargs: dict[str, Any] = {}
+    for name, cls in SECTIONS.items():
+        kwargs[name] = _fill(cls, data.pop(name, {}) or {}, name)
+    rewards = data.pop("rewards", None)
+    if rewards is not None:
+        if not isinstance(rewards, list) or not rewards:
+            raise ConfigError("rewards must be a non-empty list of tables ([[rewards]] in TOML)")
+        kwargs["rewards"] = [_fill(RewardSpec, r, f"rewards[{i}]") for i, r in enumerate(rewards)]
+    top = _fill(_TopLevel, data, "top level")
+    kwargs.update(dataclasses.asdict(top))
+    return TrainConfig(**kwargs)
+
+
+@dataclass
+class _TopLevel:  # the scalar top-level fields, for validation of unknown names
+    output_dir: str = "runs/grpo"
+    seed: int = 0
+    max_steps: int = 100
+    save_every: int = 10
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    image_log_every: int = 10
+    device: str = "auto"
+    reward_workers: int = 1
+    export_at_end: bool = True
+    progress: bool = True
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a TOML (``.toml``) or YAML (``.yaml``/``.yml``) training config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; see training/configs/*.toml for examples")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".toml":
+        import tomllib
+
+        data = tomllib.loads(text)
+    elif path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        raise ConfigError(f"config {path} must end in .toml, .yaml or .yml")
+    return config_from_dict(data)
+
+
+def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
+    """Apply ``section.field=value`` (or top-level ``field=value``) strings; values parse as JSON when they can."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.field=value, e.g. grpo.group_size=4")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        target: Any = config
+        if parts[0] == "rewards":
+            if len(parts) != 3 or not parts[1].isdigit():
+                raise ConfigError(f"override {key!r}: reward fields are set as rewards.<index>.<field>")
+            index = int(parts[1])
+            if index >= len(config.rewards):
+                raise ConfigError(f"override {key!r}: there are only {len(config.rewards)} rewards")
+            target, parts = config.rewards[index], parts[2:]
+        elif len(parts) == 2:
+            if parts[0] not in SECTIONS:
+                raise ConfigError(f"override {key!r}: unknown section {parts[0]!r}; sections: {sorted(SECTIONS)}")
+            target, parts = getattr(config, parts[0]), parts[1:]
+        elif len(parts) != 1:
+            raise ConfigError(f"override {key!r}: use section.field=value")
+        names = {f.name: f for f in dataclasses.fields(target)}
+        if parts[0] not in names or parts[0] in SECTIONS or parts[0] == "rewards":
+            raise ConfigError(f"override {key!r}: unknown field; known: {sorted(n for n in names if n not in SECTIONS)}")
+        setattr(target, parts[0], _coerce(value, names[parts[0]].type, key))
+    return config
+
+
+def config_to_dict(config: TrainConfig) -> dict:
+    return dataclasses.asdict(config)
+
+
+def describe_fields() -> str:
+    """Every field with its default and help text (``emofeedback2 train --help-config``)."""
+    lines = []
+    for section, cls in list(SECTIONS.items()) + [("rewards[i]", RewardSpec)]:
+        lines.append(f"[{section}]")
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"  {f.name} = {default!r}  # {f.metadata.get('help', '')}")
+    lines.append("[top level]")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in SECTIONS or f.name == "rewards":
+            continue
+        lines.append(f"  {f.name} = {f.default!r}  # {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+# --- derived numbers ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Derived:
+    """Numbers computed from the config and the process count; printed at start."""
+
+    num_processes: int
+    samples_per_step_per_process: int
+    samples_per_step: int
+    groups_per_step: int
+    micro_batches_per_step: int
+    micro_batches_per_update: int
+    trained_timesteps: int
+    backward_passes_per_update: int
+    optimizer_updates_per_step: int
+    total_optimizer_updates: int
+    total_images: int
+
+    def summary(self) -> str:
+        return (
+            f"processes={self.num_processes} groups/step={self.groups_per_step} "
+            f"samples/step={self.samples_per_step} ({self.samples_per_step_per_process}/process) "
+            f"micro-batches/step/process={self.micro_batches_per_step} trained timesteps/sample={self.trained_timesteps} "
+            f"backward passes/update={self.backward_passes_per_update} updates/step={self.optimizer_updates_per_step} "
+            f"total updates={self.total_optimizer_updates} total images={self.total_images}"
+        )
+
+
+def trained_step_indices_count(config: TrainConfig) -> int:
+    steps = config.sampling.steps
+    window = config.grpo.train_window
+    if window:
+        start, end = int(window[0]), int(window[1])
+        span = end - start
+    else:
+        span = steps
+    return max(1, int(math.ceil(span * config.grpo.train_timestep_fraction)))
+
+
+def validate(config: TrainConfig) -> None:
+    """Fail early, with the fix, on combinations that cannot work."""
+    m, s, g, o = config.model, config.sampling, config.grpo, config.optim
+    if m.arch not in ("auto", "sd15", "sdxl", "sd3"):
+        raise ConfigError(f"model.arch must be auto, sd15, sdxl or sd3, got {m.arch!r}")
+    if m.dtype not in ("float32", "float16", "bfloat16"):
+        raise ConfigError(f"model.dtype must be float32, float16 or bfloat16, got {m.dtype!r}")
+    if m.lora_rank < 1 or m.lora_alpha <= 0:
+        raise ConfigError("model.lora_rank must be >= 1 and model.lora_alpha > 0")
+    if m.lora_init:
+        raise ConfigError("model.lora_init is not supported yet; leave it empty (train from the base model)")
+    if s.steps < 1 or s.eval_steps < 1:
+        raise ConfigError("sampling.steps and sampling.eval_steps must be >= 1")
+    if s.resolution % 8 or s.resolution < 8:
+        raise ConfigError(f"sampling.resolution must be a positive multiple of 8, got {s.resolution}")
+    if s.eta <= 0:
+        raise ConfigError("sampling.eta must be > 0: DDIM with eta=0 is deterministic and has no log-prob")
+    if s.sde_noise_level <= 0:
+        raise ConfigError("sampling.sde_noise_level must be > 0 (the flow SDE needs noise for a log-prob)")
+    if g.group_size < 2:
+        raise ConfigError("grpo.group_size must be >= 2: a group of one has no relative advantage")
+    if g.groups_per_step < 1 or g.batch_size < 1 or g.updates_per_step < 1 or g.inner_epochs < 1:
+        raise ConfigError("grpo.groups_per_step, batch_size, updates_per_step and inner_epochs must be >= 1")
+    per_process = g.group_size * g.groups_per_step
+    if per_process % g.batch_size:
+        ok = [b for b in range(1, per_process + 1) if per_process % b == 0]
+        raise ConfigError(
+            f"grpo.batch_size={g.batch_size} must divide group_size*groups_per_step={per_process}; "
+            f"choose one of {ok}"
+        )
+    micro = per_process // g.batch_size
+    if micro % g.updates_per_step:
+        raise ConfigError(
+            f"grpo.updates_per_step={g.updates_per_step} must divide the {micro} micro-batches per step"
+        )
+    if not 0 < g.train_timestep_fraction <= 1:
+        raise ConfigError("grpo.train_timestep_fraction must be in (0, 1]")
+    if g.train_window:
+        if len(g.train_window) != 2:
+            raise ConfigError("grpo.train_window must be [start, end) or empty")
+        start, end = int(g.train_window[0]), int(g.train_window[1])
+        if not 0 <= start < end <= s.steps:
+            raise ConfigError(f"grpo.train_window {g.train_window} must satisfy 0 <= start < end <= sampling.steps={s.steps}")
+    if g.clip_range <= 0 or g.adv_clip <= 0 or g.kl_beta < 0:
+        raise ConfigError("grpo.clip_range and grpo.adv_clip must be > 0 and grpo.kl_beta >= 0")
+    if o.lr < 0 or (o.adapter_lr is not None and o.adapter_lr < 0):
+        raise ConfigError("optim.lr and optim.adapter_lr must be >= 0")
+    if not 0 <= o.ema_decay < 1:
+        raise ConfigError("optim.ema_decay must be in [0, 1)")
+    if not config.rewards:
+        raise ConfigError("at least one [[rewards]] entry is needed")
+    for i, r in enumerate(config.rewards):
+        if r.kind not in ("lvlm", "color", "brightness", "clip_quality"):
+            raise ConfigError(f"rewards[{i}].kind must be lvlm, color, brightness or clip_quality, got {r.kind!r}")
+        if r.kind in ("lvlm", "clip_quality") and not r.path:
+            raise ConfigError(f"rewards[{i}] ({r.kind}) needs path = a local model folder or hub id")
+        if r.normalize not in ("none", "batch"):
+            raise ConfigError(f"rewards[{i}].normalize must be 'none' or 'batch', got {r.normalize!r}")
+    if config.max_steps < 0 or config.save_every < 1 or config.keep_checkpoints < 1:
+        raise ConfigError("max_steps must be >= 0, save_every and keep_checkpoints >= 1")
+    if config.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device must be auto, cpu or cuda, got {config.device!r}")
+
+
+def derive(config: TrainConfig, num_processes: int = 1) -> Derived:
+    validate(config)
+    g = config.grpo
+    per_process = g.group_size * g.groups_per_step
+    micro = per_process // g.batch_size
+    per_update = micro // g.updates_per_step
+    trained = trained_step_indices_count(config)
+    updates = g.updates_per_step * g.inner_epochs
+    return Derived(
+        num_processes=num_processes,
+        samples_per_step_per_process=per_process,
+        samples_per_step=per_process * num_processes,
+        groups_per_step=g.groups_per_step * num_processes,
+        micro_batches_per_step=micro,
+        micro_batches_per_update=per_update,
+        trained_timesteps=trained,
+        backward_passes_per_update=per_update * trained,
+        optimizer_updates_per_step=updates,
+        total_optimizer_updates=updates * config.max_steps,
+        total_images=per_process * num_processes * config.max_steps,
+    )

@@ -1,0 +1,134 @@
+"""GRPO arithmetic: group-relative advantages, the PPO-clip loss, and an EMA of trainable weights.
+
+Pure tensor functions, kept apart from the trainer so each formula has its own test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+
+
+@dataclass
+class AdvantageInfo:
+    """What happened to the groups: zero-variance ones carry no signal and are dropped."""
+
+    keep: torch.Tensor  # [N] bool: sample belongs to a group with non-zero reward spread
+    zero_std_groups: int
+    num_groups: int
+    std_used: float
+
+    @property
+    def zero_std_ratio(self) -> float:
+        return self.zero_std_groups / max(1, self.num_groups)
+
+
+def group_advantages(
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    *,
+    global_std: bool = True,
+    clip: float = 5.0,
+    eps: float = 1e-6,
+    zero_std_tol: float = 1e-8,
+) -> tuple[torch.Tensor, AdvantageInfo]:
+    """``(r - group mean) / (std + eps)`` clipped to ±clip; zero-spread groups get 0 and ``keep=False``.
+
+    ``global_std=True`` divides by the std of all rewards (Flow-GRPO's choice: easy prompts do not get
+    their tiny differences blown up); otherwise by each group's own std. Never NaN.
+    """
+    rewards = rewards.detach().float().flatten()
+    group_ids = group_ids.flatten().to(rewards.device)
+    if rewards.shape != group_ids.shape:
+        raise ValueError(f"rewards {tuple(rewards.shape)} and group_ids {tuple(group_ids.shape)} differ")
+    if not torch.isfinite(rewards).all():
+        raise ValueError("rewards contain NaN/inf: check the reward functions")
+    uniq, inverse = torch.unique(group_ids, return_inverse=True)
+    n_groups = len(uniq)
+    counts = torch.zeros(n_groups).index_add_(0, inverse, torch.ones_like(rewards))
+    means = torch.zeros(n_groups).index_add_(0, inverse, rewards) / counts
+    centred = rewards - means[inverse]
+    group_var = torch.zeros(n_groups).index_add_(0, inverse, centred**2) / counts
+    group_std = group_var.sqrt()
+    zero = group_std <= zero_std_tol
+    keep = ~zero[inverse]
+    if global_std:
+        std = rewards.std(unbiased=False) if rewards.numel() > 1 else torch.tensor(0.0)
+        denom = std.expand_as(rewards)
+        std_used = float(std)
+    else:
+        denom = group_std[inverse]
+        std_used = float(group_std[~zero].mean()) if (~zero).any() else 0.0
+    adv = torch.where(keep, centred / (denom + eps), torch.zeros_like(centred))
+    adv = adv.clamp(-clip, clip)
+    return adv, AdvantageInfo(keep=keep, zero_std_groups=int(zero.sum()), num_groups=n_groups, std_used=std_used)
+
+
+@dataclass
+class LossInfo:
+    clipfrac: float
+    approx_kl: float
+    ratio_max_dev: float
+
+
+def ppo_clip_loss(
+    log_prob: torch.Tensor,
+    old_log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_range: float,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, LossInfo]:
+    """PPO-clip policy loss on the per-dimension-mean log-prob ratio, averaged over (masked-in) samples.
+
+    ``mask`` (bool [B]) leaves out samples of dropped zero-variance groups; an all-False mask gives 0.
+    """
+    ratio = torch.exp(log_prob - old_log_prob.detach())
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    per_sample = torch.maximum(unclipped, clipped)
+    if mask is None:
+        loss = per_sample.mean()
+    else:
+        weight = mask.float()
+        loss = (per_sample * weight).sum() / weight.sum().clamp(min=1.0)
+    with torch.no_grad():
+        info = LossInfo(
+            clipfrac=float(((ratio - 1.0).abs() > clip_range).float().mean()),
+            approx_kl=float(0.5 * ((log_prob - old_log_prob) ** 2).mean()),
+            ratio_max_dev=float((ratio - 1.0).abs().max()),
+        )
+    return loss, info
+
+
+class EMA:
+    """Exponential moving average of a list of parameters (kept in fp32 on their device)."""
+
+    def __init__(self, params: Iterable[torch.nn.Parameter], decay: float):
+        self.params = list(params)
+        self.decay = float(decay)
+        self.shadow = [p.detach().float().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for s, p in zip(self.shadow, self.params):
+            s.mul_(self.decay).add_(p.detach().float(), alpha=1 - self.decay)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "shadow": [s.cpu() for s in self.shadow]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["shadow"]) != len(self.shadow):
+            raise ValueError("EMA state does not match the trainable parameters")
+        self.decay = float(state["decay"])
+        for s, t in zip(self.shadow, state["shadow"]):
+            s.copy_(t.to(s.device))
+
+    @torch.no_grad()
+    def swap(self) -> None:
+        """Exchange live and EMA weights (call twice to restore)."""
+        for s, p in zip(self.shadow, self.params):
+            tmp = p.detach().clone()
+            p.copy_(s.to(p.dtype))
+            s.copy_(tmp.float())

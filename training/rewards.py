@@ -1,0 +1,213 @@
+"""Rewards for GRPO: emotion accuracy (LVLM or colour heuristic), a toy brightness reward, CLIP quality.
+
+Every reward maps ``(images [B,H,W,3] in 0..1, prompts, targets [B,2] V-A)`` to a float tensor ``[B]``
+(higher is better). :class:`CompositeReward` sums them with weights after optional per-reward
+normalisation; :class:`AsyncRewardRunner` scores a micro-batch on a worker thread while the next one
+is being sampled, so the reward model is off the critical path.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Optional, Protocol, Sequence
+
+import torch
+
+from ..engines.emotion_space import VA_MAX, VA_MIN, va_reward_tensor
+
+
+class Reward(Protocol):
+    name: str
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str], targets: torch.Tensor) -> torch.Tensor:
+        ...
+
+
+class ColorVAReward:
+    """``va_reward`` of the colour-heuristic reading against the target (weight-free; a heuristic)."""
+
+    name = "color_va"
+
+    def __init__(self) -> None:
+        from ..engines.color_scorer import ColorHeuristicScorer
+
+        self.scorer = ColorHeuristicScorer()
+
+    def __call__(self, images, prompts, targets):
+        v, a = self.scorer.score_tensor(images.float())
+        t = targets.float().to(v.device)
+        return va_reward_tensor(v, a, t[:, 0], t[:, 1]).float().cpu()
+
+
+class BrightnessReward:
+    """Toy reward: mean brightness mapped to [-3, 3] should equal the target valence (tests, benchmarks)."""
+
+    name = "brightness"
+
+    def __call__(self, images, prompts, targets):
+        level = VA_MIN + (VA_MAX - VA_MIN) * images.float().mean(dim=(1, 2, 3))
+        return (1.0 - (level - targets[:, 0].float()).abs() / (VA_MAX - VA_MIN)).cpu()
+
+
+class LVLMVAReward:
+    """``va_reward`` of the LVLM scorer's reading (expected-value digits) against the target."""
+
+    name = "lvlm_va"
+
+    def __init__(self, scorer) -> None:
+        self.scorer = scorer
+
+    @classmethod
+    def from_path(cls, path: str, device: str = "", dtype: str = "float32", offload: bool = False) -> "LVLMVAReward":
+        from ..engines.lvlm_scorer import LVLMConfig, load_lvlm
+
+        kwargs = dict(model=path, dtype=dtype, offload_after_use=offload)
+        if device:
+            kwargs["device"] = device
+        return cls(load_lvlm(LVLMConfig(**kwargs)))
+
+    def __call__(self, images, prompts, targets):
+        readings = self.scorer.score(images.float().cpu())
+        v = torch.tensor([r.valence for r in readings], dtype=torch.float32).clamp(VA_MIN, VA_MAX)
+        a = torch.tensor([r.arousal for r in readings], dtype=torch.float32).clamp(VA_MIN, VA_MAX)
+        t = targets.float().cpu()
+        return va_reward_tensor(v, a, t[:, 0], t[:, 1])
+
+
+class CLIPQualityReward:
+    """PickScore-style preference: ``logit_scale * cos(image, prompt) / 100`` from a CLIPModel folder.
+
+    Point ``path`` at PickScore (``yuvalkirstain/PickScore_v1`` with the processor of
+    ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` saved next to it) or any CLIP model + processor folder.
+    """
+
+    name = "clip_quality"
+
+    def __init__(self, path: str, device: str = "cpu", dtype: str = "float32", offload: bool = False):
+        from transformers import AutoProcessor, CLIPModel
+
+        try:
+            self.processor = AutoProcessor.from_pretrained(path)
+            self.model = CLIPModel.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
+        except OSError as exc:
+            raise FileNotFoundError(
+                f"could not load a CLIP model + processor from {path!r}: give a folder holding both "
+                "(save_pretrained of CLIPModel and its processor) or a hub id"
+            ) from exc
+        self.model.requires_grad_(False)
+        self.device = torch.device(device or "cpu")
+        self.offload = offload
+        if not offload:
+            self.model.to(self.device)
+
+    @torch.no_grad()
+    def __call__(self, images, prompts, targets):
+        from ..engines.images import to_pil_list
+
+        if self.offload:
+            self.model.to(self.device)
+        try:
+            inputs = self.processor(text=list(prompts), images=to_pil_list(images), return_tensors="pt",
+                                    padding=True, truncation=True)
+            inputs = {k: v.to(self.device) for k, v in inputs.items()}
+            img = self.model.get_image_features(pixel_values=inputs["pixel_values"].to(self.model.dtype))
+            txt = self.model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"))
+            img = _features(img)
+            txt = _features(txt)
+            img = img / img.norm(dim=-1, keepdim=True)
+            txt = txt / txt.norm(dim=-1, keepdim=True)
+            score = self.model.logit_scale.exp() * (img * txt).sum(-1) / 100.0
+        finally:
+            if self.offload:
+                self.model.to("cpu")
+        return score.float().cpu()
+
+
+def _features(out) -> torch.Tensor:
+    """transformers 5 may return a model output instead of a bare tensor from get_*_features."""
+    if isinstance(out, torch.Tensor):
+        return out
+    for name in ("pooler_output", "image_embeds", "text_embeds"):
+        value = getattr(out, name, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    raise TypeError(f"unexpected CLIP feature output {type(out).__name__}")
+
+
+class CompositeReward:
+    """Weighted sum of named rewards, each optionally z-scored over the step's samples first."""
+
+    def __init__(self, rewards: Sequence[Reward], weights: Sequence[float], normalize: Sequence[str]):
+        if not (len(rewards) == len(weights) == len(normalize)) or not rewards:
+            raise ValueError("give one weight and one normalisation per reward, and at least one reward")
+        names = [r.name for r in rewards]
+        self.names = [n if names.count(n) == 1 else f"{n}_{i}" for i, n in enumerate(names)]
+        self.rewards = list(rewards)
+        self.weights = [float(w) for w in weights]
+        self.normalize = list(normalize)
+
+    def score_parts(self, images: torch.Tensor, prompts: Sequence[str], targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Raw per-reward scores for one micro-batch (the part that may run on a worker thread)."""
+        parts = {}
+        for name, reward in zip(self.names, self.rewards):
+            value = torch.as_tensor(reward(images, prompts, targets), dtype=torch.float32).flatten().cpu()
+            if value.shape[0] != images.shape[0]:
+                raise ValueError(f"reward {name} returned {value.shape[0]} values for {images.shape[0]} images")
+            if not torch.isfinite(value).all():
+                raise ValueError(f"reward {name} returned NaN/inf; check its model and inputs")
+            parts[name] = value
+        return parts
+
+    def combine(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Sum of weighted parts over all of a step's samples (normalisation needs the whole step)."""
+        total = None
+        for name, weight, norm in zip(self.names, self.weights, self.normalize):
+            value = parts[name].float()
+            if norm == "batch" and value.numel() > 1:
+                value = (value - value.mean()) / (value.std(unbiased=False) + 1e-6)
+            total = weight * value if total is None else total + weight * value
+        return total
+
+
+def build_reward(specs, device: str = "cpu") -> CompositeReward:
+    """A :class:`CompositeReward` from ``config.rewards`` (list of RewardSpec)."""
+    rewards = []
+    for spec in specs:
+        dev = spec.device or device
+        if spec.kind == "color":
+            rewards.append(ColorVAReward())
+        elif spec.kind == "brightness":
+            rewards.append(BrightnessReward())
+        elif spec.kind == "lvlm":
+            rewards.append(LVLMVAReward.from_path(spec.path, dev, spec.dtype, spec.offload))
+        elif spec.kind == "clip_quality":
+            rewards.append(CLIPQualityReward(spec.path, dev, spec.dtype, spec.offload))
+        else:
+            raise ValueError(f"unknown reward kind {spec.kind!r}")
+    return CompositeReward(rewards, [s.weight for s in specs], [s.normalize for s in specs])
+
+
+class AsyncRewardRunner:
+    """Score micro-batches on worker threads (``workers=0``: inline) and collect them in order."""
+
+    def __init__(self, reward: CompositeReward, workers: int = 1):
+        self.reward = reward
+        self.pool: Optional[ThreadPoolExecutor] = ThreadPoolExecutor(max_workers=workers) if workers > 0 else None
+        self.pending: list[Future | dict] = []
+
+    def submit(self, images: torch.Tensor, prompts: Sequence[str], targets: torch.Tensor) -> None:
+        images, targets = images.detach().cpu(), targets.detach().cpu()
+        if self.pool is None:
+            self.pending.append(self.reward.score_parts(images, prompts, targets))
+        else:
+            self.pending.append(self.pool.submit(self.reward.score_parts, images, list(prompts), targets))
+
+    def collect(self) -> dict[str, torch.Tensor]:
+        """Wait for everything submitted since the last collect; concatenated per reward, in order."""
+        results = [p.result() if isinstance(p, Future) else p for p in self.pending]
+        self.pending = []
+        return {name: torch.cat([r[name] for r in results]) for name in self.reward.names}
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)

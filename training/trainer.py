@@ -1,0 +1,419 @@
+"""The GRPO trainer: sample groups, score them off the critical path, update LoRA + emotion adapter.
+
+One step on each process:
+1. draw ``groups_per_step`` (prompt, target) pairs from ``(seed, step)``; each group's G members
+   stay on this process and get distinct seeds;
+2. roll out micro-batches of ``batch_size`` with the stochastic sampler, storing latents and
+   log-probs; each decoded micro-batch goes to the reward thread while the next one is sampled;
+3. gather rewards from all processes, compute group advantages (global std, zero-spread groups
+   dropped and counted, clip ±adv_clip);
+4. for the *same* micro-batches (same batch size, dtype and order inside a batch, so the first
+   ratio is exactly 1): for each trained timestep, recompute the log-prob with gradients, PPO-clip
+   loss + β·KL to the base model (peft ``disable_adapters``), and ``backward`` right away — memory
+   stays flat in T; DDP gradient sync happens only on the last backward before each update.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import Derived, TrainConfig, config_to_dict, derive
+from .data import PromptTargetSampler, load_prompts, quadrant
+from .grpo import EMA, group_advantages, ppo_clip_loss
+from .policies import (
+    Conditioning,
+    DiffusionPolicy,
+    PolicyNet,
+    Trajectory,
+    adapters_disabled,
+    add_lora,
+    gaussian_kl_mean,
+    rollout,
+)
+from .rewards import AsyncRewardRunner, CompositeReward, build_reward
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class GRPOTrainer:
+    """GRPO on a diffusers pipeline's denoiser LoRA and an emotion adapter. See the module docstring."""
+
+    def __init__(self, config: TrainConfig, *, reward: Optional[CompositeReward] = None, pipe: Any = None,
+                 accelerator: Any = None, log: bool = True):
+        from accelerate import Accelerator
+
+        from ..engines.diffusers_backend import DiffusersGeneratorConfig, detect_arch, load_pipeline
+
+        self.config = config
+        self.accelerator = accelerator or Accelerator(cpu=config.device == "cpu")
+        acc = self.accelerator
+        self.derived: Derived = derive(config, acc.num_processes)
+        self.device = acc.device
+        self.dtype = DTYPES[config.model.dtype]
+        if pipe is None:
+            if not config.model.pretrained:
+                raise ValueError("model.pretrained is empty: set it to a diffusers folder or hub id")
+            pipe = load_pipeline(DiffusersGeneratorConfig(model=config.model.pretrained, dtype=config.model.dtype,
+                                                          device=str(self.device)), self.device, self.dtype)
+        self.pipe = pipe
+        self.arch = detect_arch(pipe) if config.model.arch == "auto" else config.model.arch
+        for name in ("text_encoder", "text_encoder_2", "text_encoder_3", "vae"):
+            module = getattr(pipe, name, None)
+            if module is not None:
+                module.requires_grad_(False)
+        denoiser = pipe.transformer if self.arch == "sd3" else pipe.unet
+        torch.manual_seed(config.seed)  # LoRA init is random (gaussian A, zero B)
+        add_lora(denoiser, self.arch, config.model.lora_rank, config.model.lora_alpha, config.model.lora_targets)
+        if config.model.gradient_checkpointing:
+            denoiser.enable_gradient_checkpointing()
+        self.adapter = self._build_adapter() if config.model.train_adapter or config.model.adapter_init else None
+        net = PolicyNet(self.arch, denoiser, self.adapter, self.dtype).to(self.device)
+        if self.adapter is not None and not config.model.train_adapter:
+            self.adapter.requires_grad_(False)
+        self.trainable = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+        o = config.optim
+        groups = [{"params": [p for n, p in self.trainable if n.startswith("denoiser.")], "lr": o.lr}]
+        adapter_params = [p for n, p in self.trainable if n.startswith("adapter.")]
+        if adapter_params:
+            groups.append({"params": adapter_params, "lr": o.adapter_lr if o.adapter_lr is not None else o.lr})
+        optimizer = torch.optim.AdamW(groups, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+        self.net, self.optimizer = acc.prepare(net, optimizer)
+        self.raw_net: PolicyNet = acc.unwrap_model(self.net)
+        self.policy = DiffusionPolicy(pipe, self.arch, self.raw_net, resolution=config.sampling.resolution,
+                                      device=self.device, eta=config.sampling.eta,
+                                      noise_level=config.sampling.sde_noise_level)
+        self.ema = EMA([p for _, p in self.trainable], o.ema_decay) if o.ema else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16 and self.device.type == "cuda")
+        self.reward = reward if reward is not None else build_reward(config.rewards, str(self.device))
+        self.runner = AsyncRewardRunner(self.reward, config.reward_workers)
+        self.sampler = PromptTargetSampler(load_prompts(config.data.prompts_file), config.data.targets, config.seed)
+        self.step = 0
+        self.updates = 0
+        self.ratio_dev_before_first_update = 0.0
+        self.history: list[dict[str, float]] = []
+        self.out = Path(config.output_dir)
+        self.writer = None
+        if log and acc.is_main_process:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out / "tb"))
+
+    # --- set-up helpers ---------------------------------------------------------------------------
+    def _build_adapter(self):
+        from ..engines.emotion_adapter import EmotionAdapter, EmotionAdapterConfig, load_emotion_adapter
+
+        if self.config.model.adapter_init:
+            adapter = load_emotion_adapter(self.config.model.adapter_init, expected_arch=self.arch)
+        else:
+            policy = DiffusionPolicy(self.pipe, self.arch, PolicyNet(self.arch, self._denoiser(), None, self.dtype),
+                                     resolution=self.config.sampling.resolution, device=self.device)
+            cond = policy.encode(["a"], "", False)
+            extra = {"hidden_dim": self.config.model.adapter_hidden} if self.config.model.adapter_hidden else {}
+            adapter = EmotionAdapter(EmotionAdapterConfig.from_conditioning(self.arch, cond.context, cond.pooled, **extra))
+        return adapter.float().train()
+
+    def _denoiser(self):
+        return self.pipe.transformer if self.arch == "sd3" else self.pipe.unet
+
+    def lora_state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in self.trainable if n.startswith("denoiser.")}
+
+    def print_summary(self) -> None:
+        if self.accelerator.is_main_process:
+            n_lora = sum(p.numel() for n, p in self.trainable if n.startswith("denoiser."))
+            n_adapter = sum(p.numel() for n, p in self.trainable if n.startswith("adapter."))
+            print(f"[train] arch={self.arch} dtype={self.config.model.dtype} device={self.device} "
+                  f"LoRA params={n_lora} adapter params={n_adapter}")
+            print(f"[train] {self.derived.summary()}")
+
+    # --- one step ---------------------------------------------------------------------------------
+    def _chunks(self, n: int) -> list[slice]:
+        b = self.config.grpo.batch_size
+        return [slice(i, i + b) for i in range(0, n, b)]
+
+    def _train_indices(self, rng: np.random.Generator) -> list[int]:
+        steps = self.config.sampling.steps
+        window = self.config.grpo.train_window
+        pool = list(range(int(window[0]), int(window[1]))) if window else list(range(steps))
+        k = self.derived.trained_timesteps
+        if k >= len(pool):
+            return pool
+        return sorted(rng.choice(pool, size=k, replace=False).tolist())
+
+    def sample_step(self) -> tuple[list[Trajectory], dict[str, torch.Tensor], Any]:
+        """Roll out this process's groups; rewards are scored on the worker while sampling continues."""
+        c = self.config
+        batch = self.sampler.sample(self.step, c.grpo.groups_per_step, c.grpo.group_size,
+                                    self.accelerator.process_index, self.accelerator.num_processes)
+        cfg = c.sampling.guidance_scale != 1.0
+        trajs = []
+        self.raw_net.eval()
+        for sl in self._chunks(len(batch.prompts)):
+            cond = self.policy.encode(batch.prompts[sl], c.sampling.negative_prompt, cfg)
+            va = torch.from_numpy(batch.targets[sl]).to(self.device)
+            traj = rollout(self.policy, self.raw_net, cond, va, batch.seeds[sl], c.sampling.steps,
+                           c.sampling.guidance_scale, c.sampling.adapter_strength)
+            self.runner.submit(traj.images, batch.prompts[sl], va)
+            trajs.append(traj)
+        return trajs, self.runner.collect(), batch
+
+    def train_step(self) -> dict[str, float]:
+        c, acc = self.config, self.accelerator
+        t0 = time.perf_counter()
+        trajs, parts, batch = self.sample_step()
+        t_sample = time.perf_counter() - t0
+        n_local = len(batch.prompts)
+        gids = torch.as_tensor(batch.group_ids, device=self.device)
+        all_parts = {k: acc.gather(v.to(self.device)).cpu() for k, v in parts.items()}
+        all_gids = acc.gather(gids).cpu()
+        rewards = self.reward.combine(all_parts)
+        adv_all, info = group_advantages(rewards, all_gids, global_std=c.grpo.global_std, clip=c.grpo.adv_clip)
+        me = acc.process_index
+        adv = adv_all[me * n_local:(me + 1) * n_local].to(self.device)
+        keep = info.keep[me * n_local:(me + 1) * n_local].to(self.device)
+        if c.grpo.shuffle_advantages:  # control runs only: break the sample-advantage link
+            perm = torch.from_numpy(np.random.default_rng([c.seed, self.step, 99]).permutation(n_local))
+            adv, keep = adv[perm.to(self.device)], keep[perm.to(self.device)]
+        stats = self._update(trajs, adv, keep)
+        metrics = {
+            "reward/mean": float(rewards.mean()),
+            "reward/std": float(rewards.std(unbiased=False)),
+            "grpo/zero_std_ratio": info.zero_std_ratio,
+            "grpo/zero_std_groups": float(info.zero_std_groups),
+            "time/sample_s": t_sample,
+            "time/update_s": time.perf_counter() - t0 - t_sample,
+            **stats,
+        }
+        for name, value in all_parts.items():
+            metrics[f"reward/{name}"] = float(value.mean())
+        all_targets = acc.gather(torch.from_numpy(batch.targets).to(self.device)).cpu()
+        regions: dict[str, list[float]] = {}
+        for (v, a), r in zip(all_targets.tolist(), rewards.tolist()):
+            regions.setdefault(quadrant(v, a), []).append(r)
+        for region, values in regions.items():
+            metrics[f"reward_by_region/{region}"] = float(np.mean(values))
+        self._log(metrics, trajs)
+        self.step += 1
+        self.history.append(metrics)
+        return metrics
+
+    def _update(self, trajs: list[Trajectory], adv: torch.Tensor, keep: torch.Tensor) -> dict[str, float]:
+        c, acc = self.config, self.accelerator
+        g = c.grpo
+        rng = np.random.default_rng([c.seed, self.step, 1])
+        per_update = self.derived.micro_batches_per_update
+        sums = {"loss": 0.0, "kl": 0.0, "clipfrac": 0.0, "approx_kl": 0.0, "grad_norm": 0.0}
+        counts = {"pass": 0, "update": 0}
+        bsz = g.batch_size
+        self.raw_net.train()
+        for _epoch in range(g.inner_epochs):
+            order = rng.permutation(len(trajs)).tolist()
+            for u in range(g.updates_per_step):
+                chunk_ids = order[u * per_update:(u + 1) * per_update]
+                plan = [(ci, j) for ci in chunk_ids for j in self._train_indices(rng)]
+                for k, (ci, j) in enumerate(plan):
+                    traj = trajs[ci]
+                    a = adv[ci * bsz:(ci + 1) * bsz]
+                    m = keep[ci * bsz:(ci + 1) * bsz]
+                    last = k == len(plan) - 1
+                    sync = contextlib.nullcontext() if last else acc.no_sync(self.net)
+                    with sync:
+                        loss, parts = self._timestep_loss(traj, j, a, m)
+                        loss = loss / len(plan)
+                        if self.scaler.is_enabled():
+                            self.scaler.scale(loss).backward()
+                        else:
+                            acc.backward(loss)
+                    for key in ("kl", "clipfrac", "approx_kl"):
+                        sums[key] += parts[key]
+                    sums["loss"] += float(loss) * len(plan)
+                    counts["pass"] += 1
+                    if self.updates == 0:
+                        self.ratio_dev_before_first_update = max(self.ratio_dev_before_first_update, parts["ratio_dev"])
+                if self.scaler.is_enabled():
+                    self.scaler.unscale_(self.optimizer)
+                params = [p for _, p in self.trainable]
+                if c.optim.max_grad_norm > 0:
+                    norm = torch.nn.utils.clip_grad_norm_(params, c.optim.max_grad_norm)
+                else:
+                    norm = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params if p.grad is not None))
+                if self.scaler.is_enabled():
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                else:
+                    self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.ema is not None:
+                    self.ema.update()
+                self.updates += 1
+                sums["grad_norm"] += float(norm)
+                counts["update"] += 1
+        self.raw_net.eval()
+        n = max(1, counts["pass"])
+        return {
+            "train/loss": sums["loss"] / n,
+            "train/kl": sums["kl"] / n,
+            "train/clipfrac": sums["clipfrac"] / n,
+            "train/approx_kl": sums["approx_kl"] / n,
+            "train/grad_norm": sums["grad_norm"] / max(1, counts["update"]),
+        }
+
+    def _timestep_loss(self, traj: Trajectory, j: int, adv: torch.Tensor, keep: torch.Tensor):
+        c = self.config
+        x = traj.latents[:, j]
+        prev = traj.latents[:, j + 1]
+        t = traj.timesteps[j].to(self.device)
+        out = self.net(x, t, traj.cond, traj.va, c.sampling.guidance_scale, c.sampling.adapter_strength)
+        res = self.policy.step(out, x, traj.params[j], prev_sample=prev)
+        loss, info = ppo_clip_loss(res.log_prob, traj.log_probs[:, j], adv, c.grpo.clip_range, mask=keep)
+        kl_value = 0.0
+        if c.grpo.kl_beta > 0:
+            with torch.no_grad(), adapters_disabled(self.raw_net):
+                ref_out = self.raw_net(x, t, traj.cond, traj.va, c.sampling.guidance_scale, 0.0)
+                ref = self.policy.step(ref_out, x, traj.params[j], prev_sample=prev)
+            kl = gaussian_kl_mean(res.mean, ref.mean, res.std).mean()
+            loss = loss + c.grpo.kl_beta * kl
+            kl_value = float(kl)
+        return loss, {"kl": kl_value, "clipfrac": info.clipfrac, "approx_kl": info.approx_kl,
+                      "ratio_dev": info.ratio_max_dev}
+
+    # --- evaluation -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, prompts: Sequence[str], targets: torch.Tensor, seeds: Sequence[int],
+                 steps: Optional[int] = None, use_ema: bool = False) -> dict[str, torch.Tensor]:
+        """Reward parts of images from the deterministic sampler (same seeds → same images)."""
+        c = self.config
+        steps = steps or c.sampling.eval_steps
+        cfg = c.sampling.guidance_scale != 1.0
+        if use_ema and self.ema is not None:
+            self.ema.swap()
+        try:
+            self.raw_net.eval()
+            parts: list[dict[str, torch.Tensor]] = []
+            for sl in self._chunks(len(prompts)):
+                cond = self.policy.encode(list(prompts[sl]), c.sampling.negative_prompt, cfg)
+                va = targets[sl].to(self.device).float()
+                traj = rollout(self.policy, self.raw_net, cond, va, list(seeds[sl]), steps,
+                               c.sampling.guidance_scale, c.sampling.adapter_strength, stochastic=False)
+                parts.append(self.reward.score_parts(traj.images, list(prompts[sl]), va.cpu()))
+        finally:
+            if use_ema and self.ema is not None:
+                self.ema.swap()
+        merged = {k: torch.cat([p[k] for p in parts]) for k in self.reward.names}
+        merged["total"] = sum(w * merged[n] for n, w in zip(self.reward.names, self.reward.weights))
+        return merged
+
+    # --- logging ----------------------------------------------------------------------------------
+    def _log(self, metrics: dict[str, float], trajs: list[Trajectory]) -> None:
+        if self.writer is None:
+            return
+        c = self.config
+        if self.step % c.log_every == 0:
+            for key, value in metrics.items():
+                if math.isfinite(value):
+                    self.writer.add_scalar(key, value, self.step)
+        if c.image_log_every and self.step % c.image_log_every == 0 and trajs:
+            from torchvision.utils import make_grid
+
+            images = trajs[0].images.permute(0, 3, 1, 2)
+            self.writer.add_image("samples", make_grid(images, nrow=min(8, images.shape[0])), self.step)
+        self.writer.flush()
+
+    # --- checkpoints ------------------------------------------------------------------------------
+    def checkpoint_root(self) -> Path:
+        return self.out / "checkpoints"
+
+    def save(self) -> Optional[Path]:
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if not acc.is_main_process:
+            return None
+        weights = {n: p.detach() for n, p in self.trainable}
+        if self.ema is not None:
+            weights.update({f"ema.{n}": s for (n, _), s in zip(self.trainable, self.ema.shadow)})
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "rng": rng_state(),
+            "updates": self.updates,
+        }
+        meta = {
+            "config": config_to_dict(self.config),
+            "arch": self.arch,
+            "adapter_config": dataclasses.asdict(self.adapter.config) if self.adapter is not None else None,
+            "derived": dataclasses.asdict(self.derived),
+        }
+        return save_checkpoint(self.checkpoint_root(), self.step, weights, state, meta, self.config.keep_checkpoints)
+
+    def resume(self, path: Optional[str | Path] = None) -> bool:
+        """Load the latest (or given) checkpoint; False when there is none."""
+        path = Path(path) if path else latest_checkpoint(self.checkpoint_root())
+        if path is None:
+            return False
+        weights, state, meta = load_checkpoint(path)
+        if meta["arch"] != self.arch:
+            raise ValueError(f"checkpoint {path} is for {meta['arch']}, this run is {self.arch}")
+        params = dict(self.trainable)
+        missing = sorted(set(params) - set(weights))
+        if missing:
+            raise ValueError(f"checkpoint {path} lacks {len(missing)} trainable tensors (e.g. {missing[0]}); "
+                             "was it written with another LoRA rank/targets or adapter setting?")
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(weights[name].to(p.device, p.dtype))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+        set_rng_state(state["rng"])
+        self.updates = int(state["updates"])
+        self.step = int(meta["step"])
+        return True
+
+    # --- the loop ---------------------------------------------------------------------------------
+    def train(self, resume: bool = False) -> list[dict[str, float]]:
+        c = self.config
+        if resume and self.resume() and self.accelerator.is_main_process:
+            print(f"[train] resumed at step {self.step}")
+        self.print_summary()
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=c.max_steps, initial=self.step, disable=not (c.progress and self.accelerator.is_main_process),
+                   desc="GRPO")
+        try:
+            while self.step < c.max_steps:
+                metrics = self.train_step()
+                bar.update(1)
+                bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['train/kl']:.2e}")
+                if self.step % c.save_every == 0 or self.step == c.max_steps:
+                    self.save()
+        finally:
+            bar.close()
+            self.runner.close()
+            if self.writer is not None:
+                self.writer.close()
+        if c.export_at_end and self.accelerator.is_main_process:
+            self.export(self.out / "export")
+        return self.history
+
+    def export(self, out_dir: str | Path) -> dict[str, Path]:
+        from .export import export_all
+
+        if self.ema is not None:
+            self.ema.swap()
+        try:
+            return export_all(out_dir, self.arch, self.lora_state(), self.config.model.lora_rank,
+                              self.config.model.lora_alpha, self.adapter, metadata={"step": self.step})
+        finally:
+            if self.ema is not None:
+                self.ema.swap()
