@@ -49,3 +49,17 @@ class EmotionScorer(Protocol):
 def rewards_against(readings: Sequence[EmotionReading], target: Optional[VA]) -> list[Optional[float]]:
     """Reward of each reading against ``target`` (``None`` entries when there is no target)."""
     return [r.reward(target) if target is not None else None for r in readings]
+
+
+def reading_rows(readings: Sequence[EmotionReading], target: Optional[VA] = None) -> list[dict]:
+    """Plain per-image records (JSON-ready) for node outputs, the CLI and logs."""
+    rows = []
+    for index, reading in enumerate(readings):
+        row = {"index": index, "valence": round(reading.valence, 4), "arousal": round(reading.arousal, 4)}
+        if target is not None:
+            row["reward"] = round(reading.reward(target), 4)
+            row["distance"] = round(reading.distance(target), 4)
+        if reading.analysis:
+            row["analysis"] = reading.analysis
+        rows.append(row)
+    return rows

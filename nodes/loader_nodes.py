@@ -1,4 +1,181 @@
-"""Placeholder: filled in by the issue that owns these nodes."""
+"""LVLM loader node: pick a vision-language model folder under ComfyUI's ``models/LLM`` (or the colour heuristic).
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
+The output (ComfyUI type ``"LVLM"``) is an :class:`~..engines.scoring.EmotionScorer`: an
+:class:`~..engines.lvlm_scorer.LVLMScorer` or the weight-free
+:class:`~..engines.color_scorer.ColorHeuristicScorer`. ComfyUI caches the loader's output, so the
+model loads once and the scorer/refiner/loop nodes reuse it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..engines.color_scorer import ColorHeuristicScorer
+from ..engines.lvlm_scorer import LVLMConfig, LVLMLoadError, load_lvlm
+from . import comfy_bridge
+from .common import CATEGORY
+
+LVLM_TYPE = "LVLM"
+LLM_FOLDER = "LLM"
+COLOUR_OPTION = "colour heuristic (no model)"
+NO_ADAPTER = "none"
+MAX_DEPTH = 2  # models/LLM/<name> and models/LLM/<org>/<name>
+
+
+def llm_search_paths() -> list[str]:
+    """Folders ComfyUI searches for LLMs (``models/LLM`` plus extra_model_paths.yaml entries)."""
+    try:
+        return comfy_bridge.ensure_model_folder(LLM_FOLDER)
+    except ImportError:  # imported outside ComfyUI (CLI, docs): no folders to list
+        return []
+
+
+def _find_folders(marker: str) -> list[str]:
+    """Relative names ("name" or "org/name") of folders containing ``marker`` under every LLM path."""
+    found: list[str] = []
+    for base in llm_search_paths():
+        if not os.path.isdir(base):
+            continue
+        for dirpath, subdirs, files in os.walk(base, followlinks=True):
+            rel = os.path.relpath(dirpath, base)
+            depth = 0 if rel == "." else rel.count(os.sep) + 1
+            if depth and marker in files:
+                name = rel.replace(os.sep, "/")
+                if name not in found:
+                    found.append(name)
+                subdirs[:] = []  # a model folder's own sub-folders are not separate models
+                continue
+            if depth >= MAX_DEPTH:
+                subdirs[:] = []
+            subdirs.sort()
+    return sorted(found, key=str.lower)
+
+
+def list_model_folders() -> list[str]:
+    """HF model folders (with config.json) under the LLM paths; adapters are listed separately."""
+    adapters = set(list_adapter_folders())
+    return [name for name in _find_folders("config.json") if name not in adapters]
+
+
+def list_adapter_folders() -> list[str]:
+    """peft LoRA adapter folders (with adapter_config.json) under the LLM paths."""
+    return _find_folders("adapter_config.json")
+
+
+def resolve_llm_folder(name: str, marker: str = "config.json") -> str:
+    """Full path of the listed folder ``name``; a clear error naming the searched folders otherwise."""
+    parts = Path(name).parts
+    if not name or ".." in parts or Path(name).is_absolute():
+        raise LVLMLoadError(f"invalid model folder name {name!r}: pick one from the list")
+    searched = llm_search_paths()
+    for base in searched:
+        candidate = os.path.join(base, *name.split("/"))
+        if os.path.isfile(os.path.join(candidate, marker)):
+            return candidate
+    where = ", ".join(searched) or "ComfyUI/models/LLM"
+    raise LVLMLoadError(
+        f"model folder {name!r} not found (no {marker}) in {where}. Put the whole Hugging Face folder at "
+        f"models/LLM/{name} (or a path listed in extra_model_paths.yaml under 'LLM') and refresh."
+    )
+
+
+class LVLMLoader:
+    """Load a vision-language model to judge emotion, or select the colour heuristic."""
+
+    CATEGORY = f"{CATEGORY}/LVLM"
+    FUNCTION = "load"
+    RETURN_TYPES = (LVLM_TYPE,)
+    RETURN_NAMES = ("lvlm",)
+    OUTPUT_TOOLTIPS = ("The emotion judge: connect it to LVLM Emotion Scorer, Feedback Prompt Refiner or Emo Reward Loop.",)
+    DESCRIPTION = (
+        "Loads a Hugging Face image-text-to-text model (Qwen2-VL, Qwen2.5-VL, Qwen3-VL …) from a folder "
+        "under ComfyUI/models/LLM/<name>, optionally with a LoRA adapter from training. The first option, "
+        "the colour heuristic, needs no model: it reads brightness and saturation (Valdez & Mehrabian 1994) "
+        "and is a rough stand-in, not a content judgement."
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "model": (
+                    [COLOUR_OPTION, *list_model_folders()],
+                    {"tooltip": "A model folder under ComfyUI/models/LLM (must contain config.json and *.safetensors), "
+                                "or the weight-free colour heuristic."},
+                ),
+                "dtype": (
+                    ["auto", "bfloat16", "float16", "float32"],
+                    {"default": "auto", "tooltip": "Weight precision. auto = bfloat16 on GPUs that support it, float32 on CPU."},
+                ),
+                "device": (
+                    ["auto", "cuda", "cpu", "mps"],
+                    {"default": "auto", "tooltip": "Where the model runs. auto = ComfyUI's main device."},
+                ),
+                "attention": (
+                    ["auto", "sdpa", "eager", "flash_attention_2"],
+                    {"default": "auto", "tooltip": "Attention kernel. auto = transformers' default (sdpa); "
+                                                   "flash_attention_2 needs the flash-attn package."},
+                ),
+                "keep_loaded": (
+                    "BOOLEAN",
+                    {"default": True, "tooltip": "Keep the model on the device between runs (fast). Off = move it to "
+                                                 "RAM after every use to free VRAM for the diffusion model."},
+                ),
+            },
+            "optional": {
+                "adapter": (
+                    [NO_ADAPTER, *list_adapter_folders()],
+                    {"default": NO_ADAPTER, "tooltip": "A LoRA adapter folder (adapter_config.json) under models/LLM, "
+                                                       "e.g. a scorer fine-tuned by emofeedback2 train."},
+                ),
+                "max_pixels": (
+                    "INT",
+                    {"default": 401408, "min": 0, "max": 16777216, "step": 3136,
+                     "tooltip": "Largest image area fed to the vision encoder (pixels); bigger is slower. "
+                                "0 keeps the model's own setting."},
+                ),
+                "trust_remote_code": (
+                    "BOOLEAN",
+                    {"default": False, "tooltip": "Run Python code shipped inside the model folder. Only for models "
+                                                  "you trust; Qwen-VL models do not need it."},
+                ),
+            },
+        }
+
+    def load(
+        self,
+        model: str,
+        dtype: str = "auto",
+        device: str = "auto",
+        attention: str = "auto",
+        keep_loaded: bool = True,
+        adapter: str = NO_ADAPTER,
+        max_pixels: int = 401408,
+        trust_remote_code: bool = False,
+    ):
+        if model == COLOUR_OPTION:
+            return (ColorHeuristicScorer(),)
+        folder = resolve_llm_folder(model)
+        adapter_path = None if adapter in (None, "", NO_ADAPTER) else resolve_llm_folder(adapter, "adapter_config.json")
+        if device == "auto":
+            device = str(comfy_bridge.torch_device())
+        config = LVLMConfig(
+            model=folder,
+            dtype=dtype,
+            device=device,
+            attn_implementation=None if attention == "auto" else attention,
+            adapter=adapter_path,
+            trust_remote_code=bool(trust_remote_code),
+            max_pixels=int(max_pixels) or None,
+            offload_after_use=not keep_loaded,
+            offload_device=str(comfy_bridge.offload_device()),
+        )
+        if not keep_loaded:
+            comfy_bridge.soft_empty_cache()
+        return (load_lvlm(config),)
+
+
+NODE_CLASS_MAPPINGS: dict[str, type] = {"EmoLVLMLoader": LVLMLoader}
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {"EmoLVLMLoader": "LVLM Loader (EmoFeedback2)"}
