@@ -1,4 +1,151 @@
-"""Placeholder: filled in by the issue that owns these nodes."""
+"""EmotionConditioner nodes: sit where CLIPTextEncode sits and steer the conditioning toward (V, A).
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
+Two routes, usable together:
+- text route (no weights needed): emotion words and visual cues for the target are woven into the
+  prompt (engines.descriptors.emotional_prompt); the node outputs the text it actually encoded;
+- learned route: an EMOTION_ADAPTER (from the Emotion Weights Loader) moves the encoded tensors.
+
+With text_strength 0 and no adapter (or adapter_strength 0) EmotionConditioner makes exactly the
+call CLIPTextEncode makes on the unchanged text, so its CONDITIONING is identical to CLIPTextEncode's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from ..engines.comfy_backend import apply_adapter_to_conditioning, encode_text
+from ..engines.descriptors import emotional_prompt
+from ..engines.emotion_adapter import EmotionAdapter
+from ..engines.emotion_space import VA
+from .common import CATEGORY, arousal_widget, valence_widget
+
+EMOTION_ADAPTER_TYPE = "EMOTION_ADAPTER"
+
+TEXT_STRENGTH_TOOLTIP = (
+    "How strongly emotion words are woven into the prompt, 0-2. 0 = the prompt is encoded unchanged "
+    "(identical to CLIPTextEncode); 0.5 = a mood phrase; 1 = mood phrase + light/colour/motion cues; "
+    "above 1 the mood phrase is weighted up with (phrase:w) syntax."
+)
+ADAPTER_STRENGTH_TOOLTIP = (
+    "How far the emotion adapter moves the conditioning, 0-2 (1 = as trained; 0 = off, output unchanged). "
+    "The change grows in proportion to this value."
+)
+ADAPTER_INPUT_TOOLTIP = (
+    "Optional learned emotion adapter from the Emotion Weights Loader (EmoFeedback2). It must be made for "
+    "this model family (SD1.5 / SDXL / SD3.x); a mismatch stops with an error saying which."
+)
+
+
+def _strength_widget(default: float, tooltip: str) -> tuple:
+    return ("FLOAT", {"default": default, "min": 0.0, "max": 2.0, "step": 0.05, "tooltip": tooltip})
+
+
+def emotion_text(text: str, valence: float, arousal: float, text_strength: float) -> str:
+    """The prompt to encode; at strength 0 the user's text exactly as typed (whitespace included)."""
+    target = VA(valence, arousal)
+    if float(text_strength) == 0.0:
+        return text
+    return emotional_prompt(text, target, float(text_strength))
+
+
+class EmotionConditioner:
+    """CLIP + prompt + target emotion → CONDITIONING (a drop-in for CLIPTextEncode)."""
+
+    CATEGORY = f"{CATEGORY}/conditioning"
+    FUNCTION = "encode"
+    RETURN_TYPES = ("CONDITIONING", "STRING")
+    RETURN_NAMES = ("conditioning", "encoded_text")
+    OUTPUT_TOOLTIPS = (
+        "Conditioning for KSampler's positive input, steered toward the target valence/arousal.",
+        "The prompt text that was actually encoded (your prompt plus the emotion words, if any).",
+    )
+    DESCRIPTION = (
+        "Encodes a prompt like CLIPTextEncode, steered toward a target emotion: valence (unpleasant -3 … "
+        "+3 pleasant) and arousal (calm -3 … +3 excited). Emotion words are added to the prompt "
+        "(text_strength) and, if connected, a trained emotion adapter moves the encoding (adapter_strength). "
+        "With both strengths at 0 the output equals CLIPTextEncode's."
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "clip": ("CLIP", {"tooltip": "The CLIP (text encoder) from your checkpoint loader."}),
+                "text": ("STRING", {"multiline": True, "dynamicPrompts": True,
+                                    "tooltip": "Your prompt, as you would type it into CLIPTextEncode."}),
+                "valence": valence_widget(),
+                "arousal": arousal_widget(),
+                "text_strength": _strength_widget(1.0, TEXT_STRENGTH_TOOLTIP),
+            },
+            "optional": {
+                "emotion_adapter": (EMOTION_ADAPTER_TYPE, {"tooltip": ADAPTER_INPUT_TOOLTIP}),
+                "adapter_strength": _strength_widget(1.0, ADAPTER_STRENGTH_TOOLTIP),
+            },
+        }
+
+    def encode(
+        self,
+        clip: Any,
+        text: str,
+        valence: float,
+        arousal: float,
+        text_strength: float = 1.0,
+        emotion_adapter: Optional[EmotionAdapter] = None,
+        adapter_strength: float = 1.0,
+    ) -> tuple[list, str]:
+        encoded = emotion_text(text, valence, arousal, text_strength)
+        conditioning = encode_text(clip, encoded)  # the very call CLIPTextEncode makes
+        conditioning = apply_adapter_to_conditioning(
+            conditioning, emotion_adapter, VA(valence, arousal), float(adapter_strength)
+        )
+        return (conditioning, encoded)
+
+
+class EmotionConditionerFromConditioning:
+    """CONDITIONING + target emotion + EMOTION_ADAPTER → CONDITIONING (for prompts encoded elsewhere)."""
+
+    CATEGORY = f"{CATEGORY}/conditioning"
+    FUNCTION = "apply"
+    RETURN_TYPES = ("CONDITIONING",)
+    RETURN_NAMES = ("conditioning",)
+    OUTPUT_TOOLTIPS = ("The input conditioning moved toward the target valence/arousal by the adapter.",)
+    DESCRIPTION = (
+        "Applies a trained emotion adapter to conditioning from any text encoder node (CLIPTextEncode, "
+        "SDXL/SD3 encoders, combined or scheduled conditioning): every entry's tensors are moved toward the "
+        "target valence (unpleasant -3 … +3 pleasant) and arousal (calm -3 … +3 excited). Strength 0 "
+        "passes the conditioning through untouched."
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "conditioning": ("CONDITIONING", {"tooltip": "Conditioning from a text encoder node."}),
+                "emotion_adapter": (EMOTION_ADAPTER_TYPE, {"tooltip": ADAPTER_INPUT_TOOLTIP}),
+                "valence": valence_widget(),
+                "arousal": arousal_widget(),
+                "adapter_strength": _strength_widget(1.0, ADAPTER_STRENGTH_TOOLTIP),
+            }
+        }
+
+    def apply(
+        self, conditioning: list, emotion_adapter: Optional[EmotionAdapter], valence: float, arousal: float,
+        adapter_strength: float = 1.0,
+    ) -> tuple[list]:
+        if emotion_adapter is None:
+            raise ValueError(
+                "no emotion adapter connected: pick an adapter file in the Emotion Weights Loader (EmoFeedback2) "
+                "or use EmotionConditioner's text route"
+            )
+        target = VA(valence, arousal)
+        return (apply_adapter_to_conditioning(conditioning, emotion_adapter, target, float(adapter_strength)),)
+
+
+NODE_CLASS_MAPPINGS: dict[str, type] = {
+    "EmotionConditioner": EmotionConditioner,
+    "EmotionConditionerFromConditioning": EmotionConditionerFromConditioning,
+}
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
+    "EmotionConditioner": "Emotion Conditioner (EmoFeedback2)",
+    "EmotionConditionerFromConditioning": "Emotion Conditioner from Conditioning (EmoFeedback2)",
+}

@@ -1,4 +1,190 @@
-"""Placeholder: filled in by the issue that owns these nodes."""
+"""Emotion Weights Loader: trained generator weights → MODEL (+ CLIP) with the LoRA, and the EMOTION_ADAPTER.
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
+The LoRA goes through ComfyUI's own machinery, exactly like the stock LoraLoader
+(``comfy.utils.load_torch_file(safe_load=True)`` + ``comfy.sd.load_lora_for_models``, kohya keys) —
+but first every LoRA layer in the file is checked against the layers ComfyUI can map for this MODEL
+(``comfy.lora.model_lora_keys_unet`` / ``model_lora_keys_clip``). ComfyUI itself only logs "lora key
+not loaded" and carries on; this node refuses instead, so a LoRA made for another base model (or a
+diffusers/PEFT file whose attention layers ComfyUI would drop) never loads partially.
+
+Adapter files are looked up in ``models/emotion_adapters`` (registered here, keeping paths from
+extra_model_paths.yaml) and, prefixed ``loras/``, in the ``loras`` folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from ..engines.emotion_adapter import ARCH_NAMES, AdapterArchitectureError, load_emotion_adapter, read_adapter_metadata
+from . import comfy_bridge
+from .common import CATEGORY
+from .conditioner_nodes import EMOTION_ADAPTER_TYPE
+
+ADAPTER_FOLDER = "emotion_adapters"
+LORA_FOLDER = "loras"
+LORA_PREFIX = "loras/"
+NONE = "none"
+
+# ComfyUI supported_models class names → our architecture names.
+COMFY_MODEL_ARCH = {"SD15": "sd15", "SDXL": "sdxl", "SD3": "sd3"}
+_LORA_SUFFIXES = (
+    ".lora_down.weight", ".lora_up.weight", ".alpha", ".dora_scale", ".lora_A.weight", ".lora_B.weight",
+    ".lora.down.weight", ".lora.up.weight", ".lora_mid.weight",
+)
+
+
+class LoraMismatchError(ValueError):
+    """A LoRA file's layers do not all exist in the MODEL/CLIP it is applied to."""
+
+
+def _list(folder: str) -> list[str]:
+    try:
+        if folder == ADAPTER_FOLDER:
+            comfy_bridge.ensure_model_folder(ADAPTER_FOLDER)
+        return [f for f in comfy_bridge.filename_list(folder) if f.lower().endswith((".safetensors", ".sft"))]
+    except (ImportError, KeyError):  # outside ComfyUI (CLI, docs, convention tests): nothing to list
+        return []
+
+
+def adapter_choices() -> list[str]:
+    return [NONE] + _list(ADAPTER_FOLDER) + [LORA_PREFIX + f for f in _list(LORA_FOLDER)]
+
+
+def resolve_adapter_path(name: str) -> str:
+    """Full path of a dropdown entry: ``emotion_adapters`` first, then ``loras/…`` in the loras folder."""
+    comfy_bridge.ensure_model_folder(ADAPTER_FOLDER)
+    try:
+        return comfy_bridge.full_path_or_raise(ADAPTER_FOLDER, name)
+    except FileNotFoundError:
+        if name.startswith(LORA_PREFIX):
+            return comfy_bridge.full_path_or_raise(LORA_FOLDER, name[len(LORA_PREFIX):])
+        raise FileNotFoundError(
+            f"emotion adapter {name!r} not found in models/{ADAPTER_FOLDER}; put the .safetensors file there "
+            "and refresh the page"
+        ) from None
+
+
+def model_arch(model: Any) -> Optional[str]:
+    """``sd15``/``sdxl``/``sd3`` from ComfyUI's detected model config, or None for other families."""
+    config = getattr(getattr(model, "model", None), "model_config", None)
+    return COMFY_MODEL_ARCH.get(type(config).__name__) if config is not None else None
+
+
+def lora_layer_names(lora: dict) -> set[str]:
+    """The layer prefixes a LoRA state dict patches (``…lora_down.weight`` → ``…``)."""
+    names = set()
+    for key in lora:
+        for suffix in _LORA_SUFFIXES:
+            if key.endswith(suffix):
+                names.add(key[: -len(suffix)])
+                break
+    return names
+
+
+def check_lora_fits(lora: dict, model: Any, clip: Any, lora_name: str) -> int:
+    """Raise :class:`LoraMismatchError` unless every LoRA layer maps onto MODEL (or CLIP); return the count."""
+    import comfy.lora
+    import comfy.lora_convert
+
+    key_map: dict[str, str] = {}
+    key_map = comfy.lora.model_lora_keys_unet(model.model, key_map)
+    if clip is not None:
+        key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, key_map)
+    layers = lora_layer_names(comfy.lora_convert.convert_lora(lora))
+    if not layers:
+        raise LoraMismatchError(
+            f"{lora_name} holds no LoRA layers (no lora_down/lora_up keys). If it is an emotion adapter, "
+            "choose it under adapter_name instead."
+        )
+    unmapped = sorted(layer for layer in layers if layer not in key_map)
+    if unmapped:
+        text_layers = [u for u in unmapped if u.startswith(("lora_te", "text_encoder"))]
+        if clip is None and text_layers and len(text_layers) == len(unmapped):
+            raise LoraMismatchError(
+                f"{lora_name} also patches the text encoder ({len(text_layers)} layers): connect the CLIP input too"
+            )
+        arch = model_arch(model)
+        family = ARCH_NAMES.get(arch, "this") if arch else "this"
+        hint = (
+            " Its keys are in diffusers/PEFT format, which ComfyUI loads only partly: export kohya keys with "
+            "`emofeedback2 export`."
+            if any(".lora_A" in k or ".lora_B" in k for k in lora)
+            else " It was probably made for another base model; use the LoRA trained for this one."
+        )
+        raise LoraMismatchError(
+            f"{lora_name}: {len(unmapped)} of {len(layers)} LoRA layers do not exist in {family} model "
+            f"(e.g. {', '.join(unmapped[:3])}). Refusing a partial load.{hint}"
+        )
+    return len(layers)
+
+
+class EmotionWeightsLoader:
+    """Apply an EmoFeedback2-trained LoRA to MODEL/CLIP and load its emotion adapter."""
+
+    CATEGORY = f"{CATEGORY}/loaders"
+    FUNCTION = "load"
+    RETURN_TYPES = ("MODEL", "CLIP", EMOTION_ADAPTER_TYPE)
+    RETURN_NAMES = ("model", "clip", "emotion_adapter")
+    OUTPUT_TOOLTIPS = (
+        "The model with the emotion LoRA applied (unchanged if lora_name is none).",
+        "The CLIP with the LoRA's text-encoder layers applied (None if no CLIP was connected).",
+        "The emotion adapter for EmotionConditioner (None if adapter_name is none).",
+    )
+    DESCRIPTION = (
+        "Loads the generator weights trained by EmoFeedback2: a LoRA (from models/loras, kohya keys, applied "
+        "through ComfyUI's LoRA loader) and an emotion adapter (from models/emotion_adapters). A LoRA whose "
+        "layers do not all match this model is refused with an explanation instead of loading partially."
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The base model the weights were trained on."}),
+                "lora_name": ([NONE] + _list(LORA_FOLDER), {
+                    "tooltip": "LoRA file from models/loras trained by EmoFeedback2 (none = keep the model as is)."}),
+                "strength_model": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
+                                             "tooltip": "LoRA strength on the diffusion model (1 = as trained)."}),
+                "adapter_name": (adapter_choices(), {
+                    "tooltip": "Emotion adapter file from models/emotion_adapters (entries starting loras/ are in "
+                               "models/loras). none = no adapter."}),
+            },
+            "optional": {
+                "clip": ("CLIP", {"tooltip": "Connect to also apply the LoRA's text-encoder layers (if any)."}),
+                "strength_clip": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
+                                            "tooltip": "LoRA strength on the text encoder (1 = as trained)."}),
+            },
+        }
+
+    def load(
+        self, model: Any, lora_name: str, strength_model: float, adapter_name: str,
+        clip: Any = None, strength_clip: float = 1.0,
+    ):
+        if model is None:
+            raise ValueError("the model input is empty: connect your checkpoint loader's MODEL output")
+        if lora_name and lora_name != NONE:
+            import comfy.sd
+            import comfy.utils
+
+            path = comfy_bridge.full_path_or_raise(LORA_FOLDER, lora_name)
+            lora = comfy.utils.load_torch_file(path, safe_load=True)
+            check_lora_fits(lora, model, clip, lora_name)
+            if strength_model != 0 or (clip is not None and strength_clip != 0):
+                model, clip = comfy.sd.load_lora_for_models(model, clip, lora, strength_model, strength_clip)
+        adapter = None
+        if adapter_name and adapter_name != NONE:
+            path = resolve_adapter_path(adapter_name)
+            meta = read_adapter_metadata(path)  # clear error for non-adapter files (e.g. a LoRA)
+            arch = model_arch(model)
+            if arch is not None and meta.get("architecture") != arch:
+                raise AdapterArchitectureError(
+                    f"{Path(path).name} is an emotion adapter for {ARCH_NAMES.get(meta.get('architecture'), '?')}, "
+                    f"but the connected model is {ARCH_NAMES[arch]}. Pick the adapter trained for this base model."
+                )
+            adapter = load_emotion_adapter(path, expected_arch=arch)
+        return (model, clip, adapter)
+
+
+NODE_CLASS_MAPPINGS: dict[str, type] = {"EmotionWeightsLoader": EmotionWeightsLoader}
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {"EmotionWeightsLoader": "Emotion Weights Loader (EmoFeedback2)"}
