@@ -78,3 +78,16 @@ def full_path_or_raise(folder: str, filename: str) -> str:
     import folder_paths
 
     return folder_paths.get_full_path_or_raise(folder, filename)
+
+
+def sampler_and_scheduler_names() -> tuple[list[str], list[str]]:
+    """KSampler's sampler and scheduler choices, for nodes that sample like KSampler does.
+
+    Called from ``INPUT_TYPES``; outside ComfyUI (plain imports, docs) the lists fall back to the
+    stock defaults so the node classes still describe themselves.
+    """
+    try:
+        import comfy.samplers
+    except ImportError:
+        return (["euler"], ["normal"])
+    return (list(comfy.samplers.KSampler.SAMPLERS), list(comfy.samplers.KSampler.SCHEDULERS))
