@@ -8,7 +8,7 @@ fires, asks the refiner to rewrite the prompt from the round's best image and it
 
 Stop rules (our default schedule; the paper runs a fixed 3 × 8):
 * ``tolerance`` — the best reading is within ``tolerance`` of the target (``va_distance`` units);
-* ``plateau`` — a round improved the best distance by less than ``min_improvement``;
+* ``plateau`` — a round brought neither the best nor the mean reading closer by ``min_improvement``;
 * ``rounds`` — the round budget is spent.
 
 Cancellation: the progress callback may raise (ComfyUI's interrupt, Ctrl-C). History only ever
@@ -49,11 +49,15 @@ class LoopConfig:
 
     rounds / candidates: at most ``rounds × candidates`` generated images.
     tolerance: stop once the best reading is this close to the target (``va_distance``, 0..6).
-    min_improvement: stop when a round improves the best distance by less than this (0 = never).
+    min_improvement: stop when a round brings neither the best distance nor the round's mean
+      distance down by this much (0 = never).
     initial_prompt: ``"descriptors"`` adds target mood/light/motion phrases to the user's subject
       for round 1; ``"as_is"`` sends the user's prompt unchanged (the paper's start).
     quality_weight: weight of the optional quality term in the selection score
       ``reward + quality_weight × quality``.
+    steer_on: the reading the refiner corrects: ``"mean"`` of the round's candidates (the prompt's
+      effect with seed luck averaged out) or the round's ``"best"`` candidate. The refiner always
+      sees the round's best image.
     """
 
     rounds: int = 3
@@ -69,6 +73,7 @@ class LoopConfig:
     adapter_strength: float = 1.0
     initial_prompt: str = "descriptors"
     quality_weight: float = 0.0
+    steer_on: str = "mean"
     generator_batch_size: int = 0  # 0 = the whole round in one generate call
 
     def __post_init__(self) -> None:
@@ -82,13 +87,16 @@ class LoopConfig:
             raise ValueError(f"min_improvement must be >= 0, got {self.min_improvement}")
         if self.initial_prompt not in ("descriptors", "as_is"):
             raise ValueError(f"initial_prompt must be 'descriptors' or 'as_is', got {self.initial_prompt!r}")
+        if self.steer_on not in ("mean", "best"):
+            raise ValueError(f"steer_on must be 'mean' or 'best', got {self.steer_on!r}")
         if self.generator_batch_size < 0:
             raise ValueError("generator_batch_size must be >= 0 (0 = whole round)")
 
     @classmethod
     def paper(cls, **overrides) -> "LoopConfig":
-        """The paper's fixed schedule: 3 rounds × 8 candidates, no early stop, prompt as given."""
-        settings = dict(rounds=3, candidates=8, tolerance=0.0, min_improvement=0.0, initial_prompt="as_is")
+        """The paper's fixed schedule: 3 rounds × 8 candidates, no early stop (same first prompt as
+        ours unless ``initial_prompt`` is overridden, so benchmarks compare schedules only)."""
+        settings = dict(rounds=3, candidates=8, tolerance=0.0, min_improvement=0.0)
         settings.update(overrides)
         return cls(**settings)
 
@@ -117,6 +125,9 @@ class RoundRecord:
     best_so_far: tuple[int, int]  # (round, index) of the best candidate up to this round
     best_so_far_reward: float
     best_so_far_distance: float
+    mean_valence: float
+    mean_arousal: float
+    mean_distance: float
     seconds: float
     feedback: str = ""
     refined_prompt: Optional[str] = None  # prompt for the next round (None: none was asked for)
@@ -319,6 +330,7 @@ class FeedbackLoop:
                         )
                     )
                 round_best = max(range(len(records)), key=lambda i: (records[i].score, -i))
+                mean = VA.clamped(sum(c.valence for c in records) / len(records), sum(c.arousal for c in records) / len(records))
                 previous_best = result.best
                 if previous_best is None or records[round_best].score > previous_best.score:
                     result.best = records[round_best]
@@ -326,6 +338,7 @@ class FeedbackLoop:
                     round=r + 1, prompt=current, candidates=records, best_index=round_best,
                     best_so_far=(result.best.round, result.best.index),
                     best_so_far_reward=result.best.reward, best_so_far_distance=result.best.distance,
+                    mean_valence=mean.valence, mean_arousal=mean.arousal, mean_distance=va_distance(mean, target),
                     seconds=time.perf_counter() - round_started,
                 )
                 # Commit the whole round at once: images, record and best move together.
@@ -339,9 +352,10 @@ class FeedbackLoop:
                     result.stop_reason = stop
                     break
                 best = records[round_best]
+                measured = mean if cfg.steer_on == "mean" else VA.clamped(best.valence, best.arousal)
                 t0 = time.perf_counter()
                 refinement = self.refiner.refine(
-                    images[round_best : round_best + 1], current, VA.clamped(best.valence, best.arousal), target,
+                    images[round_best : round_best + 1], current, measured, target,
                     subject=prompt, previous_steer=steer,
                 )
                 seconds["refine"] += time.perf_counter() - t0
@@ -376,8 +390,12 @@ class FeedbackLoop:
             return "tolerance"
         if r + 1 >= cfg.rounds:
             return "rounds"
-        if cfg.min_improvement > 0 and previous_best is not None:
-            if previous_best.distance - best.distance < cfg.min_improvement:
+        if cfg.min_improvement > 0 and previous_best is not None and len(result.rounds) >= 2:
+            # Plateau: neither the best image nor the round's mean reading (what the prompt does)
+            # came closer by min_improvement — more rounds of the same would be wasted.
+            best_gain = previous_best.distance - best.distance
+            mean_gain = result.rounds[-2].mean_distance - result.rounds[-1].mean_distance
+            if best_gain < cfg.min_improvement and mean_gain < cfg.min_improvement:
                 return "plateau"
         return ""
 

@@ -1,4 +1,225 @@
-"""Placeholder: filled in by the issue that owns these nodes."""
+"""FeedbackPromptRefiner and EmoRewardLoop: the LVLM's judgement as text that rewrites the prompt.
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
+Both are thin: they parse widgets, build engine objects (refiner, ComfyUI generator, loop config)
+and call :mod:`..engines.refiner` / :mod:`..engines.feedback_loop`; progress and Cancel go through
+:func:`.comfy_bridge.make_progress`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from ..engines.emotion_space import VA
+from ..engines.feedback_loop import LoopConfig, run_feedback_loop
+from ..engines.images import check_image_tensor
+from ..engines.refiner import make_refiner
+from ..engines.scoring import EmotionScorer
+from ..engines.trajectory_plot import plot_to_tensor, plot_trajectory
+from . import comfy_bridge
+from .common import CATEGORY, arousal_widget, valence_widget
+from .conditioner_nodes import EMOTION_ADAPTER_TYPE
+from .loader_nodes import LVLM_TYPE
+
+_DEFAULTS = LoopConfig()
+MAX_SEED = 0xFFFFFFFFFFFFFFFF
+
+
+def _check_lvlm(lvlm: Any) -> EmotionScorer:
+    if not isinstance(lvlm, EmotionScorer):
+        raise TypeError(f"lvlm must come from the 'LVLM Loader (EmoFeedback2)' node, got {type(lvlm).__name__}")
+    return lvlm
+
+
+class FeedbackPromptRefiner:
+    """One refinement step: image + its reading + target → feedback and a rewritten prompt."""
+
+    CATEGORY = f"{CATEGORY}/LVLM"
+    FUNCTION = "refine"
+    RETURN_TYPES = ("STRING", "STRING", "FLOAT", "FLOAT", "BOOLEAN")
+    RETURN_NAMES = ("refined_prompt", "feedback", "measured_valence", "measured_arousal", "used_fallback")
+    OUTPUT_TOOLTIPS = (
+        "The rewritten prompt: your subject and composition words kept, emotional content (light, colour, "
+        "weather, expression, setting) moved toward the target; at most ~75 CLIP tokens.",
+        "Short feedback: what in the image pulls the emotion away from the target (sanitised model text, "
+        "or the descriptor fallback's explanation, marked [fallback: …] when the LVLM answer was rejected).",
+        "The valence the refinement started from (the measured input, or the LVLM's reading of the image).",
+        "The arousal the refinement started from.",
+        "True when the weight-free descriptor refiner wrote the prompt (colour heuristic loaded, or the "
+        "LVLM's answer was malformed, hostile or dropped your subject).",
+    )
+    DESCRIPTION = (
+        "Shows the image, its measured emotion and the target emotion to the LVLM, which explains what "
+        "misses and rewrites the prompt, keeping the subject and changing only emotional content. Model "
+        "text is sanitised; a bad answer falls back to emotion descriptors instead of failing the graph."
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "lvlm": (LVLM_TYPE, {"tooltip": "The judge from the LVLM Loader (EmoFeedback2) node. With the "
+                                                "colour heuristic the descriptor fallback writes the prompt."}),
+                "image": ("IMAGE", {"tooltip": "The generated image to critique (the first image of a batch is used)."}),
+                "prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "The prompt that produced the image."}),
+                "target_valence": valence_widget(0.0, "Target valence in [-3, 3]: how pleasant the next image should feel."),
+                "target_arousal": arousal_widget(0.0, "Target arousal in [-3, 3]: how intense the next image should feel."),
+            },
+            "optional": {
+                "measured_valence": ("FLOAT", {"forceInput": True, "default": 0.0, "min": -3.0, "max": 3.0,
+                                               "tooltip": "Measured valence of the image (e.g. from LVLM Emotion "
+                                                          "Scorer). Leave unconnected to let the LVLM read it."}),
+                "measured_arousal": ("FLOAT", {"forceInput": True, "default": 0.0, "min": -3.0, "max": 3.0,
+                                               "tooltip": "Measured arousal of the image. Leave unconnected to let the LVLM read it."}),
+                "subject": ("STRING", {"default": "", "tooltip": "Optional: your original prompt, when 'prompt' is already "
+                                                                 "a refined one, so its subject words are the ones kept."}),
+            },
+        }
+
+    def refine(
+        self,
+        lvlm: EmotionScorer,
+        image: torch.Tensor,
+        prompt: str,
+        target_valence: float,
+        target_arousal: float,
+        measured_valence: Optional[float] = None,
+        measured_arousal: Optional[float] = None,
+        subject: str = "",
+    ):
+        lvlm = _check_lvlm(lvlm)
+        if not prompt or not prompt.strip():
+            raise ValueError("prompt is empty: connect the prompt that produced the image")
+        target = VA(target_valence, target_arousal)
+        image = check_image_tensor(image, "image")[:1]
+        progress = comfy_bridge.make_progress(2)
+        progress(0, 2)
+        if measured_valence is None or measured_arousal is None:
+            reading = lvlm.score(image)[0]
+            measured = VA.clamped(
+                reading.valence if measured_valence is None else measured_valence,
+                reading.arousal if measured_arousal is None else measured_arousal,
+            )
+        else:
+            measured = VA(measured_valence, measured_arousal)
+        progress(1, 2)
+        result = make_refiner(lvlm).refine(image, prompt, measured, target, subject=subject.strip() or None)
+        progress(2, 2)
+        return (result.prompt, result.feedback, measured.valence, measured.arousal, bool(result.used_fallback))
+
+
+class EmoRewardLoop:
+    """The whole feedback loop inside one node: rounds × candidates, LVLM judge, prompt rewriting."""
+
+    CATEGORY = CATEGORY
+    FUNCTION = "run"
+    RETURN_TYPES = ("IMAGE", "IMAGE", "STRING", "STRING", "IMAGE")
+    RETURN_NAMES = ("best_image", "all_candidates", "final_prompt", "history_json", "trajectory_plot")
+    OUTPUT_TOOLTIPS = (
+        "The candidate whose measured emotion came closest to the target over all rounds.",
+        "Every candidate of every completed round, in order (round 1 first).",
+        "The prompt that produced the best image.",
+        "JSON history: per round the prompt, feedback and every candidate's seed, valence, arousal and reward; "
+        "stop reason, counts of generated and judged images, timings.",
+        "The valence-arousal plane with the target, every candidate (coloured by round) and the best-so-far path.",
+    )
+    DESCRIPTION = (
+        "EmoFeedback² self-promotion loop: generates candidates, lets the LVLM judge their valence/arousal "
+        "in one batch, keeps the best, and lets the LVLM explain what misses and rewrite the prompt for the "
+        "next round. Stops early when the best image is within the tolerance of the target or a round "
+        "brings no improvement. Seeds of the candidates are seed, seed+1, … in order."
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        samplers, schedulers = comfy_bridge.sampler_and_scheduler_names()
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The diffusion model (e.g. from Load Checkpoint or the trained-weights loader)."}),
+                "clip": ("CLIP", {"tooltip": "The text encoder that goes with the model."}),
+                "vae": ("VAE", {"tooltip": "The VAE that decodes the model's latents."}),
+                "lvlm": (LVLM_TYPE, {"tooltip": "The judge from the LVLM Loader (EmoFeedback2) node; it scores every "
+                                                "candidate and writes the feedback (colour heuristic: descriptor fallback)."}),
+                "prompt": ("STRING", {"multiline": True, "default": "a lighthouse on a rocky coast, wide shot",
+                                      "tooltip": "What to draw. Subject and composition words are kept in every round; "
+                                                 "emotional content is rewritten."}),
+                "negative": ("STRING", {"multiline": True, "default": "", "tooltip": "Negative prompt, the same in every round."}),
+                "target_valence": valence_widget(1.5),
+                "target_arousal": arousal_widget(1.0),
+                "rounds": ("INT", {"default": _DEFAULTS.rounds, "min": 1, "max": 10,
+                                   "tooltip": "Most rounds of generate → judge → rewrite (the paper uses 3)."}),
+                "candidates": ("INT", {"default": _DEFAULTS.candidates, "min": 1, "max": 32,
+                                       "tooltip": "Images per round, judged together in one batch (the paper uses 8)."}),
+                "tolerance": ("FLOAT", {"default": _DEFAULTS.tolerance, "min": 0.0, "max": 6.0, "step": 0.05,
+                                        "tooltip": "Stop early once the best image's mean |ΔV|,|ΔA| error is at most this "
+                                                   "(V-A units). 0 = never stop on tolerance."}),
+                "min_improvement": ("FLOAT", {"default": _DEFAULTS.min_improvement, "min": 0.0, "max": 6.0, "step": 0.01,
+                                              "tooltip": "Stop early when a round brings neither the best nor the mean "
+                                                         "reading this much closer. 0 = always run every round."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
+                                 "tooltip": "Seed of the first candidate; candidate k of the run uses seed + k."}),
+                "steps": ("INT", {"default": 20, "min": 1, "max": 200, "tooltip": "Sampling steps per image."}),
+                "cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip": "Classifier-free guidance scale."}),
+                "sampler_name": (samplers, {"tooltip": "Sampler, as in KSampler."}),
+                "scheduler": (schedulers, {"tooltip": "Noise schedule, as in KSampler."}),
+                "width": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 8, "tooltip": "Image width in pixels (multiple of 8)."}),
+                "height": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 8, "tooltip": "Image height in pixels (multiple of 8)."}),
+            },
+            "optional": {
+                "emotion_adapter": (EMOTION_ADAPTER_TYPE, {"tooltip": "Optional trained emotion adapter: moves the prompt "
+                                                                      "conditioning toward the target V-A in every round."}),
+                "adapter_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
+                                               "tooltip": "Strength of the emotion adapter (0 = off)."}),
+            },
+        }
+
+    def run(
+        self,
+        model: Any,
+        clip: Any,
+        vae: Any,
+        lvlm: EmotionScorer,
+        prompt: str,
+        negative: str,
+        target_valence: float,
+        target_arousal: float,
+        rounds: int,
+        candidates: int,
+        tolerance: float,
+        min_improvement: float,
+        seed: int,
+        steps: int,
+        cfg: float,
+        sampler_name: str,
+        scheduler: str,
+        width: int,
+        height: int,
+        emotion_adapter: Any = None,
+        adapter_strength: float = 1.0,
+    ):
+        from ..engines.comfy_backend import ComfyGenerator
+
+        lvlm = _check_lvlm(lvlm)
+        target = VA(target_valence, target_arousal)
+        config = LoopConfig(
+            rounds=int(rounds), candidates=int(candidates), tolerance=float(tolerance),
+            min_improvement=float(min_improvement), seed=int(seed), steps=int(steps), cfg=float(cfg),
+            width=int(width), height=int(height), negative_prompt=negative or "",
+            adapter_strength=float(adapter_strength) if emotion_adapter is not None else 0.0,
+        )
+        generator = ComfyGenerator(model, clip, vae, sampler_name=sampler_name, scheduler=scheduler, adapter=emotion_adapter)
+        progress = comfy_bridge.make_progress(config.rounds * (config.candidates + 1))
+        result = run_feedback_loop(generator, lvlm, make_refiner(lvlm), prompt, target, config, progress=progress)
+        plot = plot_to_tensor(plot_trajectory(result))
+        return (result.best_image, result.images, result.final_prompt, result.to_json(), plot)
+
+
+NODE_CLASS_MAPPINGS: dict[str, type] = {
+    "FeedbackPromptRefiner": FeedbackPromptRefiner,
+    "EmoRewardLoop": EmoRewardLoop,
+}
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
+    "FeedbackPromptRefiner": "Feedback Prompt Refiner (EmoFeedback2)",
+    "EmoRewardLoop": "Emo Reward Loop (EmoFeedback2)",
+}
