@@ -66,3 +66,10 @@ def test_every_node_follows_the_v1_conventions(name):
         assert options.get("tooltip"), f"{name}.{input_name} ({section}) has no tooltip"
         if value[0] in ("FLOAT", "INT"):
             assert options["min"] <= options["default"] <= options["max"], f"{name}.{input_name} default out of range"
+
+
+def test_training_and_cli_do_not_import_the_node_layer():
+    code = "import sys, emofeedback2.training, emofeedback2.cli; print('emofeedback2.nodes' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
