@@ -1,5 +1,251 @@
-"""Placeholder: filled in by the issue that owns these sub-commands."""
+"""``emofeedback2 demo`` and ``emofeedback2 loop``: the feedback loop from the command line.
+
+Both write ``OUT/best.png``, ``OUT/trajectory.png`` and ``OUT/report.json`` (history, counts,
+timings). ``demo`` runs on the embedded default (:mod:`..engines.demo`: tiny local models built in a
+temporary folder, CPU, no downloads); ``loop`` loads real weights from a local folder or hub id.
+Heavy libraries are imported inside the command functions so ``emofeedback2 --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+from ..engines.emotion_space import EmotionValueError, check_component
+
+
+def _component(name: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number in [-3, 3], got {text!r}") from None
+        try:
+            return check_component(value, name)
+        except EmotionValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def _positive_int(name: str, maximum: int = 1000):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {text!r}") from None
+        if not 1 <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"{name} must be in 1..{maximum}, got {value}")
+        return value
+
+    return parse
+
+
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"tolerance must be a number in [0, 6], got {text!r}") from None
+    if not 0.0 <= value <= 6.0:
+        raise argparse.ArgumentTypeError(f"tolerance is a V-A distance in [0, 6], got {value}")
+    return value
+
+
+def _size(text: str) -> int:
+    value = _positive_int("size", 4096)(text)
+    if value % 8:
+        raise argparse.ArgumentTypeError(f"size must be a multiple of 8, got {value}")
+    return value
+
+
+def _add_schedule_arguments(parser: argparse.ArgumentParser, steps: int, size: int) -> None:
+    from ..engines.feedback_loop import LoopConfig
+
+    defaults = LoopConfig()
+    parser.add_argument("--prompt", default=None, help="what to draw; subject and composition words are kept every round")
+    parser.add_argument("--negative", default="", help="negative prompt, the same every round")
+    parser.add_argument("--rounds", type=_positive_int("rounds", 50), default=defaults.rounds,
+                        help=f"most rounds of generate → judge → rewrite (default {defaults.rounds})")
+    parser.add_argument("--candidates", type=_positive_int("candidates", 256), default=defaults.candidates,
+                        help=f"images per round, judged in one batch (default {defaults.candidates})")
+    parser.add_argument("--tolerance", type=_tolerance, default=defaults.tolerance,
+                        help=f"stop once the best image is this close to the target, mean |ΔV|,|ΔA| (default {defaults.tolerance}; 0 = never)")
+    parser.add_argument("--min-improvement", type=float, default=defaults.min_improvement,
+                        help=f"stop when a round brings the best and the mean reading less than this closer (default {defaults.min_improvement}; 0 = never)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first candidate; candidate k uses seed + k (default 0)")
+    parser.add_argument("--steps", type=_positive_int("steps", 1000), default=steps, help=f"sampling steps per image (default {steps})")
+    parser.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale")
+    parser.add_argument("--size", type=_size, default=size, help=f"image width and height in pixels, multiple of 8 (default {size})")
 
 
 def register(subparsers) -> None:
-    pass
+    demo = subparsers.add_parser(
+        "demo",
+        help="run the whole feedback loop on tiny local models (no downloads, CPU, ~20 s)",
+        description="Run the EmoFeedback² loop on an embedded default: a tiny random diffusion pipeline "
+        "built locally (plus a toy mood grade), the colour-heuristic judge and the descriptor refiner. "
+        "The models are untrained: this shows the machinery, not real emotional images.",
+    )
+    demo.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
+    demo.add_argument("--valence", type=_component("valence"), default=None, help="target valence in [-3, 3] (default 2.0)")
+    demo.add_argument("--arousal", type=_component("arousal"), default=None, help="target arousal in [-3, 3] (default 1.5)")
+    demo.add_argument("--workdir", default=None, help="where to build the tiny models (default: a temporary folder, removed after)")
+    _add_schedule_arguments(demo, steps=2, size=64)
+    demo.set_defaults(func=run_demo)
+
+    loop = subparsers.add_parser(
+        "loop",
+        help="run the feedback loop on real weights (diffusers model + LVLM judge)",
+        description="Generate images whose emotion follows a valence/arousal target: rounds of candidates "
+        "judged by the LVLM, whose feedback rewrites the prompt. Models are local folders or hub ids.",
+    )
+    loop.add_argument("--generator", required=True, help="diffusers pipeline folder (with model_index.json) or hub id (SD1.5/SDXL/SD3.x)")
+    loop.add_argument("--lvlm", required=True, help="Qwen-VL model folder or hub id, or 'colour' for the weight-free colour heuristic")
+    loop.add_argument("--valence", type=_component("valence"), required=True, help="target valence in [-3, 3]")
+    loop.add_argument("--arousal", type=_component("arousal"), required=True, help="target arousal in [-3, 3]")
+    loop.add_argument("--out", default="loop_out", help="output folder (default loop_out)")
+    loop.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (default auto)")
+    loop.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"), help="weights dtype (default auto)")
+    loop.add_argument("--lora", default=None, help="a trained generator LoRA (.safetensors) to apply")
+    loop.add_argument("--adapter", default=None, help="a trained emotion adapter (.safetensors) to apply")
+    loop.add_argument("--lvlm-adapter", default=None, help="a peft LoRA folder for the LVLM (from scorer fine-tuning)")
+    _add_schedule_arguments(loop, steps=20, size=512)
+    loop.set_defaults(func=run_loop)
+
+
+# --- running -----------------------------------------------------------------------------------------
+
+
+def _config(args, cfg_default: float):
+    from ..engines.feedback_loop import LoopConfig
+
+    if args.min_improvement < 0:
+        raise SystemExit("emofeedback2: error: --min-improvement must be >= 0")
+    return LoopConfig(
+        rounds=args.rounds, candidates=args.candidates, tolerance=args.tolerance,
+        min_improvement=args.min_improvement, seed=args.seed, steps=args.steps,
+        cfg=cfg_default if args.cfg is None else args.cfg, width=args.size, height=args.size,
+        negative_prompt=args.negative,
+    )
+
+
+def _write_outputs(out: Path, result, extra: dict) -> dict:
+    """best.png, trajectory.png, report.json; returns the report."""
+    from PIL import Image  # noqa: F401  (PIL is what the plot and the images use)
+
+    from ..engines.images import to_pil_list
+    from ..engines.trajectory_plot import plot_trajectory
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    if result.best_image is not None:
+        to_pil_list(result.best_image)[0].save(out / "best.png")
+        files["best"] = str(out / "best.png")
+    plot_trajectory(result).save(out / "trajectory.png")
+    files["trajectory"] = str(out / "trajectory.png")
+    report = result.to_dict()
+    report.update(extra)
+    report["files"] = {**files, "report": str(out / "report.json")}
+    (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    return report
+
+
+def _run_and_report(generator, scorer, refiner, prompt: str, target, config, out: Path, extra: dict) -> int:
+    from ..engines.feedback_loop import run_feedback_loop
+    from ..engines.progress import TqdmProgress
+
+    bar = TqdmProgress("feedback loop", total=config.rounds * (config.candidates + 1))
+    try:
+        result = run_feedback_loop(generator, scorer, refiner, prompt, target, config, progress=bar)
+    except BaseException as exc:
+        bar.close()
+        partial = getattr(exc, "partial_result", None)
+        if partial is not None and partial.rounds:
+            _write_outputs(out, partial, extra)
+            print(f"stopped ({partial.stop_reason}); partial results of {len(partial.rounds)} round(s) in {out}", file=sys.stderr)
+        raise
+    bar.close()
+    report = _write_outputs(out, result, extra)
+    best = result.best
+    counts = report["counts"]
+    print(f"target {target}; {len(result.rounds)} round(s), stopped: {result.stop_reason}")
+    for record in result.rounds:
+        print(f"  round {record.round}: best of {len(record.candidates)} d={record.candidates[record.best_index].distance:.3f}, "
+              f"best so far d={record.best_so_far_distance:.3f}")
+    print(f"best image: V={best.valence:+.2f} A={best.arousal:+.2f} (error {best.distance:.3f}, reward {best.reward:.3f}), seed {best.seed}")
+    print(f"final prompt: {result.final_prompt}")
+    print(f"generated {counts['generator_images']} images, {counts['image_evaluations']} judge image evaluations, "
+          f"{result.timings['total']:.1f} s")
+    print(f"wrote {out / 'best.png'}, {out / 'trajectory.png'}, {out / 'report.json'}")
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..engines.demo import DEMO_PROMPT, DEMO_TARGET, HONESTY_NOTE, build_demo_components
+    from ..engines.emotion_space import VA
+
+    started = time.perf_counter()
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    print(HONESTY_NOTE)
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="emofeedback2-demo-"))
+    try:
+        components = build_demo_components(workdir)
+        print(f"built tiny models in {components.seconds_to_build:.1f} s ({components.pipeline_dir})")
+        target = VA(DEMO_TARGET.valence if args.valence is None else args.valence,
+                    DEMO_TARGET.arousal if args.arousal is None else args.arousal)
+        extra = {
+            "demo": True,
+            "note": HONESTY_NOTE,
+            "seconds_to_build_models": round(components.seconds_to_build, 3),
+        }
+        code = _run_and_report(components.generator, components.scorer, components.refiner,
+                               args.prompt or DEMO_PROMPT, target, _config(args, cfg_default=1.0), Path(args.out), extra)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(f"demo finished in {time.perf_counter() - started:.1f} s (untrained demo models: see the note above)")
+    return code
+
+
+def load_scorer(spec: str, device: str = "auto", dtype: str = "auto", adapter: Optional[str] = None):
+    """``colour``/``color`` → the colour heuristic; anything else → an LVLM folder or hub id."""
+    if spec.lower() in ("colour", "color", "colour-heuristic", "color-heuristic"):
+        from ..engines.color_scorer import ColorHeuristicScorer
+
+        return ColorHeuristicScorer()
+    from ..engines.lvlm_scorer import LVLMConfig, load_lvlm
+
+    return load_lvlm(LVLMConfig(model=spec, device=device, dtype=dtype, adapter=adapter))
+
+
+def run_loop(args: argparse.Namespace) -> int:
+    from ..engines.diffusers_backend import DiffusersGeneratorConfig, ModelLoadError, load_diffusers_generator
+    from ..engines.emotion_space import VA
+    from ..engines.lvlm_scorer import LVLMLoadError
+    from ..engines.refiner import make_refiner
+
+    if not args.prompt or not args.prompt.strip():
+        raise SystemExit("emofeedback2 loop: error: --prompt is required (what to draw, e.g. 'a lighthouse on a rocky coast')")
+    try:
+        generator = load_diffusers_generator(DiffusersGeneratorConfig(
+            model=args.generator, device=args.device, dtype=args.dtype, lora=args.lora, adapter=args.adapter,
+        ))
+    except (ModelLoadError, FileNotFoundError) as exc:
+        raise SystemExit(f"emofeedback2 loop: cannot load --generator {args.generator!r}: {exc}") from None
+    try:
+        scorer = load_scorer(args.lvlm, args.device, args.dtype, args.lvlm_adapter)
+    except (LVLMLoadError, FileNotFoundError) as exc:
+        raise SystemExit(f"emofeedback2 loop: cannot load --lvlm {args.lvlm!r}: {exc}") from None
+    refiner = make_refiner(scorer)
+    print(f"generator: {args.generator} ({generator.arch}); judge: {getattr(scorer, 'name', args.lvlm)}; refiner: {refiner.name}")
+    extra = {"demo": False, "generator": args.generator, "lvlm": args.lvlm}
+    return _run_and_report(generator, scorer, refiner, args.prompt, VA(args.valence, args.arousal),
+                           _config(args, cfg_default=7.0), Path(args.out), extra)

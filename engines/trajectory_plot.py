@@ -43,20 +43,23 @@ def plot_trajectory(
     *,
     rounds: Optional[Sequence[Sequence[tuple[float, float]]]] = None,
     best_path: Optional[Sequence[tuple[float, float]]] = None,
+    best_rounds: Optional[Sequence[int]] = None,
     target: Optional[tuple[float, float]] = None,
     size: int = 512,
     title: str = "",
 ) -> Image.Image:
     """Draw a loop run. Pass a :class:`~.feedback_loop.LoopResult`, or the raw points:
     ``rounds`` (per round, each candidate's (V, A)), ``best_path`` (best so far after each round)
-    and ``target`` (V, A)."""
+    and ``target`` (V, A); ``best_rounds`` (0-based) colours each best marker by the round it came
+    from (default: its position)."""
     if result is not None:
         rounds = [[(c.valence, c.arousal) for c in r.candidates] for r in result.rounds]
-        best_path = []
+        best_path, best_rounds = [], []
         for r in result.rounds:
             ri, ci = r.best_so_far
             cand = result.rounds[ri - 1].candidates[ci]
             best_path.append((cand.valence, cand.arousal))
+            best_rounds.append(ri - 1)
         target = result.target.as_tuple()
         if not title:
             title = f"target V={target[0]:+.1f} A={target[1]:+.1f}"
@@ -120,9 +123,10 @@ def plot_trajectory(
         path = [xy(v, a) for v, a in best_path]
         if len(path) > 1:
             draw.line(path, fill=BEST_COLOUR, width=max(2, int(2 * scale)), joint="curve")
+        sources = list(best_rounds) if best_rounds is not None else list(range(len(path)))
         for r, (x, y) in enumerate(path):
             ring = 7 * scale
-            colour = ROUND_COLOURS[r % len(ROUND_COLOURS)]
+            colour = ROUND_COLOURS[sources[r] % len(ROUND_COLOURS)]
             draw.ellipse([x - ring, y - ring, x + ring, y + ring], outline=BEST_COLOUR, width=max(2, int(2 * scale)), fill=colour)
 
     # Target on top.

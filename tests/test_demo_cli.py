@@ -1,0 +1,73 @@
+"""The command line: `emofeedback2 demo` end to end (smallest settings) and argument errors."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from emofeedback2.cli import main
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    """A demo work folder holding the tiny SD1.5 pipeline, built once for this module."""
+    from emofeedback2.tiny_models.diffusion import build_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("demo_models")
+    build_tiny_pipeline(root / "tiny-sd15", arch="sd15", seed=0)
+    return root
+
+
+def test_demo_writes_best_trajectory_and_report(tmp_path, models_dir, capsys):
+    out = tmp_path / "demo_out"
+    code = main(["demo", "--out", str(out), "--rounds", "2", "--candidates", "2", "--size", "16", "--steps", "1",
+                 "--workdir", str(models_dir)])
+    assert code == 0
+    for name in ("best.png", "trajectory.png", "report.json"):
+        assert (out / name).is_file(), name
+    assert Image.open(out / "best.png").size == (16, 16)
+    assert Image.open(out / "trajectory.png").size == (512, 512)
+    report = json.loads((out / "report.json").read_text())
+    assert report["demo"] is True and "untrained" in report["note"]
+    assert report["counts"]["generator_images"] == 2 * len(report["rounds"]) >= 2
+    assert report["counts"]["image_evaluations"] >= 2 and report["timings"]["total"] > 0
+    assert report["components"]["scorer_is_heuristic"] is True
+    printed = capsys.readouterr().out
+    assert "untrained" in printed and "best.png" in printed
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["demo", "--valence", "3.5"], "outside [-3, 3]"),
+        (["demo", "--arousal", "calm"], "arousal must be a number"),
+        (["demo", "--size", "20"], "multiple of 8"),
+        (["demo", "--rounds", "0"], "rounds must be in"),
+        (["demo", "--tolerance", "9"], "tolerance"),
+        (["loop", "--lvlm", "colour", "--prompt", "a cat", "--valence", "1", "--arousal", "0"], "--generator"),
+    ],
+)
+def test_bad_arguments_get_argparse_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_loop_names_the_missing_model(tmp_path):
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(SystemExit) as info:
+        main(["loop", "--generator", str(missing), "--lvlm", "colour", "--prompt", "a cat", "--valence", "1",
+              "--arousal", "0", "--out", str(tmp_path / "o")])
+    assert str(missing) in str(info.value.code) and "--generator" in str(info.value.code)
+
+
+def test_loop_runs_on_a_local_pipeline_folder(tmp_path, models_dir, capsys):
+    out = tmp_path / "loop_out"
+    code = main(["loop", "--generator", str(models_dir / "tiny-sd15"), "--lvlm", "colour", "--prompt", "a cat on a sofa",
+                 "--valence", "-1.5", "--arousal", "0.5", "--rounds", "1", "--candidates", "2", "--size", "16",
+                 "--steps", "1", "--cfg", "1.0", "--device", "cpu", "--dtype", "float32", "--out", str(out)])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["demo"] is False and report["target"] == {"valence": -1.5, "arousal": 0.5}
+    assert (out / "best.png").is_file() and (out / "trajectory.png").is_file()
