@@ -177,3 +177,17 @@ def test_missing_model_folder_is_named(tmp_path):
         load_diffusers_generator(DiffusersGeneratorConfig(model=str(tmp_path / "empty"), device="cpu"))
     with pytest.raises(ModelLoadError, match="hub id 'nobody/nothing-here'"):
         load_diffusers_generator(DiffusersGeneratorConfig(model="nobody/nothing-here", device="cpu"))
+
+
+def test_bench_generate_prints_the_overhead_ratio_last(capsys):
+    import argparse
+
+    from emofeedback2.bench import generate
+
+    parser = argparse.ArgumentParser()
+    generate.add_arguments(parser)
+    args = parser.parse_args(["--batch", "1", "--steps", "1", "--size", "16", "--repeats", "1", "--warmup", "0"])
+    assert generate.run(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("backend_overhead=") and float(lines[-1].split("=")[1]) > 0
+    assert "pixel difference: 0.00e+00" in "\n".join(lines)  # both paths make the same images

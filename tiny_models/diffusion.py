@@ -223,6 +223,65 @@ def build_tiny_pipeline(out_dir: str | Path, arch: str = "sd15", seed: int = 0) 
     return out
 
 
+def build_real_size_pipeline(arch: str = "sd15", device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0):
+    """A pipeline with the real SD1.5 or SD3.5-Medium architecture and random weights, in memory.
+
+    For speed/memory figures on a GPU (no weights are downloaded): real-size UNet/MMDiT, CLIP text
+    encoders and VAE; the character-level tokenizer stands in for CLIP's BPE (same 77-token length).
+    SD3.5 is built without T5, as users do to save memory. Weights are created directly on ``device``.
+    """
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    def clip_config(hidden: int, layers: int, heads: int, projection: int) -> CLIPTextConfig:
+        vocab = _vocab()
+        return CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=4 * hidden,
+                              num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=77,
+                              projection_dim=projection, hidden_act="quick_gelu",
+                              bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+                              pad_token_id=vocab["<|endoftext|>"])
+
+    vae_blocks = dict(block_out_channels=[128, 256, 512, 512], layers_per_block=2,
+                      down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4)
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(seed)
+        if arch == "sd15":
+            pipe = StableDiffusionPipeline(
+                vae=AutoencoderKL(latent_channels=4, sample_size=512, scaling_factor=0.18215, **vae_blocks),
+                text_encoder=CLIPTextModel(clip_config(768, 12, 12, 768)),
+                tokenizer=_tokenizer(),
+                unet=UNet2DConditionModel(sample_size=64, cross_attention_dim=768),
+                scheduler=_sd_scheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            )
+        elif arch == "sd3":
+            pipe = StableDiffusion3Pipeline(
+                transformer=SD3Transformer2DModel(
+                    sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
+                    num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
+                    pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=384,
+                    dual_attention_layers=tuple(range(13)), qk_norm="rms_norm",
+                ),
+                scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                vae=AutoencoderKL(latent_channels=16, sample_size=1024, shift_factor=0.0609, scaling_factor=1.5305,
+                                  use_quant_conv=False, use_post_quant_conv=False, **vae_blocks),
+                text_encoder=CLIPTextModelWithProjection(clip_config(768, 12, 12, 768)),
+                tokenizer=_tokenizer(),
+                text_encoder_2=CLIPTextModelWithProjection(clip_config(1280, 32, 20, 1280)),
+                tokenizer_2=_tokenizer(),
+                text_encoder_3=None, tokenizer_3=None,
+            )
+        else:
+            raise ValueError(f"real-size builds exist for sd15 and sd3 (SD3.5 Medium); got {arch!r}")
+    return pipe.to(device=device, dtype=dtype)
+
+
 def main() -> None:  # pragma: no cover - convenience for humans: python -m emofeedback2.tiny_models.diffusion DIR
     import argparse
 
