@@ -54,15 +54,13 @@ class ScoringPrompts:
     """The two questions and their answer prefixes. A prefix ends with a space: the digit follows."""
 
     valence_question: str = (
-        "Rate the emotional valence this image evokes on the Self-Assessment Manikin scale from 1 to 9: "
-        "1 = very unpleasant, sad or distressing; 5 = neutral; 9 = very pleasant, happy or joyful. "
-        "Answer with a single digit."
+        "How pleasant is the feeling this image evokes? Rate 1-9: 1 very unpleasant, 5 neutral, "
+        "9 very pleasant. Answer with one digit."
     )
     valence_prefix: str = "Valence: "
     arousal_question: str = (
-        "Rate the emotional arousal this image evokes on the Self-Assessment Manikin scale from 1 to 9: "
-        "1 = very calm, relaxed or sleepy; 5 = moderate; 9 = very excited, tense or energetic. "
-        "Answer with a single digit."
+        "How calm or excited is the feeling this image evokes? Rate 1-9: 1 very calm, 5 moderate, "
+        "9 very excited. Answer with one digit."
     )
     arousal_prefix: str = "Arousal: "
     analysis_instruction: str = (
@@ -94,6 +92,9 @@ class LVLMConfig:
     #: move the model to ``offload_device`` after every call (frees GPU memory between uses)
     offload_after_use: bool = False
     offload_device: str = "cpu"
+    #: run each image through the vision tower once and reuse its features for both questions
+    #: (models that accept transformers' ``mm_encoder_outputs``); False repeats the image per row
+    share_vision: bool = True
     #: images per forward pass; 0 = all images of a call in one pass (the default)
     max_images_per_pass: int = 0
     prompts: ScoringPrompts = field(default_factory=ScoringPrompts)
@@ -306,6 +307,7 @@ class LVLMScorer:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.digit_ids = self._single_token_ids(SCALE_DIGITS)
         self._current_device = device
+        self._share_vision: Optional[bool] = None
 
     def _single_token_ids(self, symbols: Sequence[str]) -> list[int]:
         ids = []
@@ -357,6 +359,55 @@ class LVLMScorer:
         batch = self.processor(**kwargs)
         return {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
+    def _shares_vision(self) -> bool:
+        """Whether the model takes precomputed image features (transformers ``mm_encoder_outputs``).
+
+        Then each image goes through the image processor and the vision tower once, and its
+        features are reused by both question rows; otherwise images are simply repeated per row.
+        """
+        if self._share_vision is None:
+            import inspect
+
+            forward_params = inspect.signature(self.model.forward).parameters
+            base = getattr(self.model, "get_base_model", lambda: self.model)()
+            self._share_vision = bool(
+                self.config.share_vision
+                and "mm_encoder_outputs" in inspect.signature(base.forward).parameters
+                and ("mm_encoder_outputs" in forward_params or "kwargs" in forward_params)
+                and hasattr(base, "get_image_features")
+                and callable(getattr(self.processor, "replace_image_token", None))
+                and isinstance(getattr(self.processor, "image_token", None), str)
+            )
+        return self._share_vision
+
+    def _encode_shared(self, row_texts: list[str], images: list[Any]) -> dict[str, Any]:
+        """Rows ``[image 0 × every text, image 1 × every text, …]`` with one vision pass per image."""
+        processor = self.processor
+        image_inputs = processor.image_processor(images=images, return_tensors="pt")
+        grid = image_inputs["image_grid_thw"]
+        placeholder = processor.image_token
+        texts, order = [], []
+        for k in range(len(images)):
+            expanded = processor.replace_image_token(image_inputs, k)
+            for text in row_texts:
+                texts.append(text.replace(placeholder, expanded, 1))
+                order.append(k)
+        encoded = dict(self.tokenizer(texts, padding=True, return_tensors="pt"))
+        if callable(getattr(processor, "create_mm_token_type_ids", None)):
+            encoded["mm_token_type_ids"] = torch.tensor(processor.create_mm_token_type_ids(encoded["input_ids"].tolist()))
+        encoded = {k: v.to(self.device) for k, v in encoded.items()}
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        vision = base.get_image_features(
+            image_inputs["pixel_values"].to(self.device), grid.to(self.device), return_dict=True
+        )
+        # Per-image tuples (pooler_output; Qwen3-VL also deepstack_features per layer) → one entry per row.
+        vision.pooler_output = tuple(vision.pooler_output[k] for k in order)
+        if getattr(vision, "deepstack_features", None) is not None:
+            vision.deepstack_features = [tuple(layer[k] for k in order) for layer in vision.deepstack_features]
+        encoded["image_grid_thw"] = grid[order].to(self.device)
+        encoded["mm_encoder_outputs"] = {"image": vision}
+        return encoded
+
     def _chunks(self, n: int) -> list[tuple[int, int]]:
         size = self.config.max_images_per_pass or n
         return [(start, min(n, start + size)) for start in range(0, n, size)]
@@ -378,9 +429,11 @@ class LVLMScorer:
         with self._on_device(), torch.set_grad_enabled(grad):
             for done, (start, stop) in enumerate(chunks, 1):
                 chunk = pil[start:stop]
-                texts = [row for _ in chunk for row in rows]  # image i → rows 2i (valence), 2i+1 (arousal)
-                batch_images = [image for image in chunk for _ in rows]
-                encoded = self._encode(texts, batch_images)
+                # image i → rows 2i (valence) and 2i+1 (arousal) of one left-padded batch
+                if self._shares_vision():
+                    encoded = self._encode_shared(rows, chunk)
+                else:
+                    encoded = self._encode([row for _ in chunk for row in rows], [im for im in chunk for _ in rows])
                 logits = self.model(**encoded, logits_to_keep=1).logits[:, -1, :].float()
                 digit_logits = logits[:, self.digit_ids]
                 probs = torch.softmax(digit_logits, dim=-1)

@@ -197,3 +197,13 @@ def test_max_pixels_option_limits_image_tokens(tiny_lvlm_dir):
     assert encoded["image_grid_thw"].prod().item() == 4  # 2×2 patches = one merged image token
     saved = json.loads((tiny_lvlm_dir / "processor_config.json").read_text())
     assert saved  # the folder on disk is untouched by the option
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_shared_vision_pass_equals_repeating_the_image_per_row(tiny_lvlm_dirs, family):
+    images = _images(3, seed=4)
+    shared = load_lvlm(LVLMConfig(model=str(tiny_lvlm_dirs[family]), device="cpu"))
+    repeated = load_lvlm(LVLMConfig(model=str(tiny_lvlm_dirs[family]), device="cpu", share_vision=False))
+    assert shared._shares_vision() and not repeated._shares_vision()
+    a, b = shared.score_details(images), repeated.score_details(images)
+    assert torch.allclose(a.valence, b.valence, atol=1e-5) and torch.allclose(a.arousal, b.arousal, atol=1e-5)
