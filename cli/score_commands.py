@@ -1,5 +1,115 @@
-"""Placeholder: filled in by the issue that owns these sub-commands."""
+"""``emofeedback2 score``: read valence/arousal of image files with an LVLM (or the colour heuristic)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+COLOUR_NAMES = ("colour", "color")
 
 
 def register(subparsers) -> None:
-    pass
+    parser = subparsers.add_parser(
+        "score",
+        help="score images' valence and arousal in [-3, 3] with an LVLM",
+        description=(
+            "Score image files (or folders of images) with a vision-language model: valence "
+            "(unpleasant → pleasant) and arousal (calm → excited) in [-3, 3], read from the model's digit "
+            "probabilities in one batched pass. --lvlm colour uses the weight-free colour heuristic."
+        ),
+    )
+    parser.add_argument("images", nargs="+", type=Path, help="image files or folders of images")
+    parser.add_argument("--lvlm", required=True, metavar="PATH_OR_ID",
+                        help="model folder (e.g. ComfyUI/models/LLM/Qwen2.5-VL-7B-Instruct), hub id, or 'colour'")
+    parser.add_argument("--adapter", default=None, metavar="FOLDER", help="peft LoRA adapter folder from training")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    parser.add_argument("--attn", default=None, choices=["sdpa", "eager", "flash_attention_2"],
+                        help="attention implementation (default: transformers' choice)")
+    parser.add_argument("--max-pixels", type=int, default=None, help="cap on pixels per image for the vision encoder")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow code shipped with the model to run")
+    parser.add_argument("--analysis", action="store_true", help="also generate a short explanation per image")
+    parser.add_argument("--valence", type=float, default=None, help="target valence in [-3, 3] (with --arousal)")
+    parser.add_argument("--arousal", type=float, default=None, help="target arousal in [-3, 3] (with --valence)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.set_defaults(func=run)
+
+
+def _collect(paths: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise FileNotFoundError(f"folder {path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"image not found: {path}")
+    return files
+
+
+def _load_images(files: list[Path]):
+    from PIL import Image, UnidentifiedImageError
+
+    images = []
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                images.append(image.convert("RGB"))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise ValueError(f"{file} is not a readable image: {exc}") from exc
+    return images
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..engines.emotion_space import VA, EmotionValueError
+    from ..engines.images import ImageBatchError
+    from ..engines.lvlm_scorer import LVLMConfig, LVLMLoadError, load_lvlm
+    from ..engines.scoring import reading_rows
+
+    try:
+        if (args.valence is None) != (args.arousal is None):
+            raise EmotionValueError("give both --valence and --arousal for a target, or neither")
+        target = VA(args.valence, args.arousal) if args.valence is not None else None
+        files = _collect(args.images)
+        images = _load_images(files)
+        if args.lvlm.strip().lower() in COLOUR_NAMES:
+            from ..engines.color_scorer import ColorHeuristicScorer
+
+            scorer = ColorHeuristicScorer()
+        else:
+            scorer = load_lvlm(LVLMConfig(
+                model=args.lvlm, dtype=args.dtype, device=args.device, attn_implementation=args.attn,
+                adapter=args.adapter, trust_remote_code=args.trust_remote_code, max_pixels=args.max_pixels,
+            ))
+        readings = scorer.score(images, analysis=args.analysis)
+    except (EmotionValueError, ImageBatchError, LVLMLoadError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    rows = reading_rows(readings, target)
+    for row, file in zip(rows, files):
+        row["image"] = str(file)
+    if args.json:
+        print(json.dumps({
+            "scorer": scorer.name,
+            "heuristic": scorer.is_heuristic,
+            "target": None if target is None else {"valence": target.valence, "arousal": target.arousal},
+            "readings": rows,
+        }, indent=2))
+        return 0
+    note = " — a heuristic from colour statistics, not a content judgement" if scorer.is_heuristic else ""
+    print(f"scorer: {scorer.name}{note}" + (f"; target {target}" if target is not None else ""))
+    for row in rows:
+        line = f"{row['image']}: valence {row['valence']:+.2f}  arousal {row['arousal']:+.2f}"
+        if "reward" in row:
+            line += f"  reward {row['reward']:.3f}"
+        print(line)
+        if row.get("analysis"):
+            print(f"    {row['analysis']}")
+    return 0
