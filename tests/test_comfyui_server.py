@@ -1,0 +1,239 @@
+"""Opt-in tier: this pack inside a real ComfyUI server (``COMFYUI_DIR=... pytest -m comfyui``).
+
+Uses the ``comfy_server`` fixture (tests/fixtures_comfy_server.py): a slim random SD1.5 checkpoint
+and a tiny Qwen2.5-VL, generated at test time. Skipped, with the reason, when COMFYUI_DIR is unset.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from emofeedback2.nodes import NODE_CLASS_MAPPINGS
+
+pytestmark = pytest.mark.comfyui
+
+ROOT = Path(__file__).resolve().parents[1]
+API_DIR = ROOT / "workflows" / "api"
+CORE_NODES = json.loads((ROOT / "tests" / "comfy_core_nodes.json").read_text(encoding="utf-8"))["nodes"]
+WORKFLOWS = sorted(p.stem for p in API_DIR.glob("*.json"))
+
+# Sizes that keep every twin to seconds on a CPU; everything else stays as shipped.
+SMALL = {"width": 64, "height": 64, "steps": 2, "rounds": 2, "candidates": 2}
+
+
+def repoint(prompt: dict, server, **overrides) -> dict:
+    """A copy of an API prompt pointed at the test models and shrunk to CPU size."""
+    prompt = copy.deepcopy(prompt)
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "CheckpointLoaderSimple":
+            inputs["ckpt_name"] = server.checkpoint_name
+        if node["class_type"] == "EmoLVLMLoader":
+            inputs.update(model=server.lvlm_name, device="cpu", dtype="float32")
+        for key, value in SMALL.items():
+            if key in inputs and not isinstance(inputs[key], list):
+                inputs[key] = value
+    for (node_id, key), value in overrides.items():
+        prompt[node_id]["inputs"][key] = value
+    return prompt
+
+
+def load_twin(name: str) -> dict:
+    return json.loads((API_DIR / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def node_id(prompt: dict, class_type: str, title: str | None = None) -> str:
+    matches = [k for k, v in prompt.items() if v["class_type"] == class_type and (title is None or v["_meta"]["title"] == title)]
+    assert len(matches) == 1, f"expected one {class_type} ({title}) in the prompt, found {matches}"
+    return matches[0]
+
+
+def saved_pixels(run, server, node: str) -> np.ndarray:
+    images = run.outputs[node]["images"]
+    path = server.output_dir / images[0].get("subfolder", "") / images[0]["filename"]
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def assert_success(run) -> None:
+    assert run.status_str == "success", f"status {run.status_str!r}; messages: {json.dumps(run.messages)[:3000]}\n{run.log[-3000:]}"
+
+
+def test_object_info_lists_every_node_with_its_inputs(comfy_server):
+    info = comfy_server.object_info()
+    for name, cls in NODE_CLASS_MAPPINGS.items():
+        assert name in info, f"{name} missing from /object_info; server log tail:\n{comfy_server.log()[-3000:]}"
+        declared = cls.INPUT_TYPES()
+        for group in ("required", "optional"):
+            assert list(info[name]["input"].get(group, {})) == list(declared.get(group, {})), (name, group)
+        assert tuple(info[name]["output"]) == tuple(cls.RETURN_TYPES), name
+
+
+def test_checked_in_core_node_list_matches_the_server(comfy_server):
+    """tests/comfy_core_nodes.json (used by the default tier) says what this ComfyUI declares."""
+    info = comfy_server.object_info()
+    for name, entry in CORE_NODES.items():
+        if entry.get("ui_only"):
+            assert name not in info, f"{name} is marked UI-only but the server knows it"
+            continue
+        server_inputs = {**info[name]["input"].get("required", {}), **info[name]["input"].get("optional", {})}
+        assert [i["name"] for i in entry["inputs"]] == list(server_inputs), name
+        for spec in entry["inputs"]:
+            kind, options = server_inputs[spec["name"]][0], (server_inputs[spec["name"]] + [{}])[1]
+            if spec["type"] == "COMBO":
+                assert isinstance(kind, list) or kind == "COMBO", (name, spec["name"])
+                if "choices" in spec:
+                    assert spec["choices"] == (kind if isinstance(kind, list) else options.get("options")), (name, spec["name"])
+            else:
+                assert kind == spec["type"], (name, spec["name"], kind)
+            for key in ("min", "max", "default", "step"):
+                if key in spec:
+                    assert options.get(key) == spec[key], (name, spec["name"], key, options.get(key))
+        assert [o["type"] for o in entry["outputs"]] == list(info[name]["output"]), name
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_every_api_twin_runs_to_success(comfy_server, name):
+    prompt = repoint(load_twin(name), comfy_server)
+    run = comfy_server.run_prompt(prompt)
+    assert_success(run)
+    saved = [n for n, v in prompt.items() if v["class_type"] == "SaveImage"]
+    assert saved, f"{name} saves no image"
+    for node in saved:
+        assert run.outputs.get(node, {}).get("images"), f"{name}: SaveImage {node} produced nothing"
+        assert saved_pixels(run, comfy_server, node).size > 0
+    if name == "emotion_sweep_grid":
+        grid = saved_pixels(run, comfy_server, node_id(prompt, "SaveImage"))
+        assert grid.shape[0] > 5 * SMALL["height"] and grid.shape[1] > 5 * SMALL["width"]
+    if name == "emo_reward_loop":
+        plot = saved_pixels(run, comfy_server, node_id(prompt, "SaveImage", "V-A trajectory plot"))
+        assert plot.std() > 1.0  # a drawn plot, not a blank image
+
+
+def test_strength_zero_conditioner_reproduces_clip_text_encode(comfy_server):
+    """EmotionConditioner at text_strength 0 without adapter gives CLIPTextEncode's image, bit for bit."""
+    base = repoint(load_twin("emotion_text_to_image"), comfy_server)
+    cond = node_id(base, "EmotionConditioner")
+    save = node_id(base, "SaveImage")
+    text = base[cond]["inputs"]["text"]
+    plain = copy.deepcopy(base)
+    plain[cond] = {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": base[cond]["inputs"]["clip"]}}
+    del plain[node_id(plain, "PreviewAny")]  # it read the conditioner's second output
+    zero = copy.deepcopy(base)
+    zero[cond]["inputs"]["text_strength"] = 0.0
+    steered = copy.deepcopy(base)
+    steered[cond]["inputs"]["text_strength"] = 1.0
+    images = {}
+    for label, prompt in (("plain", plain), ("zero", zero), ("steered", steered)):
+        run = comfy_server.run_prompt(prompt)
+        assert_success(run)
+        images[label] = saved_pixels(run, comfy_server, save)
+    assert np.array_equal(images["plain"], images["zero"])
+    assert not np.array_equal(images["plain"], images["steered"])  # the comparison can tell images apart
+
+
+def test_generated_adapter_and_lora_load_through_emotion_weights_loader(comfy_server):
+    """Files our code writes load in ComfyUI: an emotion adapter moves the image, a kohya LoRA loads every key."""
+    import torch
+    from emofeedback2.engines.emotion_adapter import EmotionAdapter, EmotionAdapterConfig, save_emotion_adapter
+
+    torch.manual_seed(0)
+    adapter = EmotionAdapter(EmotionAdapterConfig(arch="sd15", context_dim=768, hidden_dim=32))
+    with torch.no_grad():  # leave the identity initialisation so the adapter visibly acts
+        for parameter in adapter.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    save_emotion_adapter(adapter, comfy_server.models_dir / "emotion_adapters" / "test_adapter.safetensors")
+    lora_name = _write_kohya_lora(comfy_server.models_dir / "loras" / "test_lora.safetensors")
+
+    base = repoint(load_twin("emotion_text_to_image"), comfy_server)
+    loader, cond, save = node_id(base, "EmotionWeightsLoader"), node_id(base, "EmotionConditioner"), node_id(base, "SaveImage")
+    images = {}
+    for label, adapter_name, strength, lora in (
+        ("off", "test_adapter.safetensors", 0.0, "none"),
+        ("on", "test_adapter.safetensors", 1.0, "none"),
+        ("lora", "none", 1.0, lora_name),
+    ):
+        prompt = copy.deepcopy(base)
+        prompt[loader]["inputs"].update(adapter_name=adapter_name, lora_name=lora)
+        prompt[cond]["inputs"]["adapter_strength"] = strength
+        run = comfy_server.run_prompt(prompt)
+        assert_success(run)
+        assert "lora key not loaded" not in run.log, run.log[-3000:]
+        images[label] = saved_pixels(run, comfy_server, save)
+    assert not np.array_equal(images["off"], images["on"])
+    assert not np.array_equal(images["off"], images["lora"])
+
+
+def _write_kohya_lora(path: Path) -> str:
+    """A random peft LoRA on the slim UNet's attention, exported to kohya keys by training/export.py."""
+    import torch
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+    from safetensors.torch import save_file
+
+    from emofeedback2.tiny_models.comfy_checkpoint import build_slim_unet
+    from emofeedback2.training.export import peft_to_kohya
+
+    unet = build_slim_unet(seed=0)
+    config = LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False)
+    unet = inject_adapter_in_model(config, unet)
+    state = {k: v.detach() for k, v in get_peft_model_state_dict(unet).items()}
+    kohya = peft_to_kohya(state, "sd15", lora_alpha=4.0)
+    assert kohya and all(k.startswith("lora_unet_") for k in kohya)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in kohya.items()}, str(path))
+    return path.name
+
+
+COMPARE_SCRIPT = r"""
+import sys, json, torch
+sys.path.insert(0, sys.argv[1])
+import comfy.cli_args
+comfy.cli_args.args.cpu = True
+import comfy.sd, comfy.utils
+from emofeedback2.tiny_models.comfy_checkpoint import build_slim_unet, write_slim_checkpoint, diffusers_unet_to_ldm
+unet = build_slim_unet(seed=5)
+path = write_slim_checkpoint(sys.argv[2], unet=unet, seed=5)
+model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(path))
+config = model.model.model_config
+theirs = comfy.utils.unet_to_diffusers(config.unet_config)  # ComfyUI's own LDM->diffusers names
+ours = diffusers_unet_to_ldm(unet.state_dict(), dict(unet.config))
+g = torch.Generator().manual_seed(0)
+x, t, ctx = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([10.0, 700.0]), torch.randn(2, 77, 768, generator=g)
+with torch.no_grad():
+    a = unet(x, t, encoder_hidden_states=ctx).sample
+    b = model.model.diffusion_model(x, timesteps=t, context=ctx)
+print(json.dumps({
+    "model_config": type(config).__name__,
+    "ours_not_in_comfy_map": sorted(set(ours) - set(theirs.values())),
+    "comfy_map_keys_we_lack": sorted(l for d, l in theirs.items() if d in unet.state_dict() and l not in ours),
+    "same_pairs": all(ours[l] is unet.state_dict()[d] or torch.equal(ours[l], unet.state_dict()[d]) for d, l in theirs.items() if l in ours),
+    "max_abs_diff": float((a - b).abs().max()), "mean_abs": float(a.abs().mean()),
+    "clip_ok": clip is not None, "vae_ok": vae is not None,
+}))
+"""
+
+
+def test_slim_checkpoint_unet_matches_its_diffusers_twin_inside_comfyui(tmp_path):
+    """The diffusers→LDM mapping is exact: ComfyUI detects SD1.5 and its UNet computes what diffusers does."""
+    if not os.environ.get("COMFYUI_DIR"):
+        pytest.skip("real-ComfyUI tier: set COMFYUI_DIR to a ComfyUI checkout (and COMFYUI_PYTHON to its Python)")
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    result = subprocess.run(
+        [python, "-c", COMPARE_SCRIPT, os.environ["COMFYUI_DIR"], str(tmp_path / "twin.safetensors")],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["model_config"] == "SD15"
+    assert report["ours_not_in_comfy_map"] == [] and report["comfy_map_keys_we_lack"] == []
+    assert report["same_pairs"]
+    assert report["max_abs_diff"] < 1e-4 * max(1.0, report["mean_abs"]), report
+    assert report["clip_ok"] and report["vae_ok"]
