@@ -130,12 +130,14 @@ def export_all(out_dir: str | Path, arch: str, lora_state: dict[str, torch.Tenso
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, use_ema: bool = True) -> dict[str, Path]:
     """Export a training checkpoint folder (or a run folder with a ``latest`` pointer)."""
-    from .checkpoint import latest_checkpoint, load_checkpoint
+    from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 
     checkpoint = Path(checkpoint)
     if (checkpoint / "latest").is_file() or (checkpoint / "checkpoints" / "latest").is_file():
         root = checkpoint if (checkpoint / "latest").is_file() else checkpoint / "checkpoints"
         checkpoint = latest_checkpoint(root)
+        if checkpoint is None:
+            raise CheckpointError(f"{root} has no complete checkpoint yet")
     weights, _state, meta = load_checkpoint(checkpoint)
     if use_ema and any(k.startswith("ema.") for k in weights):
         weights = {k[len("ema."):]: v for k, v in weights.items() if k.startswith("ema.")}

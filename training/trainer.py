@@ -235,7 +235,7 @@ class GRPOTrainer:
                             acc.backward(loss)
                     for key in ("kl", "clipfrac", "approx_kl"):
                         sums[key] += parts[key]
-                    sums["loss"] += float(loss) * len(plan)
+                    sums["loss"] += float(loss.detach()) * len(plan)
                     counts["pass"] += 1
                     if self.updates == 0:
                         self.ratio_dev_before_first_update = max(self.ratio_dev_before_first_update, parts["ratio_dev"])
@@ -282,7 +282,7 @@ class GRPOTrainer:
                 ref = self.policy.step(ref_out, x, traj.params[j], prev_sample=prev)
             kl = gaussian_kl_mean(res.mean, ref.mean, res.std).mean()
             loss = loss + c.grpo.kl_beta * kl
-            kl_value = float(kl)
+            kl_value = float(kl.detach())
         return loss, {"kl": kl_value, "clipfrac": info.clipfrac, "approx_kl": info.approx_kl,
                       "ratio_dev": info.ratio_max_dev}
 
