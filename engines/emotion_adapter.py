@@ -62,8 +62,8 @@ class EmotionAdapterConfig:
     """Shape of an adapter. ``pooled_dim=None``: the pooled vector (if any) passes through unchanged.
 
     ``hidden_dim``: width of the bottleneck every token goes through; ``fourier_features``: number of
-    sine/cosine frequencies per V-A axis. Defaults give ~2.1M parameters for SD1.5, ~4.4M for SDXL
-    and ~6.5M for SD3.x.
+    sine/cosine frequencies per V-A axis. Defaults give ~1.1M parameters for SD1.5, ~3.7M for SDXL
+    and ~6.6M for SD3.x.
     """
 
     arch: str

@@ -191,3 +191,25 @@ def test_bench_generate_prints_the_overhead_ratio_last(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1].startswith("backend_overhead=") and float(lines[-1].split("=")[1]) > 0
     assert "pixel difference: 0.00e+00" in "\n".join(lines)  # both paths make the same images
+
+
+def test_kohya_keys_load_like_the_peft_file(tiny_pipeline_dirs, tmp_path):
+    """A kohya-format copy of a PEFT LoRA (what `emofeedback2 export` writes) gives the same images."""
+    from safetensors.torch import load_file, save_file
+
+    peft_file = _write_peft_lora(tiny_pipeline_dirs["sd15"], tmp_path)
+    kohya = {}
+    for key, value in load_file(str(peft_file)).items():
+        module, kind = key.rsplit(".lora_", 1)
+        name = "lora_unet_" + module.removeprefix("unet.").replace(".", "_")
+        if kind.startswith("A"):
+            kohya[f"{name}.lora_down.weight"] = value
+            kohya[f"{name}.alpha"] = torch.tensor(float(value.shape[0]))
+        else:
+            kohya[f"{name}.lora_up.weight"] = value
+    save_file(kohya, str(tmp_path / "kohya.safetensors"))
+    model = str(tiny_pipeline_dirs["sd15"])
+    via_peft = load_diffusers_generator(DiffusersGeneratorConfig(model=model, device="cpu", lora=str(peft_file)))
+    via_kohya = load_diffusers_generator(
+        DiffusersGeneratorConfig(model=model, device="cpu", lora=str(tmp_path / "kohya.safetensors")))
+    assert torch.allclose(via_peft.generate(_request(1)), via_kohya.generate(_request(1)), atol=1e-6)
