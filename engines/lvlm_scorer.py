@@ -97,6 +97,8 @@ class LVLMConfig:
     share_vision: bool = True
     #: images per forward pass; 0 = all images of a call in one pass (the default)
     max_images_per_pass: int = 0
+    #: length cap of the optional per-image explanation, in generated tokens
+    analysis_max_new_tokens: int = 64
     prompts: ScoringPrompts = field(default_factory=ScoringPrompts)
 
 
@@ -461,7 +463,9 @@ class LVLMScorer:
         details = self.score_details(images, progress=progress)
         texts = [""] * len(details.valence)
         if analysis:
-            texts = self.generate_text(images, self.prompts.analysis_instruction, max_new_tokens=64, max_chars=400)
+            texts = self.generate_text(
+                images, self.prompts.analysis_instruction, max_new_tokens=self.config.analysis_max_new_tokens, max_chars=400
+            )
         return [
             EmotionReading(valence=float(v), arousal=float(a), analysis=t)
             for v, a, t in zip(details.valence.tolist(), details.arousal.tolist(), texts)

@@ -101,7 +101,8 @@ def test_lora_adapter_changes_readings_and_loads_from_disk(tiny_lvlm_dir, tmp_pa
     assert torch.allclose(again.valence, adapted.valence, atol=1e-6)
 
 
-def test_analysis_text_is_sanitised_and_short(scorer):
+def test_analysis_text_is_sanitised_and_short(tiny_lvlm_dir):
+    scorer = load_lvlm(LVLMConfig(model=str(tiny_lvlm_dir), device="cpu", analysis_max_new_tokens=12))
     readings = scorer.score(_images(2), analysis=True)
     for reading in readings:
         assert isinstance(reading.analysis, str) and len(reading.analysis) <= 400
