@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg", type=float, default=5.0, help="guidance scale (default 5)")
     parser.add_argument("--repeats", type=int, default=9, help="timed rounds per path (default 9)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds per path first (default 1)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice; 1 is steadier on a busy machine)")
 
 
 def _pipeline(args, workdir: str):
@@ -57,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     from ..engines.diffusers_backend import DiffusersGenerator
     from ..engines.generation import GenerationRequest
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     prompts = [f"a small house by a lake, picture {i}" for i in range(args.batch)]
     seeds = [1000 + i for i in range(args.batch)]
     negative = "blurry, low quality"
@@ -104,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     med_direct = statistics.median(times["direct"])
     med_backend = statistics.median(times["backend"])
     diff = (images["direct"] - images["backend"]).abs().max().item()
-    print(f"pipeline: {label}; device {args.device}, dtype {args.dtype}")
+    print(f"pipeline: {label}; device {args.device}, dtype {args.dtype}, {torch.get_num_threads()} CPU threads")
     print(f"batch {args.batch} × {args.size}px, {args.steps} steps, cfg {args.cfg}; warm-up {args.warmup}, repeats {args.repeats}")
     for name in ("direct", "backend"):
         values = times[name]

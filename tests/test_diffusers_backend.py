@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from emofeedback2.engines.diffusers_backend import (
+    LORA_ADAPTER_NAME,
+    DiffusersGenerator,
     DiffusersGeneratorConfig,
     ModelLoadError,
     conditioning_dims,
@@ -16,6 +18,7 @@ from emofeedback2.engines.emotion_adapter import (
     AdapterArchitectureError,
     EmotionAdapter,
     EmotionAdapterConfig,
+    load_emotion_adapter,
     save_emotion_adapter,
 )
 from emofeedback2.engines.emotion_space import VA
@@ -101,8 +104,12 @@ def test_adapter_changes_images_and_strength_zero_does_not(generators, arch, tmp
     gen = generators[arch]
     context_dim, pooled_dim = conditioning_dims(gen.pipe)
     path = save_emotion_adapter(_trained_adapter(arch, context_dim, pooled_dim), tmp_path / f"{arch}.safetensors")
-    config = DiffusersGeneratorConfig(model=str(gen.pipe.config._name_or_path), device="cpu", adapter=str(path))
-    with_adapter = load_diffusers_generator(config)
+    if arch == "sd15":  # the whole loading path once
+        config = DiffusersGeneratorConfig(model=str(gen.pipe.config._name_or_path), device="cpu", adapter=str(path))
+        with_adapter = load_diffusers_generator(config)
+    else:  # same pipeline object, adapter from the file
+        adapter = load_emotion_adapter(path, expected_arch=arch, context_dim=context_dim, pooled_dim=pooled_dim)
+        with_adapter = DiffusersGenerator(gen.pipe, adapter=adapter)
     base = gen.generate(_request(1, seeds=[7]))
     targets = [VA(3.0, 3.0)]
     off = with_adapter.generate(_request(1, seeds=[7], targets=targets, adapter_strength=0.0))
@@ -150,15 +157,25 @@ def _write_peft_lora(pipe_dir, out_dir, arch="sd15"):
     return out_dir / "pytorch_lora_weights.safetensors"
 
 
-def test_lora_loads_and_changes_images(tiny_pipeline_dirs, generators, tmp_path):
-    lora = _write_peft_lora(tiny_pipeline_dirs["sd15"], tmp_path)
-    gen = load_diffusers_generator(DiffusersGeneratorConfig(model=str(tiny_pipeline_dirs["sd15"]), device="cpu",
-                                                            lora=str(lora)))
+@pytest.fixture(scope="module")
+def peft_lora(tiny_pipeline_dirs, tmp_path_factory):
+    return _write_peft_lora(tiny_pipeline_dirs["sd15"], tmp_path_factory.mktemp("peft_lora"))
+
+
+@pytest.fixture(scope="module")
+def lora_generator(tiny_pipeline_dirs, peft_lora):
+    return load_diffusers_generator(DiffusersGeneratorConfig(model=str(tiny_pipeline_dirs["sd15"]), device="cpu",
+                                                             lora=str(peft_lora.parent)))
+
+
+def test_lora_loads_and_changes_images(generators, lora_generator):
     base = generators["sd15"].generate(_request(1, seeds=[1]))
-    assert (gen.generate(_request(1, seeds=[1])) - base).abs().max() > 1e-3
-    zero = load_diffusers_generator(DiffusersGeneratorConfig(model=str(tiny_pipeline_dirs["sd15"]), device="cpu",
-                                                             lora=str(tmp_path), lora_scale=0.0))
-    assert torch.allclose(zero.generate(_request(1, seeds=[1])), base, atol=1e-6)
+    assert (lora_generator.generate(_request(1, seeds=[1])) - base).abs().max() > 1e-3
+    lora_generator.pipe.set_adapters([LORA_ADAPTER_NAME], adapter_weights=[0.0])
+    try:
+        assert torch.allclose(lora_generator.generate(_request(1, seeds=[1])), base, atol=1e-6)
+    finally:
+        lora_generator.pipe.set_adapters([LORA_ADAPTER_NAME], adapter_weights=[1.0])
 
 
 def test_lora_for_another_base_model_is_refused(tiny_pipeline_dirs, tmp_path):
@@ -193,13 +210,12 @@ def test_bench_generate_prints_the_overhead_ratio_last(capsys):
     assert "pixel difference: 0.00e+00" in "\n".join(lines)  # both paths make the same images
 
 
-def test_kohya_keys_load_like_the_peft_file(tiny_pipeline_dirs, tmp_path):
+def test_kohya_keys_load_like_the_peft_file(tiny_pipeline_dirs, peft_lora, lora_generator, tmp_path):
     """A kohya-format copy of a PEFT LoRA (what `emofeedback2 export` writes) gives the same images."""
     from safetensors.torch import load_file, save_file
 
-    peft_file = _write_peft_lora(tiny_pipeline_dirs["sd15"], tmp_path)
     kohya = {}
-    for key, value in load_file(str(peft_file)).items():
+    for key, value in load_file(str(peft_lora)).items():
         module, kind = key.rsplit(".lora_", 1)
         name = "lora_unet_" + module.removeprefix("unet.").replace(".", "_")
         if kind.startswith("A"):
@@ -208,8 +224,6 @@ def test_kohya_keys_load_like_the_peft_file(tiny_pipeline_dirs, tmp_path):
         else:
             kohya[f"{name}.lora_up.weight"] = value
     save_file(kohya, str(tmp_path / "kohya.safetensors"))
-    model = str(tiny_pipeline_dirs["sd15"])
-    via_peft = load_diffusers_generator(DiffusersGeneratorConfig(model=model, device="cpu", lora=str(peft_file)))
-    via_kohya = load_diffusers_generator(
-        DiffusersGeneratorConfig(model=model, device="cpu", lora=str(tmp_path / "kohya.safetensors")))
-    assert torch.allclose(via_peft.generate(_request(1)), via_kohya.generate(_request(1)), atol=1e-6)
+    via_kohya = load_diffusers_generator(DiffusersGeneratorConfig(
+        model=str(tiny_pipeline_dirs["sd15"]), device="cpu", lora=str(tmp_path / "kohya.safetensors")))
+    assert torch.allclose(lora_generator.generate(_request(1)), via_kohya.generate(_request(1)), atol=1e-6)
