@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from PIL import Image
 
 from emofeedback2.nodes import NODE_CLASS_MAPPINGS
+from fixtures_comfy_server import PACK_FOLDER_NAME
 
 pytestmark = pytest.mark.comfyui
 
@@ -75,6 +77,49 @@ def test_object_info_lists_every_node_with_its_inputs(comfy_server):
         for group in ("required", "optional"):
             assert list(info[name]["input"].get(group, {})) == list(declared.get(group, {})), (name, group)
         assert tuple(info[name]["output"]) == tuple(cls.RETURN_TYPES), name
+
+
+def test_template_listing_shows_the_four_ui_files_only(comfy_server):
+    listing = comfy_server.get_json("/workflow_templates")
+    ours = [names for pack, names in listing.items() if pack == PACK_FOLDER_NAME]
+    assert ours and sorted(ours[0]) == WORKFLOWS  # the API twins in workflows/api/ are not listed
+
+
+def _chromium() -> str | None:
+    return os.environ.get("CHROMIUM") or next(
+        (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None
+    )
+
+
+def test_ui_files_load_in_the_comfyui_front_end_without_warnings(comfy_server, tmp_path):
+    """Headless Chromium opens ComfyUI's own front end, loads every UI file and derives its API prompt.
+
+    No missing node types, no warning dialog or toast (the front end validates workflows against its
+    schema), and the prompt the front end would queue equals the shipped API twin.
+    """
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("no Chromium found: install it (e.g. apt-get install chromium) or set CHROMIUM")
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    result = subprocess.run(
+        [python, str(ROOT / "tests" / "comfy_frontend_check.py"), comfy_server.url, chromium,
+         str(ROOT / "workflows"), str(tmp_path / "screenshots")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports = {r["workflow"]: r for r in map(json.loads, result.stdout.strip().splitlines())}
+    assert sorted(reports) == WORKFLOWS
+    info = comfy_server.object_info()
+    for name, report in reports.items():
+        assert report["missing"] == [] and not report["dialog"], (name, report["missing"])
+        assert report["toasts"] == [], (name, report["toasts"])
+        derived = {}
+        for node, entry in report["output"].items():
+            declared = {**info[entry["class_type"]]["input"].get("required", {}), **info[entry["class_type"]]["input"].get("optional", {})}
+            # the front end adds display-only widgets (e.g. PreviewAny's "preview"); the server ignores them
+            derived[node] = {"class_type": entry["class_type"], "inputs": {k: v for k, v in entry["inputs"].items() if k in declared}}
+        twin = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in load_twin(name).items()}
+        assert derived == twin, name
 
 
 def test_checked_in_core_node_list_matches_the_server(comfy_server):

@@ -13,6 +13,7 @@ import copy
 import glob
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +150,10 @@ def link_errors(ui: dict) -> list[str]:
         if slot >= len(out_types):
             errors.append(f"link {link_id}: {source['type']} has no output {slot}")
             continue
-        target_input = next((i for i in target.get("inputs", []) if i.get("link") == link_id), None)
+        target_inputs = target.get("inputs", [])
+        if not isinstance(dst_slot, int) or not 0 <= dst_slot < len(target_inputs) or target_inputs[dst_slot].get("link") != link_id:
+            errors.append(f"link {link_id}: target slot {dst_slot!r} is not the index of the {target['type']} input holding it")
+        target_input = next((i for i in target_inputs if i.get("link") == link_id), None)
         specs = {s["name"]: s for s in (node_inputs(target["type"]) or ([], [], False))[0]}
         if target_input is None or target_input["name"] not in specs:
             errors.append(f"link {link_id}: {target['type']} has no input holding this link")
@@ -191,7 +195,9 @@ def test_comfyui_lists_the_ui_files_and_not_the_twins(tmp_path):
     assert {Path(p).stem for p in listed} == EXPECTED
     assert all("/api/" not in p for p in listed)
     for path in UI_FILES:
-        assert {"nodes", "links", "version"} <= set(load(path)), f"{path.name} is not in UI format"
+        ui = load(path)
+        assert {"nodes", "links", "version"} <= set(ui), f"{path.name} is not in UI format"
+        uuid.UUID(ui["id"])  # the front end's schema rejects other ids
 
 
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
@@ -250,8 +256,9 @@ def _node(ui: dict, node_type: str) -> dict:
         (lambda ui, api: _node(ui, "VAEDecode").__setitem__("type", "VAEDecodeTypo"), "unknown node type"),
         (lambda ui, api: next(l for l in ui["links"] if l[5] == "LATENT").__setitem__(5, "IMAGE"), "declared type"),
         (lambda ui, api: api[str(_node(ui, "KSampler")["id"])]["inputs"].__setitem__("steps", 3), "differ"),
+        (lambda ui, api: ui["links"][0].__setitem__(4, "model"), "target slot"),
     ],
-    ids=["range", "choice", "widget-order", "node-type", "link-type", "twin"],
+    ids=["range", "choice", "widget-order", "node-type", "link-type", "twin", "link-slot"],
 )
 def test_validator_rejects_broken_workflows(break_it, expected):
     ui, api = copy.deepcopy(_text_to_image())

@@ -14,6 +14,7 @@ the tests POST to a real server. Widget values are written in the order the fron
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,7 @@ def build(graph: Graph, specs) -> tuple[dict, dict]:
         inputs = specs[by_id[dst].type][0]
         in_spec = next(i for i in inputs if i.name == in_name)
         link_type = outputs[slot][1]
-        ui_links.append([link_id, src, slot, dst, in_name, link_type])
+        ui_links.append([link_id, src, slot, dst, in_name, link_type])  # target slot index filled in below
         link_ids_out.setdefault((src, slot), []).append(link_id)
         link_into[(dst, in_name)] = (link_id, src, slot, in_spec)
     ui_nodes, api = [], {}
@@ -149,8 +150,11 @@ def build(graph: Graph, specs) -> tuple[dict, dict]:
         ui_nodes.append(ui_node)
         if not ui_only:
             api[str(node.id)] = {"class_type": node.type, "inputs": api_inputs, "_meta": {"title": node.title or node.type}}
+    node_inputs = {n["id"]: [i["name"] for i in n["inputs"]] for n in ui_nodes}
+    for link in ui_links:  # the front end's schema wants the target *slot index* here
+        link[4] = node_inputs[link[3]].index(link[4])
     ui = {
-        "id": f"emofeedback2-{graph.name}", "revision": 0,
+        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"emofeedback2/workflows/{graph.name}")), "revision": 0,
         "last_node_id": max(by_id), "last_link_id": len(ui_links),
         "nodes": ui_nodes, "links": ui_links, "groups": [], "config": {},
         "extra": {"ds": {"scale": 0.8, "offset": [40, 40]}, "emofeedback2": {"api_twin": f"api/{graph.name}.json"}},
@@ -188,8 +192,8 @@ def graphs() -> list[Graph]:
             Node(4, "EmotionConditioner", (760, 20), (400, 280), {
                 "text": "a lighthouse on a rocky coast at dusk, wide shot", "valence": 2.0, "arousal": -1.5,
                 "text_strength": 1.0, "adapter_strength": 1.0}),
-            Node(5, "CLIPTextEncode", (760, 340), (400, 130), {"text": NEGATIVE}, title="Negative prompt"),
-            Node(6, "EmptyLatentImage", (760, 510), (320, 110), {"width": 512, "height": 512, "batch_size": 1}),
+            Node(5, "CLIPTextEncode", (760, 380), (400, 130), {"text": NEGATIVE}, title="Negative prompt"),
+            Node(6, "EmptyLatentImage", (760, 560), (320, 110), {"width": 512, "height": 512, "batch_size": 1}),
             Node(7, "KSampler", (1200, 20), (320, 270), {
                 "seed": 42, "steps": 25, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}),
             Node(8, "VAEDecode", (1200, 330), (220, 50)),
@@ -222,8 +226,8 @@ def graphs() -> list[Graph]:
             Node(2, "CheckpointLoaderSimple", (20, 380), (320, 100), {"ckpt_name": CHECKPOINT}),
             Node(3, "EmoLVLMLoader", (20, 520), (320, 250), {"model": LVLM}),
             Node(4, "EmotionConditioner", (480, 20), (380, 260), {"text": prompt, **target, "text_strength": 1.0}),
-            Node(5, "CLIPTextEncode", (480, 320), (380, 120), {"text": NEGATIVE}, title="Negative prompt"),
-            Node(6, "EmptyLatentImage", (480, 480), (320, 110), {"width": 512, "height": 512, "batch_size": 1}),
+            Node(5, "CLIPTextEncode", (480, 360), (380, 120), {"text": NEGATIVE}, title="Negative prompt"),
+            Node(6, "EmptyLatentImage", (480, 540), (320, 110), {"width": 512, "height": 512, "batch_size": 1}),
             Node(7, "KSampler", (900, 20), (320, 270), {"seed": 7, "steps": 25, "cfg": 7.0, "scheduler": "normal"}, title="KSampler (round 1)"),
             Node(8, "VAEDecode", (900, 330), (220, 50)),
             Node(9, "SaveImage", (1260, 20), (360, 400), {"filename_prefix": "EmoFeedback2/refine_round1"}),
