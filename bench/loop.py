@@ -37,8 +37,8 @@ BENCH_PROMPTS = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--targets", type=int, default=len(BENCH_TARGETS), help=f"how many of the {len(BENCH_TARGETS)} fixed targets to run (>= 20 for the headline)")
     parser.add_argument("--seed", type=int, default=0, help="base seed (each target adds its index)")
-    parser.add_argument("--size", type=int, default=32, help="image side in pixels (multiple of 8)")
-    parser.add_argument("--steps", type=int, default=2, help="sampling steps per image")
+    parser.add_argument("--size", type=int, default=16, help="image side in pixels (multiple of 8)")
+    parser.add_argument("--steps", type=int, default=1, help="sampling steps per image")
     parser.add_argument("--workdir", default=None, help="where to build the tiny pipeline (default: a temp folder)")
     parser.add_argument("--rounds", type=int, default=None, help="our schedule's rounds (default: the loop default)")
     parser.add_argument("--candidates", type=int, default=None, help="our schedule's candidates per round (default: the loop default)")
@@ -90,8 +90,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"components: {components.generator.name}; {components.scorer.name}; {components.refiner.name}")
     print(f"targets: {len(targets)} fixed points over [-3, 3]^2; image {args.size}x{args.size}, {args.steps} steps")
     print(f"paper schedule: {paper_defaults.rounds} rounds x {paper_defaults.candidates} candidates, no early stop")
+    plateau = (f" or when a round improves by < {ours_defaults.min_improvement}" if ours_defaults.min_improvement > 0 else "")
     print(f"our schedule:   up to {ours_defaults.rounds} rounds x {ours_defaults.candidates} candidates, "
-          f"stop at error <= {ours_defaults.tolerance} or when a round improves by < {ours_defaults.min_improvement}")
+          f"stop once the best error <= {ours_defaults.tolerance}{plateau}")
 
     figures = {}
     for label, make in (

@@ -62,8 +62,8 @@ class LoopConfig:
 
     rounds: int = 3
     candidates: int = 4
-    tolerance: float = 0.35
-    min_improvement: float = 0.05
+    tolerance: float = 0.25
+    min_improvement: float = 0.0
     seed: int = 0
     steps: int = 20
     cfg: float = 7.0

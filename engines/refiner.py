@@ -284,7 +284,7 @@ class FallbackRefiner:
     ``max_overshoot`` bounds how far the steer point may sit from the target on each axis.
     """
 
-    gain: float = 0.8
+    gain: float = 1.6
     max_overshoot: float = 2.0
     token_budget: int = CLIP_TOKEN_BUDGET
     max_words: int = MAX_PROMPT_WORDS

@@ -9,12 +9,10 @@ from emofeedback2.cli import main
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    """A demo work folder holding the tiny SD1.5 pipeline, built once for this module."""
-    from emofeedback2.tiny_models.diffusion import build_tiny_pipeline
-
+def models_dir(tmp_path_factory, tiny_pipeline_dir):
+    """A demo work folder holding the session's tiny SD1.5 pipeline (the demo reuses what it finds)."""
     root = tmp_path_factory.mktemp("demo_models")
-    build_tiny_pipeline(root / "tiny-sd15", arch="sd15", seed=0)
+    (root / "tiny-sd15").symlink_to(tiny_pipeline_dir, target_is_directory=True)
     return root
 
 
