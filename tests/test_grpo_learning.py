@@ -51,6 +51,7 @@ def _run(pipeline_dir, tmp_path, shuffle: bool, steps: int = 15):
     pipe = StableDiffusionPipeline.from_pretrained(str(pipeline_dir))
     pipe.set_progress_bar_config(disable=True)
     pipe.vae = LinearPreviewDecoder()
+    tmp_path.mkdir(parents=True, exist_ok=True)
     table = tmp_path / "targets.csv"
     table.write_text("valence,arousal\n" + "".join(f"{v},{a}\n" for v, a in TARGETS))
     c = TrainConfig()

@@ -127,3 +127,13 @@ def test_bench_train_tiny_and_real_size_code_path(capsys):
                                         "--lora-rank", "2", "--size-override", tiny])) == 0
     out = capsys.readouterr().out
     assert "random prompt-embedding tensors" in out and "update_mem_ratio" in out.strip().splitlines()[-1]
+
+
+def test_lvlm_reward_through_build_reward(tiny_lvlm_dir):
+    from emofeedback2.training.config import RewardSpec
+    from emofeedback2.training.rewards import build_reward
+
+    reward = build_reward([RewardSpec(kind="lvlm", path=str(tiny_lvlm_dir), device="cpu"), RewardSpec(kind="color")])
+    assert reward.names == ["lvlm_va", "color_va"]
+    parts = reward.score_parts(torch.rand(2, 32, 32, 3), ["a", "b"], torch.tensor([[3.0, 3.0], [-3.0, -3.0]]))
+    assert all(((v >= 0) & (v <= 1)).all() for v in parts.values())

@@ -66,6 +66,9 @@ class GRPOTrainer:
                                                           device=str(self.device)), self.device, self.dtype)
         self.pipe = pipe
         self.arch = detect_arch(pipe) if config.model.arch == "auto" else config.model.arch
+        vae_config = getattr(getattr(pipe, "vae", None), "config", None)
+        if self.dtype == torch.float16 and getattr(vae_config, "force_upcast", False):
+            pipe.vae.to(torch.float32)  # the SD/SDXL VAEs overflow in fp16 (diffusers upcasts them too)
         for name in ("text_encoder", "text_encoder_2", "text_encoder_3", "vae"):
             module = getattr(pipe, name, None)
             if module is not None:
