@@ -49,17 +49,35 @@ def test_ratio_is_exactly_one_at_every_timestep_before_the_first_update(tiny_pip
     c = tiny_config(tiny_pipeline_dirs[arch], tmp_path)
     c.sampling.guidance_scale = guidance
     trainer = GRPOTrainer(c, log=False)
+    # the recomputed log-prob (with gradients, in training mode) equals the rollout's at every step
+    trajs, _, _ = trainer.sample_step()
+    trainer.raw_net.train()
+    for j in range(c.sampling.steps):
+        out = trainer.net(trajs[0].latents[:, j], trajs[0].timesteps[j], trajs[0].cond, trajs[0].va, guidance, 1.0)
+        res = trainer.policy.step(out, trajs[0].latents[:, j], trajs[0].params[j], prev_sample=trajs[0].latents[:, j + 1])
+        assert res.log_prob.requires_grad
+        assert (torch.exp(res.log_prob - trajs[0].log_probs[:, j]) - 1).abs().max() < 1e-6
     trainer.train_step()  # two micro-batches x three timesteps are scored before the optimizer steps
     assert trainer.updates == 1
     assert trainer.ratio_dev_before_first_update < 1e-6
-    # and the recomputed log-prob equals the rollout's at every step, directly
-    trainer2 = GRPOTrainer(c, log=False)
-    trajs, _, _ = trainer2.sample_step()
-    with torch.no_grad():
-        for j in range(c.sampling.steps):
-            out = trainer2.net(trajs[0].latents[:, j], trajs[0].timesteps[j], trajs[0].cond, trajs[0].va, guidance, 1.0)
-            res = trainer2.policy.step(out, trajs[0].latents[:, j], trajs[0].params[j], prev_sample=trajs[0].latents[:, j + 1])
-            assert (torch.exp(res.log_prob - trajs[0].log_probs[:, j]) - 1).abs().max() < 1e-6
+
+
+def test_gradient_checkpointing_and_a_trained_window_of_steps(tiny_pipeline_dir, tmp_path):
+    c = tiny_config(tiny_pipeline_dir, tmp_path, train_window=[1, 3], train_timestep_fraction=0.5)
+    c.model.gradient_checkpointing = True
+    trainer = GRPOTrainer(c, log=False)
+    assert trainer.derived.trained_timesteps == 1 and trainer.derived.backward_passes_per_update == 2
+    seen = []
+    original = trainer._timestep_loss
+
+    def spy(traj, j, adv, keep):
+        seen.append(j)
+        return original(traj, j, adv, keep)
+
+    trainer._timestep_loss = spy
+    metrics = trainer.train_step()
+    assert len(seen) == 2 and set(seen) <= {1, 2}
+    assert metrics["train/grad_norm"] > 0 and trainer.ratio_dev_before_first_update < 1e-6
 
 
 def test_only_lora_and_adapter_change_base_weights_stay_bit_identical(tiny_pipeline_dir, tmp_path):
