@@ -274,7 +274,7 @@ class DiffusersGenerator:
     def prompts_for(self, request: GenerationRequest) -> list[str]:
         """The prompts actually encoded: the text route applied when targets are given."""
         if request.targets is None or self.text_strength == 0.0:
-            return [p.strip() for p in request.prompts]
+            return list(request.prompts)
         return [emotional_prompt(p, t, self.text_strength) for p, t in zip(request.prompts, request.targets)]
 
     def encode(self, prompts: Sequence[str], negative_prompt: str = "", guidance: bool = True) -> EncodedPrompts:
