@@ -1,7 +1,8 @@
 """``emofeedback2 bench scorer``: expected-value scoring vs generate-then-parse, same model, same images.
 
-Expected value (ours): one forward pass over a left-padded batch of 2·B rows (valence and arousal
-questions), reading the digit-token distribution after the answer prefix. Baseline: the usual
+Expected value (ours): the prompt and the B images in one left-padded pass, then the two answer
+prefixes (``"Valence: "``, ``"Arousal: "``) as 2·B short rows on its key/value cache, reading the
+digit-token distribution after each prefix. Baseline: the usual
 approach of asking for ``"V, A"`` in text, generating it (greedy, batched, left-padded) and parsing
 it with a regular expression. The answer format is the paper's: continuous values in [-3, 3] with
 two decimals, e.g. ``"-1.25, 0.50"``; Qwen tokenises every digit, sign, point, comma and space
@@ -161,7 +162,9 @@ def run(args: argparse.Namespace) -> int:
         n_parsed, _ = _generate_then_parse(scorer, images, args.new_tokens)
         ev_ips, ev_peak = results["expected_value"]
         gen_ips, gen_peak = results["generate_then_parse"]
-        print(f"expected_value: {ev_ips:.2f} images/s (one forward pass of {2 * args.images} rows; every image gets a reading)")
+        mode = (f"prompt+image pass of {args.images} rows, then {2 * args.images} answer-prefix rows on its cache"
+                if scorer.config.share_prefix and scorer._shares_vision() else f"one forward pass of {2 * args.images} rows")
+        print(f"expected_value: {ev_ips:.2f} images/s ({mode}; every image gets a reading)")
         print(f"generate_then_parse: {gen_ips:.2f} images/s ({args.new_tokens} new tokens per image; "
               f"parsed {n_parsed}/{args.images} answers)")
         if cuda:

@@ -1,12 +1,12 @@
 """The LVLM emotion scorer: any transformers image-text-to-text model as a valence/arousal judge.
 
-Scoring never parses free text. For every image we ask two questions (valence, arousal) on the
-Self-Assessment Manikin scale 1..9, put the answer prefix (``"Valence: "``) into the prompt and read
+Scoring never parses free text. For every image we ask for valence and arousal on 1..9 scales,
+put an answer prefix (``"Valence: "`` or ``"Arousal: "``) after the prompt and read
 the model's next-token distribution over the digit tokens ``1``…``9``. The reading is the expected
 value of that distribution, converted linearly to [-3, 3] (SAM 1..9 → [-3, 3], as in
 :func:`.emotion_space.from_sam`). This is the Q-Align idea: continuous, differentiable, one forward
-pass, never "unparsable". Both questions for all images go through **one** left-padded batch of
-``2·B`` rows, so a batch of images costs one forward pass.
+pass, never "unparsable". All images go through one left-padded batch: the prompt and each image
+run once, and the two answer prefixes run as ``2·B`` short rows on the prompt's key/value cache.
 
 Free text is used only where text is the product: the optional short "analysis" and
 :meth:`LVLMScorer.generate_text` (for the prompt refiner). It is always sanitised
@@ -53,15 +53,11 @@ class LVLMLoadError(RuntimeError):
 class ScoringPrompts:
     """The two questions and their answer prefixes. A prefix ends with a space: the digit follows."""
 
-    valence_question: str = (
-        "How pleasant is the feeling this image evokes? Rate 1-9: 1 very unpleasant, 5 neutral, "
-        "9 very pleasant. Answer with one digit."
+    question: str = (
+        "Rate the feeling this image evokes on two 1-9 scales. Valence: 1 very unpleasant, 5 neutral, "
+        "9 very pleasant. Arousal: 1 very calm, 5 moderate, 9 very excited. Answer with one digit per scale."
     )
     valence_prefix: str = "Valence: "
-    arousal_question: str = (
-        "How calm or excited is the feeling this image evokes? Rate 1-9: 1 very calm, 5 moderate, "
-        "9 very excited. Answer with one digit."
-    )
     arousal_prefix: str = "Arousal: "
     analysis_instruction: str = (
         "In one or two short sentences, say which visual elements of this image (colour, light, subject, "
@@ -95,6 +91,9 @@ class LVLMConfig:
     #: run each image through the vision tower once and reuse its features for both questions
     #: (models that accept transformers' ``mm_encoder_outputs``); False repeats the image per row
     share_vision: bool = True
+    #: run the prompt (and image) once per image and only the short answer prefixes per question,
+    #: on the prompt's key/value cache; False runs a full sequence per question
+    share_prefix: bool = True
     #: images per forward pass; 0 = all images of a call in one pass (the default)
     max_images_per_pass: int = 0
     #: length cap of the optional per-image explanation, in generated tokens
@@ -310,6 +309,7 @@ class LVLMScorer:
         self.digit_ids = self._single_token_ids(SCALE_DIGITS)
         self._current_device = device
         self._share_vision: Optional[bool] = None
+        self._cache_arg: Optional[str] = None
 
     def _single_token_ids(self, symbols: Sequence[str]) -> list[int]:
         ids = []
@@ -410,6 +410,77 @@ class LVLMScorer:
         encoded["mm_encoder_outputs"] = {"image": vision}
         return encoded
 
+    def _answer_logits(self, prompt: str, suffixes: list[str], images: list[Any]) -> torch.Tensor:
+        """Next-token logits ``[len(images)·len(suffixes), vocab]`` after ``prompt + suffix`` per image.
+
+        Row ``i·S + j`` is image ``i`` with suffix ``j``. With a shared prefix (the default where
+        the model supports it) the prompt and image run once per image and only the short answer
+        prefixes run per row, on top of the prompt's key/value cache; otherwise every row is a full
+        sequence of one left-padded batch. Both give the same numbers.
+        """
+        if self._shares_prefix(prompt, suffixes):
+            return self._prefix_shared_logits(prompt, suffixes, images)
+        rows = [prompt + suffix for suffix in suffixes]
+        if self._shares_vision():
+            encoded = self._encode_shared(rows, images)
+        else:
+            encoded = self._encode([row for _ in images for row in rows], [im for im in images for _ in rows])
+        return self.model(**encoded, logits_to_keep=1).logits[:, -1, :]
+
+    def _shares_prefix(self, prompt: str, suffixes: list[str]) -> bool:
+        if not (self.config.share_prefix and self._shares_vision()):
+            return False
+        core = getattr(self._base_model(), "model", None)
+        if core is None or not hasattr(core, "rope_deltas"):
+            return False
+        # the suffix must tokenise the same on its own as after the prompt (true for Qwen's pre-tokeniser)
+        prompt_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+        for suffix in suffixes:
+            joint = self.tokenizer.encode(prompt + suffix, add_special_tokens=False)
+            if joint[: len(prompt_ids)] != prompt_ids:
+                return False
+        return True
+
+    def _base_model(self) -> Any:
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    def _prefix_shared_logits(self, prompt: str, suffixes: list[str], images: list[Any]) -> torch.Tensor:
+        import inspect
+
+        n_suffix = len(suffixes)
+        encoded = self._encode_shared([prompt], images)
+        base = self._base_model()
+        if self._cache_arg is None:
+            self._cache_arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+        prefix_out = self.model(**encoded, use_cache=True, logits_to_keep=1)
+        cache = getattr(prefix_out, "cache", None) or getattr(prefix_out, "past_key_values")
+        # text position of the next token per image: real tokens so far + the image's mRoPE offset
+        rope_deltas = base.model.rope_deltas.reshape(-1).to(self.device)
+        prefix_mask = encoded["attention_mask"]
+        next_position = prefix_mask.sum(dim=1) + rope_deltas
+        prompt_len = len(self.tokenizer.encode(prompt, add_special_tokens=False))
+        suffix_ids = [self.tokenizer.encode(prompt + s, add_special_tokens=False)[prompt_len:] for s in suffixes]
+        width = max(len(ids) for ids in suffix_ids)
+        pad = self.tokenizer.pad_token_id
+        # right-padded suffixes: causal attention keeps the padding from touching earlier positions
+        ids = torch.tensor([row + [pad] * (width - len(row)) for row in suffix_ids], device=self.device)
+        mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in suffix_ids], device=self.device)
+        n_images = len(images)
+        ids = ids.repeat(n_images, 1)
+        mask = mask.repeat(n_images, 1)
+        cache.batch_repeat_interleave(n_suffix)
+        full_mask = torch.cat([prefix_mask.repeat_interleave(n_suffix, dim=0), mask], dim=1)
+        positions = next_position.repeat_interleave(n_suffix)[:, None] + torch.arange(width, device=self.device)[None]
+        out = self.model(
+            input_ids=ids,
+            attention_mask=full_mask,
+            position_ids=positions[None].expand(3, -1, -1),
+            use_cache=False,
+            **{self._cache_arg: cache},
+        )
+        last = torch.tensor([len(row) - 1 for row in suffix_ids], device=self.device).repeat(n_images)
+        return out.logits[torch.arange(ids.shape[0], device=self.device), last]
+
     def _chunks(self, n: int) -> list[tuple[int, int]]:
         size = self.config.max_images_per_pass or n
         return [(start, min(n, start + size)) for start in range(0, n, size)]
@@ -422,7 +493,8 @@ class LVLMScorer:
         """Expected-value valence/arousal for every image (differentiable when ``grad=True``)."""
         pil = to_pil_list(images)
         p = self.prompts
-        rows = [self._chat(p.valence_question) + p.valence_prefix, self._chat(p.arousal_question) + p.arousal_prefix]
+        prompt = self._chat(p.question)
+        suffixes = [p.valence_prefix, p.arousal_prefix]
         scale = torch.arange(_SCALE_LO, _SCALE_HI + 1.0, dtype=torch.float32)
         outputs: list[torch.Tensor] = []
         masses: list[torch.Tensor] = []
@@ -430,13 +502,7 @@ class LVLMScorer:
         report(progress, 0, len(chunks))
         with self._on_device(), torch.set_grad_enabled(grad):
             for done, (start, stop) in enumerate(chunks, 1):
-                chunk = pil[start:stop]
-                # image i → rows 2i (valence) and 2i+1 (arousal) of one left-padded batch
-                if self._shares_vision():
-                    encoded = self._encode_shared(rows, chunk)
-                else:
-                    encoded = self._encode([row for _ in chunk for row in rows], [im for im in chunk for _ in rows])
-                logits = self.model(**encoded, logits_to_keep=1).logits[:, -1, :].float()
+                logits = self._answer_logits(prompt, suffixes, pil[start:stop]).float()
                 digit_logits = logits[:, self.digit_ids]
                 probs = torch.softmax(digit_logits, dim=-1)
                 expected = (probs * scale.to(probs.device)).sum(dim=-1)

@@ -46,17 +46,24 @@ def test_batched_equals_one_by_one(tiny_lvlm_dirs, family):
         assert abs(batched.arousal[i].item() - single.arousal[0].item()) < 1e-4
 
 
-def test_all_images_go_through_one_forward_pass(scorer, monkeypatch):
+@pytest.mark.parametrize("share_prefix, expected_rows", [(True, [5, 10]), (False, [10])])
+def test_all_images_go_through_one_batched_pass(tiny_lvlm_dir, monkeypatch, share_prefix, expected_rows):
+    scorer = load_lvlm(LVLMConfig(model=str(tiny_lvlm_dir), device="cpu", share_prefix=share_prefix))
+    scorer.score(_images(1))  # capability checks read forward's signature: run them before patching it
     calls = []
     original = scorer.model.forward
 
     def counting_forward(*args, **kwargs):
-        calls.append(kwargs["input_ids"].shape[0])
+        calls.append((kwargs["input_ids"].shape[0], kwargs["input_ids"].shape[1]))
         return original(*args, **kwargs)
 
     monkeypatch.setattr(scorer.model, "forward", counting_forward)
     scorer.score(_images(5))
-    assert calls == [10]  # valence and arousal rows of 5 images, one left-padded batch
+    # shared prefix: prompt + image once per image (5 rows), then the 2×5 short answer-prefix rows
+    # on its key/value cache; without it: valence and arousal rows of 5 images in one batch
+    assert [rows for rows, _ in calls] == expected_rows
+    if share_prefix:
+        assert calls[1][1] < 16 < calls[0][1]  # the second pass only carries "Valence: "/"Arousal: "
 
 
 def test_pil_images_of_mixed_sizes_are_scored(scorer):
@@ -200,11 +207,16 @@ def test_max_pixels_option_limits_image_tokens(tiny_lvlm_dir):
     assert saved  # the folder on disk is untouched by the option
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
-def test_shared_vision_pass_equals_repeating_the_image_per_row(tiny_lvlm_dirs, family):
-    images = _images(3, seed=4)
-    shared = load_lvlm(LVLMConfig(model=str(tiny_lvlm_dirs[family]), device="cpu"))
-    repeated = load_lvlm(LVLMConfig(model=str(tiny_lvlm_dirs[family]), device="cpu", share_vision=False))
-    assert shared._shares_vision() and not repeated._shares_vision()
-    a, b = shared.score_details(images), repeated.score_details(images)
-    assert torch.allclose(a.valence, b.valence, atol=1e-5) and torch.allclose(a.arousal, b.arousal, atol=1e-5)
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_shared_prefix_and_shared_vision_equal_full_rows(tiny_lvlm_dirs, family):
+    from PIL import Image
+
+    images = [Image.fromarray((_images(1, seed=4)[0].numpy() * 255).astype("uint8")), Image.new("RGB", (90, 40), (200, 30, 90))]
+    folder = str(tiny_lvlm_dirs[family])
+    fast = load_lvlm(LVLMConfig(model=folder, device="cpu"))
+    rows = load_lvlm(LVLMConfig(model=folder, device="cpu", share_prefix=False))
+    plain = load_lvlm(LVLMConfig(model=folder, device="cpu", share_prefix=False, share_vision=False))
+    assert fast._shares_vision() and not plain._shares_vision()
+    a, b, c = fast.score_details(images), rows.score_details(images), plain.score_details(images)
+    for x in (b, c):
+        assert torch.allclose(a.valence, x.valence, atol=1e-5) and torch.allclose(a.arousal, x.arousal, atol=1e-5)
