@@ -8,7 +8,7 @@ path is ``pipe(prompt=..., output_type="pt")`` plus the same move to CPU. After 
 paths alternate for ``--repeats`` rounds and the medians are compared.
 
 Default: the tiny SD1.5-like pipeline built locally (CPU). ``--real-size --device cuda --dtype
-float16`` builds the real SD1.5 (or ``--arch sd3``: SD3.5-Medium without T5) architecture with random
+float16`` builds the real SD1.5 (``--arch sdxl``: SDXL; ``--arch sd3``: SD3.5-Medium without T5) architecture with random
 weights on the GPU. ``--model DIR`` uses a diffusers folder instead. The last line is
 ``backend_overhead=<ratio>`` (backend median / direct median; goal ≤ 1.05).
 """
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", default="sd15", choices=["sd15", "sdxl", "sd3"], help="pipeline family (default sd15)")
     parser.add_argument("--model", default=None, help="a diffusers folder or hub id instead of a built pipeline")
     parser.add_argument("--real-size", action="store_true",
-                        help="real-size architecture with random weights (sd15, or sd3 = SD3.5 Medium without T5)")
+                        help="real-size architecture with random weights (sd15, sdxl, or sd3 = SD3.5 Medium without T5)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--batch", type=int, default=2, help="images per call, one seed each (default 2)")

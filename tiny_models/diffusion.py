@@ -224,7 +224,7 @@ def build_tiny_pipeline(out_dir: str | Path, arch: str = "sd15", seed: int = 0) 
 
 
 def build_real_size_pipeline(arch: str = "sd15", device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0):
-    """A pipeline with the real SD1.5 or SD3.5-Medium architecture and random weights, in memory.
+    """A pipeline with the real SD1.5, SDXL or SD3.5-Medium architecture and random weights, in memory.
 
     For speed/memory figures on a GPU (no weights are downloaded): real-size UNet/MMDiT, CLIP text
     encoders and VAE; the character-level tokenizer stands in for CLIP's BPE (same 77-token length).
@@ -236,6 +236,7 @@ def build_real_size_pipeline(arch: str = "sd15", device: str = "cpu", dtype: tor
         SD3Transformer2DModel,
         StableDiffusion3Pipeline,
         StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
         UNet2DConditionModel,
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -260,6 +261,23 @@ def build_real_size_pipeline(arch: str = "sd15", device: str = "cpu", dtype: tor
                 unet=UNet2DConditionModel(sample_size=64, cross_attention_dim=768),
                 scheduler=_sd_scheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
             )
+        elif arch == "sdxl":
+            pipe = StableDiffusionXLPipeline(
+                vae=AutoencoderKL(latent_channels=4, sample_size=1024, scaling_factor=0.13025, **vae_blocks),
+                text_encoder=CLIPTextModel(clip_config(768, 12, 12, 768)),
+                text_encoder_2=CLIPTextModelWithProjection(clip_config(1280, 32, 20, 1280)),
+                tokenizer=_tokenizer(),
+                tokenizer_2=_tokenizer(),
+                unet=UNet2DConditionModel(
+                    sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2,
+                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                    transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20),
+                    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+                    projection_class_embeddings_input_dim=2816, cross_attention_dim=2048,
+                ),
+                scheduler=_sd_scheduler(),
+            )
         elif arch == "sd3":
             pipe = StableDiffusion3Pipeline(
                 transformer=SD3Transformer2DModel(
@@ -278,7 +296,7 @@ def build_real_size_pipeline(arch: str = "sd15", device: str = "cpu", dtype: tor
                 text_encoder_3=None, tokenizer_3=None,
             )
         else:
-            raise ValueError(f"real-size builds exist for sd15 and sd3 (SD3.5 Medium); got {arch!r}")
+            raise ValueError(f"real-size builds exist for sd15, sdxl and sd3 (SD3.5 Medium); got {arch!r}")
     return pipe.to(device=device, dtype=dtype)
 
 
