@@ -64,10 +64,13 @@ def _size(text: str) -> int:
     return value
 
 
-def _add_schedule_arguments(parser: argparse.ArgumentParser, steps: int, size: int) -> None:
-    from ..engines.feedback_loop import LoopConfig
+# The loop engine's defaults (LoopConfig), restated so `emofeedback2 --help` does not import torch;
+# tests/test_demo_cli.py pins them to LoopConfig().
+LOOP_DEFAULTS = argparse.Namespace(rounds=3, candidates=4, tolerance=0.25, min_improvement=0.0)
 
-    defaults = LoopConfig()
+
+def _add_schedule_arguments(parser: argparse.ArgumentParser, steps: int, size: int) -> None:
+    defaults = LOOP_DEFAULTS
     parser.add_argument("--prompt", default=None, help="what to draw; subject and composition words are kept every round")
     parser.add_argument("--negative", default="", help="negative prompt, the same every round")
     parser.add_argument("--rounds", type=_positive_int("rounds", 50), default=defaults.rounds,

@@ -69,3 +69,12 @@ def test_loop_runs_on_a_local_pipeline_folder(tmp_path, models_dir, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["demo"] is False and report["target"] == {"valence": -1.5, "arousal": 0.5}
     assert (out / "best.png").is_file() and (out / "trajectory.png").is_file()
+
+
+def test_cli_defaults_are_the_loop_engine_defaults():
+    from emofeedback2.cli.loop_commands import LOOP_DEFAULTS
+    from emofeedback2.engines.feedback_loop import LoopConfig
+
+    config = LoopConfig()
+    for name, value in vars(LOOP_DEFAULTS).items():
+        assert getattr(config, name) == value, name
