@@ -23,15 +23,19 @@ pytestmark = pytest.mark.comfyui
 
 SCRIPT = r'''
 import json, logging, sys, io
-sys.path.insert(0, sys.argv[1])
+comfy_dir, checkpoint, lora_file = sys.argv[1:4]
+sys.path.insert(0, comfy_dir)
+sys.argv = [sys.argv[0], "--cpu"]
+import comfy.options
+comfy.options.enable_args_parsing()
 import torch
 import comfy.sd, comfy.utils, comfy.lora
 stream = io.StringIO()
 handler = logging.StreamHandler(stream)
 logging.getLogger().addHandler(handler)
 logging.getLogger().setLevel(logging.INFO)
-model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(sys.argv[2], output_vae=True, output_clip=True)[:4]
-lora = comfy.utils.load_torch_file(sys.argv[3], safe_load=True)
+model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(checkpoint, output_vae=True, output_clip=True)[:4]
+lora = comfy.utils.load_torch_file(lora_file, safe_load=True)
 key_map = comfy.lora.model_lora_keys_unet(model.model, {})
 model_lora, _clip = comfy.sd.load_lora_for_models(model, clip, lora, 1.0, 0.0)
 before = {k: v.detach().clone().float() for k, v in model_lora.model.state_dict().items()}
@@ -88,6 +92,7 @@ def test_stock_comfyui_lora_loader_applies_the_exported_lora_in_full(comfyui_dir
                           capture_output=True, text=True, timeout=600, cwd=str(comfyui_dir))
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
+    print("ComfyUI LoRA check:", report)
     assert report["not_loaded"] == 0, report
     assert report["mapped"] == report["modules"] > 0, report
     assert report["max_delta"] > 1e-3 and report["max_err"] < 1e-4 * max(1.0, report["max_delta"]), report
