@@ -35,7 +35,6 @@ class ModelConfig:
     lora_rank: int = _f(8, "LoRA rank r")
     lora_alpha: float = _f(8.0, "LoRA alpha; the update is scaled by alpha/r (exported as kohya '.alpha')")
     lora_targets: list = _f([], "module names LoRA wraps; empty = the attention projections of the arch")
-    lora_init: Optional[str] = _f(None, "optional peft/diffusers LoRA folder to start from (not implemented: leave empty)")
     train_adapter: bool = _f(True, "train the emotion adapter jointly (it feeds the target V-A into the conditioning)")
     adapter_init: Optional[str] = _f(None, "optional emotion adapter .safetensors to start from (else a fresh identity adapter)")
     adapter_hidden: int = _f(0, "hidden width of a fresh emotion adapter (0 = the adapter's default)")
@@ -326,8 +325,6 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"model.dtype must be float32, float16 or bfloat16, got {m.dtype!r}")
     if m.lora_rank < 1 or m.lora_alpha <= 0:
         raise ConfigError("model.lora_rank must be >= 1 and model.lora_alpha > 0")
-    if m.lora_init:
-        raise ConfigError("model.lora_init is not supported yet; leave it empty (train from the base model)")
     if s.steps < 1 or s.eval_steps < 1:
         raise ConfigError("sampling.steps and sampling.eval_steps must be >= 1")
     if s.resolution % 8 or s.resolution < 8:
