@@ -2,18 +2,26 @@
 
 Expected value (ours): the prompt and the B images in one left-padded pass, then the two answer
 prefixes (``"Valence: "``, ``"Arousal: "``) as 2·B short rows on its key/value cache, reading the
-digit-token distribution after each prefix. Baseline: the usual
-approach of asking for ``"V, A"`` in text, generating it (greedy, batched, left-padded) and parsing
-it with a regular expression. The answer format is the paper's: continuous values in [-3, 3] with
-two decimals, e.g. ``"-1.25, 0.50"``; Qwen tokenises every digit, sign, point, comma and space
-alone, so that answer plus the end token is 12 tokens. The baseline generates exactly
-``--new-tokens`` (default 12) tokens per image, so a random model that never stops costs what a
-trained one answering in that format would.
+digit-token distribution after each prefix.
+
+Two generate-then-parse baselines, same model, same images, greedy, batched, left-padded:
+
+* ``paper_format`` (the headline): the judge writes a short chain of thought and then its answer,
+  ``<think>…</think><answer>V, A</answer>``, which is the output format EmoFeedback²'s GRPO-tuned
+  judge is trained to follow (its format reward). ``--reasoning-tokens`` (default 64, a short
+  reasoning) tokens are generated per image.
+* ``bare_answer``: the most favourable case for generation: only ``"V, A"`` with two decimals, e.g.
+  ``"-1.25, 0.50"``; Qwen tokenises every digit, sign, point, comma and space alone, so that answer
+  plus the end token is 12 tokens (``--new-tokens``).
+
+Each baseline generates exactly its token count (``min_new_tokens``), so a random model that never
+stops costs what a trained one answering in that format would.
 
 Default: the tiny random Qwen2.5-VL built locally (CPU). ``--real-size qwen2.5-vl-7b --device cuda
 --dtype bfloat16`` builds the real 7B architecture with random weights directly on the GPU (tiny
 byte tokenizer, real image processor patching) and also prints peak GPU memory per path.
-The last line is ``ev_vs_generate_speedup=<x>`` (ratio of median images/s, measured in this run).
+The last line is ``ev_vs_generate_speedup=<x>`` against the paper-format baseline (ratio of median
+images/s, all paths measured in this run); the line before gives the ratio against the bare answer.
 """
 
 from __future__ import annotations
@@ -26,6 +34,13 @@ import time
 from typing import Any, Callable
 
 ANSWER = re.compile(r"^\s*([+-]?\d(?:\.\d+)?)\s*,\s*([+-]?\d(?:\.\d+)?)")
+ANSWER_TAG = re.compile(r"<answer>\s*([+-]?\d(?:\.\d+)?)\s*,\s*([+-]?\d(?:\.\d+)?)\s*</answer>")
+REASONING_INSTRUCTION = (
+    "Look at the colours, light, subject, expressions and composition of this image and think briefly "
+    "inside <think></think> about the emotion it evokes. Then give valence from -3 (very unpleasant) to 3 "
+    "(very pleasant) and arousal from -3 (very calm) to 3 (very excited), with two decimals, as "
+    "<answer>valence, arousal</answer>."
+)
 BASELINE_INSTRUCTION = (
     "Rate the emotion this image evokes: valence from -3 (very unpleasant) to 3 (very pleasant) and "
     "arousal from -3 (very calm) to 3 (very excited), with two decimals. Answer only as 'valence, arousal'."
@@ -45,7 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image area per image for the vision encoder (default: tiny processor's; 200704 real-size)")
     parser.add_argument("--image-size", type=int, default=448, help="side of the synthetic test images (default 448)")
     parser.add_argument("--new-tokens", type=int, default=12,
-                        help="tokens the baseline generates per image (default 12: '-1.25, 0.50' + end token)")
+                        help="tokens the bare-answer baseline generates per image (default 12: '-1.25, 0.50' + end token)")
+    parser.add_argument("--reasoning-tokens", type=int, default=64,
+                        help="tokens the paper-format baseline generates per image: short reasoning + answer (default 64)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
@@ -89,11 +106,12 @@ def _build_scorer(args: argparse.Namespace, workdir: str):
     return LVLMScorer(model, processor, config, device=device, dtype=dtype), f"{args.real_size} architecture, random weights ({params:.2f}B parameters)"
 
 
-def _generate_then_parse(scorer, images, new_tokens: int) -> tuple[int, list[Any]]:
-    """The baseline: generate 'V, A' text per image in one batch and parse it."""
+def _generate_then_parse(scorer, images, new_tokens: int, instruction: str = BASELINE_INSTRUCTION,
+                         answer: re.Pattern = ANSWER) -> tuple[int, list[Any]]:
+    """A baseline: generate the answer text for every image in one batch and parse it."""
     import torch
 
-    texts = [scorer._chat(BASELINE_INSTRUCTION)] * len(images)
+    texts = [scorer._chat(instruction)] * len(images)
     encoded = scorer._encode(texts, images)
     with torch.no_grad():
         generated = scorer.model.generate(
@@ -101,7 +119,7 @@ def _generate_then_parse(scorer, images, new_tokens: int) -> tuple[int, list[Any
             pad_token_id=scorer.tokenizer.pad_token_id,
         )
     answers = scorer.tokenizer.batch_decode(generated[:, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
-    parsed = [ANSWER.match(answer) for answer in answers]
+    parsed = [answer.search(text) for text in answers]
     readings = [(float(m.group(1)), float(m.group(2))) if m and all(abs(float(g)) <= 3 for g in m.groups()) else None
                 for m in parsed]
     return sum(r is not None for r in readings), readings
@@ -126,8 +144,8 @@ def _interleaved_times(paths: dict[str, Callable[[], Any]], repeats: int, sync: 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    if args.images < 1 or args.repeats < 1 or args.new_tokens < 1:
-        print("error: --images, --repeats and --new-tokens must be at least 1")
+    if min(args.images, args.repeats, args.new_tokens, args.reasoning_tokens) < 1:
+        print("error: --images, --repeats, --new-tokens and --reasoning-tokens must be at least 1")
         return 2
     cuda = args.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
@@ -145,7 +163,8 @@ def run(args: argparse.Namespace) -> int:
 
         paths = {
             "expected_value": lambda: scorer.score_details(images),
-            "generate_then_parse": lambda: _generate_then_parse(scorer, images, args.new_tokens),
+            "paper_format": lambda: _generate_then_parse(scorer, images, args.reasoning_tokens, REASONING_INSTRUCTION, ANSWER_TAG),
+            "bare_answer": lambda: _generate_then_parse(scorer, images, args.new_tokens),
         }
         times = _interleaved_times(paths, args.repeats, sync)
         results = {}
@@ -159,16 +178,21 @@ def run(args: argparse.Namespace) -> int:
                 peak = torch.cuda.max_memory_allocated() / 2**30
             results[name] = (args.images / statistics.median(times[name]), peak)
 
-        n_parsed, _ = _generate_then_parse(scorer, images, args.new_tokens)
+        n_parsed = {
+            "paper_format": _generate_then_parse(scorer, images, args.reasoning_tokens, REASONING_INSTRUCTION, ANSWER_TAG)[0],
+            "bare_answer": _generate_then_parse(scorer, images, args.new_tokens)[0],
+        }
+        tokens = {"paper_format": args.reasoning_tokens, "bare_answer": args.new_tokens}
         ev_ips, ev_peak = results["expected_value"]
-        gen_ips, gen_peak = results["generate_then_parse"]
         mode = (f"prompt+image pass of {args.images} rows, then {2 * args.images} answer-prefix rows on its cache"
                 if scorer.config.share_prefix and scorer._shares_vision() else f"one forward pass of {2 * args.images} rows")
         print(f"expected_value: {ev_ips:.2f} images/s ({mode}; every image gets a reading)")
-        print(f"generate_then_parse: {gen_ips:.2f} images/s ({args.new_tokens} new tokens per image; "
-              f"parsed {n_parsed}/{args.images} answers)")
+        for name in ("paper_format", "bare_answer"):
+            print(f"generate_then_parse[{name}]: {results[name][0]:.2f} images/s ({tokens[name]} new tokens per image; "
+                  f"parsed {n_parsed[name]}/{args.images} answers)")
         if cuda:
-            print(f"peak_memory_expected_value_gib={ev_peak:.2f}")
-            print(f"peak_memory_generate_then_parse_gib={gen_peak:.2f}")
-        print(f"ev_vs_generate_speedup={ev_ips / gen_ips:.2f}")
+            for name, (_, peak) in results.items():
+                print(f"peak_memory_{name}_gib={peak:.2f}")
+        print(f"ev_vs_bare_answer_speedup={ev_ips / results['bare_answer'][0]:.2f}")
+        print(f"ev_vs_generate_speedup={ev_ips / results['paper_format'][0]:.2f}")
     return 0

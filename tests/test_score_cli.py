@@ -54,9 +54,12 @@ def test_missing_image_file_is_named(tmp_path, capsys):
 
 
 def test_bench_scorer_cli_prints_both_paths_and_the_speedup_last(capsys):
-    code = main(["bench", "scorer", "--images", "2", "--repeats", "1", "--image-size", "32", "--new-tokens", "2"])
+    code = main(["bench", "scorer", "--images", "2", "--repeats", "1", "--image-size", "32", "--new-tokens", "2",
+                 "--reasoning-tokens", "3"])
     assert code == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert any(line.startswith("expected_value:") and "images/s" in line for line in lines)
-    assert any(line.startswith("generate_then_parse:") for line in lines)
+    assert any(line.startswith("generate_then_parse[paper_format]:") for line in lines)
+    assert any(line.startswith("generate_then_parse[bare_answer]:") for line in lines)
+    assert lines[-2].startswith("ev_vs_bare_answer_speedup=")
     assert lines[-1].startswith("ev_vs_generate_speedup=") and float(lines[-1].split("=")[1]) > 0
