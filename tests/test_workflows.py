@@ -13,6 +13,7 @@ import copy
 import glob
 import json
 import os
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -274,3 +275,21 @@ def test_validator_rejects_a_link_between_mismatched_sockets():
     vae_link = next(i for i in decode["inputs"] if i["name"] == "vae")["link"]
     samples["link"], next(i for i in decode["inputs"] if i["name"] == "vae")["link"] = vae_link, samples["link"]
     assert any("into VAEDecode" in e for e in link_errors(ui))
+
+
+def test_shipped_files_are_what_the_builder_writes_from_the_current_nodes():
+    """A node's inputs changed without re-running the builder: run ``python workflows/build_workflows.py``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_workflows", UI_DIR / "build_workflows.py")
+    builder = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = builder  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(builder)
+    finally:
+        del sys.modules[spec.name]
+    specs = builder.node_specs()
+    for graph in builder.graphs():
+        ui, api = builder.build(graph, specs)
+        assert load(UI_DIR / f"{graph.name}.json") == ui, f"workflows/{graph.name}.json is stale"
+        assert load(API_DIR / f"{graph.name}.json") == api, f"workflows/api/{graph.name}.json is stale"
