@@ -231,6 +231,7 @@ def load_scorer(spec: str, device: str = "auto", dtype: str = "auto", adapter: O
 
 def run_loop(args: argparse.Namespace) -> int:
     from ..engines.diffusers_backend import DiffusersGeneratorConfig, ModelLoadError, load_diffusers_generator
+    from ..engines.emotion_adapter import AdapterArchitectureError
     from ..engines.emotion_space import VA
     from ..engines.lvlm_scorer import LVLMLoadError
     from ..engines.refiner import make_refiner
@@ -241,6 +242,8 @@ def run_loop(args: argparse.Namespace) -> int:
         generator = load_diffusers_generator(DiffusersGeneratorConfig(
             model=args.generator, device=args.device, dtype=args.dtype, lora=args.lora, adapter=args.adapter,
         ))
+    except AdapterArchitectureError as exc:
+        raise SystemExit(f"emofeedback2 loop: --adapter {args.adapter!r} does not fit this generator: {exc}") from None
     except (ModelLoadError, FileNotFoundError) as exc:
         raise SystemExit(f"emofeedback2 loop: cannot load --generator {args.generator!r}: {exc}") from None
     try:

@@ -78,3 +78,15 @@ def test_cli_defaults_are_the_loop_engine_defaults():
     config = LoopConfig()
     for name, value in vars(LOOP_DEFAULTS).items():
         assert getattr(config, name) == value, name
+
+
+def test_loop_refuses_an_adapter_made_for_another_architecture(tmp_path, models_dir):
+    from emofeedback2.engines.emotion_adapter import EmotionAdapter, EmotionAdapterConfig, save_emotion_adapter
+
+    adapter_file = tmp_path / "sdxl_adapter.safetensors"
+    save_emotion_adapter(EmotionAdapter(EmotionAdapterConfig.for_arch("sdxl")), adapter_file)
+    with pytest.raises(SystemExit) as info:
+        main(["loop", "--generator", str(models_dir / "tiny-sd15"), "--adapter", str(adapter_file), "--lvlm", "colour",
+              "--prompt", "a cat", "--valence", "1", "--arousal", "0", "--out", str(tmp_path / "o")])
+    message = str(info.value.code)
+    assert "--adapter" in message and "sdxl" in message
