@@ -19,6 +19,7 @@ text encoders (CLIP-L/G + T5: context [B, 333, 4096], pooled [B, 2048]); it prin
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import tempfile
 import time
@@ -202,7 +203,10 @@ def run(args: argparse.Namespace) -> int:
                 print(f"T={steps}: torch.cuda.max_memory_allocated={peak} ({peak / GIB:.2f} GiB); "
                       f"fits in 24 GB: {'yes' if peak < 24e9 else 'no'}")
             trainer.runner.close()
-            del trainer, pipe
+            # The patched method closes a reference cycle through the trainer: break it and collect,
+            # or the previous run's model would still be allocated while the next one is measured.
+            del trainer, pipe, original, counted
+            gc.collect()
     lo, hi = min(peaks), max(peaks)
     print(f"update_mem_ratio_T{hi}_T{lo}={peaks[hi] / max(1, peaks[lo]):.3f}")
     return 0

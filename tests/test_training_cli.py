@@ -137,3 +137,29 @@ def test_lvlm_reward_through_build_reward(tiny_lvlm_dir):
     assert reward.names == ["lvlm_va", "color_va"]
     parts = reward.score_parts(torch.rand(2, 32, 32, 3), ["a", "b"], torch.tensor([[3.0, 3.0], [-3.0, -3.0]]))
     assert all(((v >= 0) & (v <= 1)).all() for v in parts.values())
+
+
+def test_bench_train_frees_each_run_before_measuring_the_next(monkeypatch, capsys):
+    # Peak-memory figures per T are only honest if the previous T's model is gone by then.
+    import gc
+    import weakref
+
+    from emofeedback2.bench import train as bench
+    from emofeedback2.training import trainer as trainer_module
+
+    alive_at_construction = []
+    previous: list[weakref.ref] = []
+
+    class Recording(trainer_module.GRPOTrainer):
+        def __init__(self, *args, **kwargs):
+            gc.collect()
+            alive_at_construction.append(any(ref() is not None for ref in previous))
+            super().__init__(*args, **kwargs)
+            previous.append(weakref.ref(self))
+
+    monkeypatch.setattr(trainer_module, "GRPOTrainer", Recording)
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    assert bench.run(parser.parse_args(["--steps", "2", "3", "--repeats", "1", "--group-size", "2",
+                                        "--batch-size", "2", "--resolution", "16"])) == 0
+    assert alive_at_construction == [False, False]
