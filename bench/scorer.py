@@ -84,7 +84,8 @@ def _images(n: int, size: int):
 def _build_scorer(args: argparse.Namespace, workdir: str):
     import torch
 
-    from ..engines.lvlm_scorer import DTYPES, LVLMConfig, LVLMScorer, load_lvlm
+    from ..engines.devices import DTYPES
+    from ..engines.lvlm_scorer import LVLMConfig, LVLMScorer, load_lvlm
     from ..tiny_models.lvlm import build_processor, build_tiny_lvlm, real_size_config
 
     if args.real_size is None:

@@ -112,7 +112,7 @@ class _ShapeOnlySD3Pipe:
 def _tiny_pipe(arch: str, folder: str, device, dtype_name: str):
     from ..engines.diffusers_backend import DiffusersGeneratorConfig, load_pipeline
     from ..tiny_models.diffusion import build_tiny_pipeline
-    from ..training.trainer import DTYPES
+    from ..engines.devices import DTYPES
 
     path = build_tiny_pipeline(folder, arch)
     config = DiffusersGeneratorConfig(model=str(path), dtype=dtype_name, device=str(device))
@@ -135,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..training.config import RewardSpec, TrainConfig
-    from ..training.trainer import DTYPES, GRPOTrainer
+    from ..engines.devices import DTYPES
+    from ..training.trainer import GRPOTrainer
 
     if args.device == "cpu":
         torch.set_num_threads(max(1, args.threads))

@@ -22,12 +22,11 @@ import torch
 
 from .descriptors import emotional_prompt
 from .emotion_adapter import EmotionAdapter, load_emotion_adapter
+from . import devices
 from .emotion_space import VA
 from .generation import GenerationRequest
 from .progress import ProgressCallback
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 LORA_ADAPTER_NAME = "emofeedback2"
 
 
@@ -108,20 +107,12 @@ def conditioning_dims(pipe: Any) -> tuple[int, Optional[int]]:
 
 
 def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(f"device={device!r} was asked for but CUDA is not available here; use device='cpu'")
-    return dev
+    return devices.resolve_device(device, error=ModelLoadError)
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
-    return DTYPES[dtype]
+    # float16 on a GPU: what SD checkpoints ship in (diffusers upcasts the VAEs that need it).
+    return devices.resolve_dtype(dtype, device, auto_cuda=torch.float16, error=ModelLoadError)
 
 
 def _looks_like_path(model: str) -> bool:

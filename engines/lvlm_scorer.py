@@ -28,13 +28,13 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import torch
 
+from . import devices
 from .emotion_space import VA_MIN, VA_SPAN
 from .images import ImageBatch, ImageBatchError, to_pil_list
 from .progress import ProgressCallback, report
 from .scoring import EmotionReading
 from .text_safety import sanitize_model_text
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ATTENTION_CHOICES = ("sdpa", "eager", "flash_attention_2")
 MODELS_LLM_HINT = "ComfyUI users: put the model folder under ComfyUI/models/LLM/<name> and pick <name> in the LVLM loader node"
 
@@ -117,29 +117,11 @@ class ScoreDetails:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise LVLMLoadError(f"device={device!r} is not a torch device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise LVLMLoadError(f"device={device!r} asked for CUDA but no CUDA GPU is available; use device='cpu' or 'auto'")
-    return resolved
+    return devices.resolve_device(device, error=LVLMLoadError)
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    if dtype not in DTYPES:
-        raise LVLMLoadError(f"dtype={dtype!r} is not supported; use 'auto' or one of {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+    return devices.resolve_dtype(dtype, device, auto_cuda=torch.bfloat16, error=LVLMLoadError)
 
 
 def _looks_like_hub_id(model: str) -> bool:

@@ -25,6 +25,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from ..engines.devices import DTYPES
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Derived, TrainConfig, config_to_dict, derive
 from .data import PromptTargetSampler, load_prompts, quadrant
@@ -41,7 +42,6 @@ from .policies import (
 )
 from .rewards import AsyncRewardRunner, CompositeReward, build_reward
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class GRPOTrainer:
