@@ -14,10 +14,18 @@ from typing import Any
 
 from ..engines.color_scorer import ColorHeuristicScorer
 from ..engines.lvlm_scorer import LVLMConfig, LVLMLoadError, load_lvlm
+from ..engines.scoring import EmotionScorer
 from . import comfy_bridge
 from .common import CATEGORY
 
 LVLM_TYPE = "LVLM"
+
+
+def require_lvlm(lvlm: Any) -> EmotionScorer:
+    """The object on an LVLM input, checked: nodes take it only from the LVLM loader."""
+    if not isinstance(lvlm, EmotionScorer):
+        raise TypeError(f"lvlm must come from the 'LVLM Loader (EmoFeedback2)' node, got {type(lvlm).__name__}")
+    return lvlm
 LLM_FOLDER = "LLM"
 COLOUR_OPTION = "colour heuristic (no model)"
 NO_ADAPTER = "none"

@@ -20,16 +20,10 @@ from ..engines.trajectory_plot import plot_to_tensor, plot_trajectory
 from . import comfy_bridge
 from .common import CATEGORY, arousal_widget, valence_widget
 from .conditioner_nodes import EMOTION_ADAPTER_TYPE
-from .loader_nodes import LVLM_TYPE
+from .loader_nodes import LVLM_TYPE, require_lvlm
 
 _DEFAULTS = LoopConfig()
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
-
-
-def _check_lvlm(lvlm: Any) -> EmotionScorer:
-    if not isinstance(lvlm, EmotionScorer):
-        raise TypeError(f"lvlm must come from the 'LVLM Loader (EmoFeedback2)' node, got {type(lvlm).__name__}")
-    return lvlm
 
 
 class FeedbackPromptRefiner:
@@ -88,7 +82,7 @@ class FeedbackPromptRefiner:
         measured_arousal: Optional[float] = None,
         subject: str = "",
     ):
-        lvlm = _check_lvlm(lvlm)
+        lvlm = require_lvlm(lvlm)
         if not prompt or not prompt.strip():
             raise ValueError("prompt is empty: connect the prompt that produced the image")
         target = VA(target_valence, target_arousal)
@@ -200,7 +194,7 @@ class EmoRewardLoop:
     ):
         from ..engines.comfy_backend import ComfyGenerator
 
-        lvlm = _check_lvlm(lvlm)
+        lvlm = require_lvlm(lvlm)
         target = VA(target_valence, target_arousal)
         config = LoopConfig(
             rounds=int(rounds), candidates=int(candidates), tolerance=float(tolerance),

@@ -17,7 +17,7 @@ from ..engines.images import check_image_tensor
 from ..engines.scoring import EmotionScorer, reading_rows
 from . import comfy_bridge
 from .common import CATEGORY, arousal_widget, valence_widget
-from .loader_nodes import LVLM_TYPE
+from .loader_nodes import LVLM_TYPE, require_lvlm
 
 NO_REWARD = -1.0
 
@@ -71,10 +71,7 @@ class LVLMEmotionScorer:
         target_arousal: float = 0.0,
         analysis: bool = False,
     ):
-        if not isinstance(lvlm, EmotionScorer):
-            raise TypeError(
-                f"lvlm must come from the 'LVLM Loader (EmoFeedback2)' node, got {type(lvlm).__name__}"
-            )
+        lvlm = require_lvlm(lvlm)
         target: Optional[VA] = VA(target_valence, target_arousal) if use_target else None
         images = check_image_tensor(images, "images")
         progress = comfy_bridge.make_progress(1)

@@ -21,7 +21,8 @@ from torch import nn
 from emofeedback2.training.config import RewardSpec, TrainConfig
 from emofeedback2.training.trainer import GRPOTrainer
 
-pytestmark = pytest.mark.slow
+# single-threaded: tiny models run fastest so on a shared machine
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 # SD1.5 latent → RGB preview factors (4 latent channels → 3 colours)
 LATENT_RGB = [[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350], [-0.2829, 0.1762, 0.2721], [-0.2120, -0.2616, -0.7177]]
@@ -79,13 +80,6 @@ def _run(pipeline_dir, tmp_path, shuffle: bool, steps: int = 15):
     diff = after - before
     return float(diff.mean()), float(diff.std() / n**0.5)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_grpo_raises_the_reward_and_a_shuffled_advantage_control_does_not(tiny_pipeline_dir, tmp_path):

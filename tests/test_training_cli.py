@@ -17,12 +17,8 @@ from emofeedback2.training.rewards import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models run fastest single-threaded on a shared machine (no oversubscription).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_clip(folder):

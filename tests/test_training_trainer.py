@@ -9,13 +9,8 @@ from emofeedback2.training.config import RewardSpec, TrainConfig
 from emofeedback2.training.trainer import GRPOTrainer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest single-threaded on a shared machine (no oversubscription)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models run fastest single-threaded on a shared machine (no oversubscription).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(pipeline_dir, out, **grpo) -> TrainConfig:
