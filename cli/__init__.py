@@ -12,6 +12,7 @@ import sys
 from typing import Optional, Sequence
 
 from . import bench_commands, loop_commands, score_commands, train_commands
+from ..engines.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +31,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except UserError as e:
+        # anticipated failures (bad value, missing file): one line that says what to fix, no traceback
+        print(f"emofeedback2 {args.command}: error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

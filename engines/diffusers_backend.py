@@ -26,11 +26,12 @@ from . import devices
 from .emotion_space import VA
 from .generation import GenerationRequest
 from .progress import ProgressCallback
+from .errors import UserError
 
 LORA_ADAPTER_NAME = "emofeedback2"
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, RuntimeError):
     """The base model or one of the weights files could not be loaded; the message says what to fix."""
 
 

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .emotion_space import VA, VA_MAX, VA_MIN
+from .errors import UserError
 
 FORMAT_NAME = "emofeedback2.emotion_adapter"
 FORMAT_VERSION = 1
@@ -40,7 +41,7 @@ ARCH_DIMS: dict[str, tuple[int, Optional[int]]] = {
 ARCH_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL", "sd3": "SD3.x"}
 
 
-class AdapterArchitectureError(ValueError):
+class AdapterArchitectureError(UserError, ValueError):
     """An adapter meets conditioning (or a file) made for another base-model architecture."""
 
 

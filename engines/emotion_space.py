@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from numbers import Real
 from typing import Any
 
+from .errors import UserError
+
 VA_MIN = -3.0
 VA_MAX = 3.0
 VA_SPAN = VA_MAX - VA_MIN  # 6.0: the largest possible error on one axis
 
 
-class EmotionValueError(ValueError):
+class EmotionValueError(UserError, ValueError):
     """A valence/arousal value is missing, not a number, NaN/inf or outside [-3, 3]."""
 
 

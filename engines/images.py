@@ -12,10 +12,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .errors import UserError
+
 ImageBatch = Union[torch.Tensor, Sequence[Image.Image]]
 
 
-class ImageBatchError(ValueError):
+class ImageBatchError(UserError, ValueError):
     """An image batch is empty, wrongly shaped, or holds NaN/inf values."""
 
 

@@ -34,6 +34,7 @@ from .images import ImageBatch, ImageBatchError, to_pil_list
 from .progress import ProgressCallback, report
 from .scoring import EmotionReading
 from .text_safety import sanitize_model_text
+from .errors import UserError
 
 ATTENTION_CHOICES = ("sdpa", "eager", "flash_attention_2")
 MODELS_LLM_HINT = "ComfyUI users: put the model folder under ComfyUI/models/LLM/<name> and pick <name> in the LVLM loader node"
@@ -45,7 +46,7 @@ _SCALE_LO, _SCALE_HI = 1.0, 9.0
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-class LVLMLoadError(RuntimeError):
+class LVLMLoadError(UserError, RuntimeError):
     """The LVLM (or its adapter/processor) cannot be loaded; the message says what to fix."""
 
 

@@ -19,12 +19,13 @@ from .emotion_space import VA, check_component
 from .generation import GenerationRequest, Generator
 from .images import check_image_tensor
 from .progress import ProgressCallback
+from .errors import UserError
 
 DEFAULT_AXIS_VALUES = "-3, -1.5, 0, 1.5, 3"
 MAX_AXIS_VALUES = 9
 
 
-class SweepValueError(ValueError):
+class SweepValueError(UserError, ValueError):
     """The axis-value list cannot be parsed or lies outside the emotion range."""
 
 

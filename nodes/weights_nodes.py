@@ -20,6 +20,7 @@ from ..engines.emotion_adapter import ARCH_NAMES, AdapterArchitectureError, load
 from . import comfy_bridge
 from .common import CATEGORY
 from .conditioner_nodes import EMOTION_ADAPTER_TYPE
+from ..engines.errors import UserError
 
 ADAPTER_FOLDER = "emotion_adapters"
 LORA_FOLDER = "loras"
@@ -34,7 +35,7 @@ _LORA_SUFFIXES = (
 )
 
 
-class LoraMismatchError(ValueError):
+class LoraMismatchError(UserError, ValueError):
     """A LoRA file's layers do not all exist in the MODEL/CLIP it is applied to."""
 
 

@@ -20,13 +20,15 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from ..engines.errors import UserError
+
 LATEST = "latest"
 WEIGHTS = "trainable.safetensors"
 STATE = "training_state.pt"
 META = "state.json"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, incomplete or does not match the model being resumed."""
 
 
