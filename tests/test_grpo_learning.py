@@ -1,13 +1,17 @@
 """Learning test: GRPO on a tiny UNet raises a reward measured with a deterministic sampler; a control does not.
 
-Setup (CPU, ~1-3 min): the tiny random SD1.5-like UNet + peft LoRA (attention + conv_out) + the
-emotion adapter; targets drawn from a small V-A table in the pleasant/excited quadrant; reward =
-brightness toward the target valence, through the same reward interface as the colour/LVLM rewards.
-The tiny random VAE's GroupNorms make every decoded image the same grey (no reward spread, nothing
-to learn from), so the test decodes with a fixed linear latent→RGB map — the kind ComfyUI uses for
-latent previews. Before/after rewards come from the deterministic sampler on fixed seeds and targets
-(a paired design); the treatment must gain many paired standard errors, the control run (advantages
-shuffled between samples, everything else identical) must not.
+Setup (CPU): the tiny random SD1.5-like UNet + peft LoRA (attention + conv_out) + the emotion
+adapter; targets drawn from a small V-A table in the pleasant/excited quadrant; reward = brightness
+toward the target valence, through the same reward interface as the colour/LVLM rewards. The tiny
+random VAE's GroupNorms make every decoded image the same grey (no reward spread, nothing to learn
+from), so the test decodes with a fixed linear latent→RGB map — the kind ComfyUI uses for latent
+previews.
+
+Statistics are run-level (tests/learning_stats.py): ``RUNS`` independent treatment runs and as many
+control runs (advantages shuffled between samples, everything else identical), each giving ONE
+number — the mean gain of the deterministic-sampler reward on fixed evaluation seeds. The verdict
+compares the two run means against the run-to-run spread (Welch SE), never the spread over images
+inside one run. Every seed derives from ``EMOFEEDBACK2_SEED_BASE``; the test must pass for any base.
 """
 
 from __future__ import annotations
@@ -20,13 +24,26 @@ from torch import nn
 
 from emofeedback2.training.config import RewardSpec, TrainConfig
 from emofeedback2.training.trainer import GRPOTrainer
+from learning_stats import RunComparison, seed_base
 
 # single-threaded: tiny models run fastest so on a shared machine
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+pytestmark = [pytest.mark.learning, pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 # SD1.5 latent → RGB preview factors (4 latent channels → 3 colours)
 LATENT_RGB = [[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350], [-0.2829, 0.1762, 0.2721], [-0.2120, -0.2616, -0.7177]]
 TARGETS = [(2.5, 2.5), (3.0, 2.0), (2.0, 3.0), (3.0, 3.0)]
+RUNS = 3  # independent runs per arm (the minimum for a Welch SE worth the name)
+STEPS = 8  # GRPO steps per run
+EVAL_IMAGES = 16
+# the last DDIM step's std is ~0.02 (vs 0.3-0.6 before): its log-prob gradient is large and almost
+# pure noise (that step barely moves the image), so train the steps that decide the image
+TRAIN_WINDOW = [0, 3]
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv_out"]
+TRAIN_ADAPTER = True
+RESOLUTION = 32
+GROUPS = 2  # groups of 8 per step
+BATCH = 8
+UPDATES = 2
 
 
 class LinearPreviewDecoder(nn.Module):
@@ -46,45 +63,59 @@ class LinearPreviewDecoder(nn.Module):
         return (nn.functional.interpolate(rgb, scale_factor=2, mode="nearest"),)
 
 
-def _run(pipeline_dir, tmp_path, shuffle: bool, steps: int = 15):
+def run_gain(pipeline_dir, out_dir, seed: int, shuffle: bool, steps: int = STEPS, lr: float = 3e-2,
+             eval_images: int = EVAL_IMAGES) -> float:
+    """One independent run: mean deterministic-sampler reward gain on fixed seeds after ``steps`` GRPO steps."""
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(str(pipeline_dir))
     pipe.set_progress_bar_config(disable=True)
     pipe.vae = LinearPreviewDecoder()
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    table = tmp_path / "targets.csv"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = out_dir / "targets.csv"
     table.write_text("valence,arousal\n" + "".join(f"{v},{a}\n" for v, a in TARGETS))
     c = TrainConfig()
+    c.seed = seed  # LoRA init, prompts, targets and every rollout's noise
     c.model.pretrained = str(pipeline_dir)
     c.model.lora_rank, c.model.lora_alpha, c.model.adapter_hidden = 4, 4.0, 32
-    c.model.lora_targets = ["to_q", "to_k", "to_v", "to_out.0", "conv_out"]
-    c.sampling.resolution, c.sampling.steps, c.sampling.eval_steps, c.sampling.guidance_scale = 32, 4, 4, 1.0
+    c.model.lora_targets = list(LORA_TARGETS)
+    c.model.train_adapter = TRAIN_ADAPTER
+    c.sampling.resolution, c.sampling.steps, c.sampling.eval_steps, c.sampling.guidance_scale = RESOLUTION, 4, 4, 1.0
     c.data.targets = str(table)
-    c.grpo.group_size, c.grpo.groups_per_step, c.grpo.batch_size, c.grpo.updates_per_step = 8, 2, 8, 2
+    c.grpo.group_size, c.grpo.groups_per_step, c.grpo.batch_size, c.grpo.updates_per_step = 8, GROUPS, BATCH, UPDATES
     c.grpo.clip_range, c.grpo.kl_beta, c.grpo.shuffle_advantages = 5e-2, 0.0, shuffle
-    c.optim.lr = 3e-2
+    c.grpo.train_window = list(TRAIN_WINDOW)
+    c.optim.lr = lr
     c.rewards = [RewardSpec(kind="brightness")]
-    c.output_dir, c.device, c.progress, c.max_steps, c.reward_workers = str(tmp_path / "run"), "cpu", False, steps, 1
+    c.output_dir, c.device, c.progress, c.max_steps, c.reward_workers = str(out_dir / "run"), "cpu", False, steps, 0
     trainer = GRPOTrainer(c, pipe=pipe, log=False)
-    n = 32
-    targets = torch.tensor(TARGETS * (n // len(TARGETS)), dtype=torch.float32)
-    prompts = [trainer.sampler.prompts[i % len(trainer.sampler.prompts)] for i in range(n)]
-    seeds = list(range(10_000, 10_000 + n))
-    before = trainer.evaluate(prompts, targets, seeds)["total"]
-    again = trainer.evaluate(prompts, targets, seeds)["total"]
-    assert torch.equal(before, again), "the evaluation sampler must be deterministic"
+    targets = torch.tensor(TARGETS * (eval_images // len(TARGETS)), dtype=torch.float32)
+    prompts = [trainer.sampler.prompts[i % len(trainer.sampler.prompts)] for i in range(eval_images)]
+    eval_seeds = [seed * 1000 + 500_000 + i for i in range(eval_images)]
+    before = trainer.evaluate(prompts, targets, eval_seeds)["total"]
     for _ in range(steps):
         trainer.train_step()
-    after = trainer.evaluate(prompts, targets, seeds)["total"]
-    diff = after - before
-    return float(diff.mean()), float(diff.std() / n**0.5)
+    after = trainer.evaluate(prompts, targets, eval_seeds)["total"]
+    trainer.runner.close()
+    return float((after - before).mean())
 
+
+def test_evaluation_sampler_is_deterministic(tiny_pipeline_dir, tmp_path):
+    """The before/after design needs the evaluation sampler to give the same images for the same seeds."""
+    gain = run_gain(tiny_pipeline_dir, tmp_path, seed=seed_base(), shuffle=False, steps=0, eval_images=4)
+    assert gain == 0.0
 
 
 def test_grpo_raises_the_reward_and_a_shuffled_advantage_control_does_not(tiny_pipeline_dir, tmp_path):
-    gain, se = _run(tiny_pipeline_dir, tmp_path / "treatment", shuffle=False)
-    control_gain, control_se = _run(tiny_pipeline_dir, tmp_path / "control", shuffle=True)
-    print(f"treatment gain {gain:.5f} (paired se {se:.5f}); control gain {control_gain:.5f} (se {control_se:.5f})")
-    assert gain > 6 * se and gain > 0.005, f"GRPO did not raise the reward: gain {gain:.5f}, se {se:.5f}"
-    assert control_gain < gain / 3, f"control improved too: {control_gain:.5f} vs treatment {gain:.5f}"
+    base = seed_base()
+    # run i of both arms starts from the same seed (same LoRA init, prompts, noise); arms differ only
+    # in whether advantages belong to the samples they were computed for
+    treatment = tuple(run_gain(tiny_pipeline_dir, tmp_path / f"t{i}", base + i, shuffle=False) for i in range(RUNS))
+    control = tuple(run_gain(tiny_pipeline_dir, tmp_path / f"c{i}", base + i, shuffle=True) for i in range(RUNS))
+    cmp = RunComparison(treatment, control)
+    print(f"seed base {base}: {cmp.summary()}")
+    assert cmp.treatment_mean > 0.005, f"GRPO did not raise the reward: {cmp.summary()}"
+    assert cmp.t_diff >= 3.0, f"treatment not distinguishable from control over runs: {cmp.summary()}"
+    # the control must not learn: its mean gain is within noise of zero, or negligible beside the treatment
+    assert abs(cmp.t_control) < 3.0 or abs(cmp.control_mean) < cmp.treatment_mean / 5, (
+        f"the shuffled-advantage control moved the reward: {cmp.summary()}")

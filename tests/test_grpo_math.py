@@ -79,10 +79,15 @@ def test_flow_sde_log_prob_equals_normal_and_formula():
     torch.testing.assert_close(res.log_prob.double(), expected, atol=1e-5, rtol=1e-6)
 
 
-def test_flow_sde_first_step_at_t_one_is_finite():
+def test_flow_sde_first_step_at_t_one_is_finite_and_caps_only_the_denominator():
     x = torch.randn(1, 4, 3, 3)
-    res = flow_sde_step_with_logprob(torch.randn_like(x), x, 1.0, 0.9, sigma_cap=0.95, noise=torch.randn_like(x))
+    res = flow_sde_step_with_logprob(torch.randn_like(x), x, 1.0, 0.9, sigma_max=0.95, noise=torch.randn_like(x))
     assert torch.isfinite(res.log_prob).all() and torch.isfinite(res.prev_sample).all()
+    # sigma_t = a*sqrt(t/(1-cap)) with the true t = 1 on top (not a*sqrt(cap/(1-cap)))
+    torch.testing.assert_close(res.std, torch.tensor(0.7 * math.sqrt(1 / 0.05) * math.sqrt(0.1)))
+    # without sigma_max the first step's own sigma_next is the cap
+    again = flow_sde_step_with_logprob(torch.randn_like(x), x, 1.0, 0.95, noise=torch.randn_like(x))
+    torch.testing.assert_close(again.std, torch.tensor(0.7 * math.sqrt(1 / 0.05) * math.sqrt(0.05)))
 
 
 def test_flow_sde_mean_reduces_to_euler_without_noise_term():
@@ -138,6 +143,35 @@ def test_advantages_reject_nan_rewards():
         group_advantages(torch.tensor([0.0, float("nan")]), torch.tensor([0, 0]))
 
 
+def test_loss_over_micro_batches_is_the_masked_mean_of_the_whole_update():
+    g = torch.Generator().manual_seed(3)
+    new = (0.02 * torch.randn(8, generator=g)).requires_grad_(True)
+    old = torch.zeros(8)
+    adv = torch.randn(8, generator=g)
+    keep = torch.tensor([True, True, True, False, True, False, False, False])  # 3 kept, then 1 kept
+    whole, _ = ppo_clip_loss(new, old, adv, 0.05, mask=keep)
+    (g_whole,) = torch.autograd.grad(whole, new)
+    parts = [ppo_clip_loss(new[sl], old[sl], adv[sl], 0.05, mask=keep[sl], normalizer=int(keep.sum()))[0]
+             for sl in (slice(0, 4), slice(4, 8))]
+    (g_parts,) = torch.autograd.grad(sum(parts), new)
+    torch.testing.assert_close(sum(parts), whole)
+    torch.testing.assert_close(g_parts, g_whole)
+    # per-micro-batch means would weigh the lone kept sample of the second half 3x more
+    per_mb = [ppo_clip_loss(new[sl], old[sl], adv[sl], 0.05, mask=keep[sl])[0] for sl in (slice(0, 4), slice(4, 8))]
+    assert not torch.allclose(sum(per_mb) / 2, whole)
+
+
+def test_clipfrac_and_approx_kl_count_kept_samples_only():
+    old = torch.zeros(4)
+    new = torch.tensor([0.0, 0.0, 0.5, 0.5])  # the dropped samples' ratios are far off
+    keep = torch.tensor([True, True, False, False])
+    _, info = ppo_clip_loss(new, old, torch.ones(4), 0.05, mask=keep)
+    assert info.clipfrac == 0.0 and info.approx_kl == 0.0 and info.kept == 2
+    assert info.ratio_max_dev == pytest.approx(math.exp(0.5) - 1)  # the ratio check still sees every sample
+    _, all_info = ppo_clip_loss(new, old, torch.ones(4), 0.05)
+    assert all_info.clipfrac == 0.5 and all_info.kept == 4
+
+
 def test_ppo_clip_loss_value_clipfrac_and_mask():
     old = torch.zeros(4)
     new = torch.tensor([0.0, 0.1, -0.1, 0.0], requires_grad=True)
@@ -166,3 +200,83 @@ def test_ema_tracks_and_swaps():
     torch.testing.assert_close(p.detach(), torch.full((3,), 0.5))
     ema.swap()
     torch.testing.assert_close(p.detach(), torch.ones(3))
+
+
+# --- against the references, at real scheduler configs ------------------------------------------------
+
+SD15_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                      clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading")
+
+
+def _policy(arch: str, scheduler, channels: int):
+    from types import SimpleNamespace
+
+    from emofeedback2.training.policies import DiffusionPolicy
+
+    pipe = SimpleNamespace(scheduler=scheduler, vae=SimpleNamespace(config=SimpleNamespace(block_out_channels=[1, 1, 1, 1])))
+    net = SimpleNamespace(denoiser=SimpleNamespace(config=SimpleNamespace(in_channels=channels)), time_ids=None)
+    return DiffusionPolicy(pipe, arch, net, resolution=64, device=torch.device("cpu"), eta=1.0, noise_level=0.7)
+
+
+@pytest.mark.parametrize("steps", [10, 28, 50])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_ddim_eta_one_step_equals_diffusers_ddim_scheduler(steps, prediction_type):
+    """Every step of our DDIM (eta=1) rollout equals ``DDIMScheduler.step(eta=1, variance_noise=...)``."""
+    from diffusers import DDIMScheduler
+
+    config = {**SD15_SCHEDULER, "prediction_type": prediction_type}
+    policy = _policy("sd15", DDIMScheduler(**config), 4)
+    timesteps, params = policy.schedule(steps)
+    reference = DDIMScheduler(**config)
+    reference.set_timesteps(steps)
+    assert torch.equal(timesteps, reference.timesteps)
+    g = torch.Generator().manual_seed(steps)
+    for i, t in enumerate(timesteps):
+        x, out, noise = (torch.randn(2, 4, 8, 8, generator=g) for _ in range(3))
+        ours = policy.step(out, x, params[i], noise=noise)
+        theirs = reference.step(out, t, x, eta=1.0, variance_noise=noise).prev_sample
+        torch.testing.assert_close(ours.prev_sample, theirs, atol=2e-5, rtol=1e-5)
+
+
+def _flow_grpo_sde_step(v, x, sigma, sigma_next, sigma_max, a, noise):
+    """The Flow-GRPO SDE step as its paper/repository write it (expanded form, cap only where sigma = 1)."""
+    dt = sigma_next - sigma
+    std_dev_t = a * torch.sqrt(sigma / (1 - torch.where(sigma == 1, sigma_max, sigma)))
+    mean = x * (1 + std_dev_t**2 / (2 * sigma) * dt) + v * (1 + std_dev_t**2 * (1 - sigma) / (2 * sigma)) * dt
+    std = std_dev_t * torch.sqrt(-dt)
+    prev = mean + std * noise
+    log_prob = Normal(mean.double(), std.double()).log_prob(prev.double()).mean(dim=(1, 2, 3))
+    return prev, log_prob
+
+
+@pytest.mark.parametrize("steps", [10, 28, 50])
+def test_flow_sde_step_equals_flow_grpo_formula_at_sd3_schedules(steps):
+    """SD3.5's scheduler (shift 3): every step, the first (sigma = 1) included, matches Flow-GRPO."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    policy = _policy("sd3", scheduler, 16)
+    _, params = policy.schedule(steps)
+    sigmas = scheduler.sigmas.float()
+    assert float(sigmas[0]) == 1.0
+    g = torch.Generator().manual_seed(steps)
+    for i in range(steps - 1):  # the last step ends at sigma = 0: deterministic, never trained
+        v, x, noise = (torch.randn(2, 16, 8, 8, generator=g) for _ in range(3))
+        ours = policy.step(v, x, params[i], noise=noise)
+        prev, log_prob = _flow_grpo_sde_step(v, x, sigmas[i], sigmas[i + 1], sigmas[1], 0.7, noise)
+        torch.testing.assert_close(ours.prev_sample, prev, atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(ours.log_prob.double(), log_prob, atol=1e-4, rtol=1e-5)
+
+
+def test_stored_step_rows_ignore_later_scheduler_changes():
+    """An evaluation at other step counts between rollout and update must not move the recomputed log-prob."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    policy = _policy("sd3", FlowMatchEulerDiscreteScheduler(shift=3.0), 16)
+    _, params = policy.schedule(10)
+    g = torch.Generator().manual_seed(0)
+    v, x, noise = (torch.randn(2, 16, 8, 8, generator=g) for _ in range(3))
+    first = policy.step(v, x, params[0], noise=noise)
+    policy.schedule(40)  # e.g. trainer.evaluate(steps=40) in between
+    again = policy.step(v, x, params[0], prev_sample=first.prev_sample)
+    assert torch.equal(again.log_prob, first.log_prob)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from emofeedback2.cli import main
+from emofeedback2.training.config import ConfigError
 from emofeedback2.training.rewards import (
     AsyncRewardRunner,
     BrightnessReward,
@@ -61,12 +62,17 @@ def test_clip_quality_reward_loads_from_a_folder_and_scores(tmp_path):
 def test_composite_reward_weights_normalisation_and_async_order():
     bright = torch.cat([torch.full((2, 8, 8, 3), 0.9), torch.full((2, 8, 8, 3), 0.1)])
     targets = torch.tensor([[3.0, 0.0], [-3.0, 0.0], [3.0, 0.0], [-3.0, 0.0]])
-    composite = CompositeReward([BrightnessReward(), ColorVAReward()], [1.0, 0.5], ["none", "batch"])
+    with pytest.raises(ConfigError, match="same normalize"):  # weights on two scales mean nothing
+        CompositeReward([BrightnessReward(), ColorVAReward()], [1.0, 0.5], ["none", "batch"])
+    composite = CompositeReward([BrightnessReward(), ColorVAReward()], [1.0, 0.5], ["batch", "batch"])
     parts = composite.score_parts(bright, ["p"] * 4, targets)
     assert parts["brightness"][0] > parts["brightness"][1] and parts["brightness"][3] > parts["brightness"][2]
     total = composite.combine(parts)
-    z = (parts["color_va"] - parts["color_va"].mean()) / (parts["color_va"].std(unbiased=False) + 1e-6)
-    torch.testing.assert_close(total, parts["brightness"] + 0.5 * z)
+
+    def z(v):
+        return (v - v.mean()) / (v.std(unbiased=False) + 1e-6)
+
+    torch.testing.assert_close(total, z(parts["brightness"]) + 0.5 * z(parts["color_va"]))
     runner = AsyncRewardRunner(composite, workers=2)
     for i in range(4):
         runner.submit(bright[i:i + 1], ["p"], targets[i:i + 1])

@@ -94,7 +94,8 @@ class RewardSpec:
     kind: str = _f("color", "'lvlm' (V-A from the LVLM scorer), 'color' (colour heuristic V-A), "
                    "'brightness' (toy: brightness toward target valence), 'clip_quality' (PickScore-style)")
     weight: float = _f(1.0, "weight in the summed reward")
-    normalize: str = _f("none", "'none' or 'batch' (z-score over the step's samples before weighting)")
+    normalize: str = _f("group", "one rule for ALL terms: 'group' (divide by the term's within-group std: weights "
+                        "set shares), 'batch' (z-score over the step) or 'none' (raw scales)")
     path: str = _f("", "model folder / hub id: the LVLM for 'lvlm', a CLIPModel+processor for 'clip_quality'")
     device: str = _f("", "device of the reward model ('' = the training device)")
     dtype: str = _f("float32", "dtype of the reward model")
@@ -372,8 +373,8 @@ def validate(config: TrainConfig) -> None:
             raise ConfigError(f"rewards[{i}].kind must be lvlm, color, brightness or clip_quality, got {r.kind!r}")
         if r.kind in ("lvlm", "clip_quality") and not r.path:
             raise ConfigError(f"rewards[{i}] ({r.kind}) needs path = a local model folder or hub id")
-        if r.normalize not in ("none", "batch"):
-            raise ConfigError(f"rewards[{i}].normalize must be 'none' or 'batch', got {r.normalize!r}")
+        if r.normalize not in ("group", "batch", "none"):
+            raise ConfigError(f"rewards[{i}].normalize must be 'group', 'batch' or 'none', got {r.normalize!r}")
     if config.max_steps < 0 or config.save_every < 1 or config.keep_checkpoints < 1:
         raise ConfigError("max_steps must be >= 0, save_every and keep_checkpoints >= 1")
     if config.device not in ("auto", "cpu", "cuda"):

@@ -68,9 +68,12 @@ def group_advantages(
 
 @dataclass
 class LossInfo:
+    """Diagnostics of one PPO-clip term; ``clipfrac``/``approx_kl`` are means over the kept samples."""
+
     clipfrac: float
     approx_kl: float
-    ratio_max_dev: float
+    ratio_max_dev: float  # over all samples: the ratio must be exactly 1 before the first update
+    kept: int  # samples that entered the loss (weights for averaging clipfrac/approx_kl over an update)
 
 
 def ppo_clip_loss(
@@ -79,25 +82,31 @@ def ppo_clip_loss(
     advantages: torch.Tensor,
     clip_range: float,
     mask: torch.Tensor | None = None,
+    normalizer: float | None = None,
 ) -> tuple[torch.Tensor, LossInfo]:
-    """PPO-clip policy loss on the per-dimension-mean log-prob ratio, averaged over (masked-in) samples.
+    """PPO-clip policy loss on the per-dimension-mean log-prob ratio, summed over kept samples / ``normalizer``.
 
-    ``mask`` (bool [B]) leaves out samples of dropped zero-variance groups; an all-False mask gives 0.
+    ``mask`` (bool [B]) leaves out samples of dropped zero-variance groups. ``normalizer`` is the
+    number of kept (sample, timestep) terms of the *whole update*, so that every kept term weighs the
+    same however the kept samples fall into micro-batches; ``None`` means this call's kept count
+    (a masked mean). No kept sample gives a loss of 0.
     """
     ratio = torch.exp(log_prob - old_log_prob.detach())
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
     per_sample = torch.maximum(unclipped, clipped)
-    if mask is None:
-        loss = per_sample.mean()
-    else:
-        weight = mask.float()
-        loss = (per_sample * weight).sum() / weight.sum().clamp(min=1.0)
+    weight = torch.ones_like(per_sample) if mask is None else mask.to(per_sample.dtype)
+    kept = int(weight.sum())
+    denom = float(kept) if normalizer is None else float(normalizer)
+    loss = (per_sample * weight).sum() / max(denom, 1.0)
     with torch.no_grad():
+        k = max(kept, 1)
+        clipped_any = ((ratio - 1.0).abs() > clip_range).float()
         info = LossInfo(
-            clipfrac=float(((ratio - 1.0).abs() > clip_range).float().mean()),
-            approx_kl=float(0.5 * ((log_prob - old_log_prob) ** 2).mean()),
+            clipfrac=float((clipped_any * weight).sum() / k),
+            approx_kl=float((0.5 * (log_prob - old_log_prob) ** 2 * weight).sum() / k),
             ratio_max_dev=float((ratio - 1.0).abs().max()),
+            kept=kept,
         )
     return loss, info
 

@@ -4,8 +4,9 @@ Two step rules, both small pure functions tested against ``torch.distributions.N
 
 * SD1.5 / SDXL (UNet, epsilon- or v-prediction): DDIM with ``eta > 0`` (eta = 1 is DDPM-like). The
   next latent is ``N(mean, std²)`` with ``std = eta * sqrt((1-ᾱ_prev)/(1-ᾱ_t) * (1-ᾱ_t/ᾱ_prev))``.
-* SD3.x (rectified flow, velocity prediction): the Flow-GRPO SDE with ``σ_t = a*sqrt(t/(1-t))``,
-  ``mean = x + [v + σ_t²/(2t) (x + (1-t) v)] Δt`` and noise ``σ_t sqrt(-Δt)``.
+* SD3.x (rectified flow, velocity prediction): the Flow-GRPO SDE with ``σ_t = a*sqrt(t/(1-t))``
+  (at t = 1 the denominator uses the schedule's second sigma), ``mean = x + [v + σ_t²/(2t) (x +
+  (1-t) v)] Δt`` and noise ``σ_t sqrt(-Δt)``.
 
 The log-prob is the Gaussian log-density **averaged** over C×H×W, in fp32, with the sampled next
 latent treated as data (detached). :class:`PolicyNet` bundles the denoiser (with its peft LoRA) and
@@ -99,13 +100,16 @@ def flow_sde_step_with_logprob(
     sigma_next: torch.Tensor | float,
     *,
     noise_level: float = 0.7,
-    sigma_cap: float = 0.999,
+    sigma_max: Optional[torch.Tensor | float] = None,
     prev_sample: Optional[torch.Tensor] = None,
     noise: Optional[torch.Tensor] = None,
 ) -> StepOutput:
     """One Flow-GRPO SDE step for rectified flow (x_t = (1-t) x0 + t ε, v = ε - x0), with log-prob.
 
-    ``sigma_cap`` replaces t in ``t/(1-t)`` where t = 1 (the first step), where the ratio is infinite.
+    ``σ_t = a·sqrt(t / (1 - t'))`` with ``t' = t`` except at t = 1 (the first step), where ``1 - t``
+    is 0 and ``t' = sigma_max``: the schedule's second sigma, as Flow-GRPO does. Only the
+    denominator is capped; the numerator keeps the true t. ``sigma_max=None`` uses ``sigma_next``,
+    which *is* the second sigma on the first step — so a stored step row is self-contained.
     """
     if noise_level <= 0:
         raise ValueError("noise_level must be > 0 for a log-prob")
@@ -114,8 +118,9 @@ def flow_sde_step_with_logprob(
     t = _per_sample(sigma, x)
     t_next = _per_sample(sigma_next, x)
     dt = t_next - t  # negative
-    t_safe = torch.clamp(t, max=sigma_cap)
-    std_t = noise_level * torch.sqrt(t_safe / (1 - t_safe))
+    cap = t_next if sigma_max is None else _per_sample(sigma_max, x)
+    t_den = torch.where(t >= 1.0, cap, t)
+    std_t = noise_level * torch.sqrt(t / (1 - t_den))
     mean = x + (v + std_t**2 / (2 * t) * (x + (1 - t) * v)) * dt
     std = std_t * torch.sqrt(-dt)
     if prev_sample is None:
@@ -326,11 +331,16 @@ class DiffusionPolicy:
 
     def step(self, model_output: torch.Tensor, latents: torch.Tensor, params: torch.Tensor,
              prev_sample: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None) -> StepOutput:
+        """One stochastic step from a stored schedule row ``params`` ([2]: (ᾱ_t, ᾱ_prev) or (σ, σ_next)).
+
+        Everything the step needs is in that row (the SD3 first-step cap is its σ_next), never in the
+        scheduler's mutable state: an evaluation with other step counts between rollout and update
+        cannot change the recomputed log-probs.
+        """
         a, b = params[0].to(latents.device), params[1].to(latents.device)
         if self.arch == "sd3":
-            cap = float(self.scheduler.sigmas[1]) if float(a) >= 1.0 else 0.999
             return flow_sde_step_with_logprob(model_output, latents, a, b, noise_level=self.noise_level,
-                                              sigma_cap=cap, prev_sample=prev_sample, noise=noise)
+                                              prev_sample=prev_sample, noise=noise)
         return ddim_step_with_logprob(model_output, latents, a, b, eta=self.eta,
                                       prediction_type=self.scheduler.config.prediction_type,
                                       prev_sample=prev_sample, noise=noise)

@@ -1,8 +1,9 @@
 """Rewards for GRPO: emotion accuracy (LVLM or colour heuristic), a toy brightness reward, CLIP quality.
 
 Every reward maps ``(images [B,H,W,3] in 0..1, prompts, targets [B,2] V-A)`` to a float tensor ``[B]``
-(higher is better). :class:`CompositeReward` sums them with weights after optional per-reward
-normalisation; :class:`AsyncRewardRunner` scores a micro-batch on a worker thread while the next one
+(higher is better). :class:`CompositeReward` sums them with weights after one normalisation rule
+shared by all terms (default: each term's within-group spread) and reports each term's share of the
+advantage variance; :class:`AsyncRewardRunner` scores a micro-batch on a worker thread while the next one
 is being sampled, so the reward model is off the critical path.
 """
 
@@ -134,17 +135,49 @@ def _features(out) -> torch.Tensor:
     raise TypeError(f"unexpected CLIP feature output {type(out).__name__}")
 
 
-class CompositeReward:
-    """Weighted sum of named rewards, each optionally z-scored over the step's samples first."""
+NORMALIZATIONS = ("group", "batch", "none")
 
-    def __init__(self, rewards: Sequence[Reward], weights: Sequence[float], normalize: Sequence[str]):
+
+def _group_centred(value: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    """``value`` minus the mean of its group (what GRPO's advantage sees of a reward)."""
+    uniq, inverse = torch.unique(group_ids.flatten(), return_inverse=True)
+    ones = torch.ones_like(value)
+    counts = torch.zeros(len(uniq)).index_add_(0, inverse, ones)
+    means = torch.zeros(len(uniq)).index_add_(0, inverse, value) / counts
+    return value - means[inverse]
+
+
+class CompositeReward:
+    """Weighted sum of named rewards after ONE normalisation rule shared by every term.
+
+    * ``"group"`` (default): each term is centred in its group and divided by its within-group std
+      pooled over the step, so every term enters the advantage with unit within-group spread and the
+      weights say directly how much each term counts (uncorrelated terms: share = w² / Σw²);
+    * ``"batch"``: each term z-scored over the step's samples (its spread *between* groups counts too);
+    * ``"none"``: raw values; weights then mix the terms' native scales (a 0.05-wide LVLM reward next to
+      a 0.5-wide CLIP score is mostly CLIP).
+
+    Mixing rules across terms is refused: their weights would not be on one scale.
+    """
+
+    def __init__(self, rewards: Sequence[Reward], weights: Sequence[float], normalize: Sequence[str] | str = "group"):
+        if isinstance(normalize, str):
+            normalize = [normalize] * len(rewards)
         if not (len(rewards) == len(weights) == len(normalize)) or not rewards:
             raise ValueError("give one weight and one normalisation per reward, and at least one reward")
+        rules = sorted(set(normalize))
+        if len(rules) > 1 or rules[0] not in NORMALIZATIONS:
+            from .config import ConfigError
+
+            raise ConfigError(
+                f"rewards use normalisations {list(normalize)}: give every [[rewards]] the same normalize, one of "
+                f"{list(NORMALIZATIONS)} (\"group\" puts all terms on the scale of their within-group spread)"
+            )
         names = [r.name for r in rewards]
         self.names = [n if names.count(n) == 1 else f"{n}_{i}" for i, n in enumerate(names)]
         self.rewards = list(rewards)
         self.weights = [float(w) for w in weights]
-        self.normalize = list(normalize)
+        self.normalize = rules[0]
 
     def score_parts(self, images: torch.Tensor, prompts: Sequence[str], targets: torch.Tensor) -> dict[str, torch.Tensor]:
         """Raw per-reward scores for one micro-batch (the part that may run on a worker thread)."""
@@ -158,15 +191,36 @@ class CompositeReward:
             parts[name] = value
         return parts
 
-    def combine(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Sum of weighted parts over all of a step's samples (normalisation needs the whole step)."""
-        total = None
-        for name, weight, norm in zip(self.names, self.weights, self.normalize):
-            value = parts[name].float()
-            if norm == "batch" and value.numel() > 1:
+    def normalized_parts(self, parts: dict[str, torch.Tensor], group_ids: Optional[torch.Tensor] = None
+                         ) -> dict[str, torch.Tensor]:
+        """Each term after the shared normalisation, times its weight (over all of a step's samples)."""
+        out = {}
+        for name, weight in zip(self.names, self.weights):
+            value = parts[name].float().flatten()
+            if self.normalize == "group":
+                if group_ids is None:
+                    raise ValueError("normalize='group' needs the samples' group ids")
+                centred = _group_centred(value, group_ids.cpu())
+                value = centred / (centred.pow(2).mean().sqrt() + 1e-6)
+            elif self.normalize == "batch" and value.numel() > 1:
                 value = (value - value.mean()) / (value.std(unbiased=False) + 1e-6)
-            total = weight * value if total is None else total + weight * value
-        return total
+            out[name] = weight * value
+        return out
+
+    def combine(self, parts: dict[str, torch.Tensor], group_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Sum of weighted, normalised parts over all of a step's samples (normalisation needs the whole step)."""
+        return sum(self.normalized_parts(parts, group_ids).values())
+
+    def advantage_shares(self, parts: dict[str, torch.Tensor], group_ids: torch.Tensor) -> dict[str, float]:
+        """Each term's share of the within-group variance of the combined reward (what sets the advantages).
+
+        ``share_k = Var_within(w_k·n_k) / Σ_j Var_within(w_j·n_j)`` with ``n`` the normalised term;
+        the shares sum to 1 and equal the exact variance split when the terms are uncorrelated.
+        """
+        weighted = self.normalized_parts(parts, group_ids)
+        var = {name: float(_group_centred(v, group_ids.cpu()).pow(2).mean()) for name, v in weighted.items()}
+        total = sum(var.values())
+        return {name: (v / total if total > 0 else 0.0) for name, v in var.items()}
 
 
 def build_reward(specs, device: str = "cpu") -> CompositeReward:

@@ -30,6 +30,7 @@ from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_chec
 from .config import Derived, TrainConfig, config_to_dict, derive
 from .data import PromptTargetSampler, load_prompts, quadrant
 from .grpo import EMA, group_advantages, ppo_clip_loss
+from .precision import check_mixed_precision, make_accelerator
 from .policies import (
     Conditioning,
     DiffusionPolicy,
@@ -49,13 +50,12 @@ class GRPOTrainer:
 
     def __init__(self, config: TrainConfig, *, reward: Optional[CompositeReward] = None, pipe: Any = None,
                  accelerator: Any = None, log: bool = True):
-        from accelerate import Accelerator
-
         from ..engines.diffusers_backend import DiffusersGeneratorConfig, detect_arch, load_pipeline
 
         self.config = config
-        self.accelerator = accelerator or Accelerator(cpu=config.device == "cpu")
+        self.accelerator = accelerator or make_accelerator(config)
         acc = self.accelerator
+        check_mixed_precision(acc, config.model.dtype)
         self.derived: Derived = derive(config, acc.num_processes)
         self.device = acc.device
         self.dtype = DTYPES[config.model.dtype]
@@ -95,7 +95,8 @@ class GRPOTrainer:
                                       device=self.device, eta=config.sampling.eta,
                                       noise_level=config.sampling.sde_noise_level)
         self.ema = EMA([p for _, p in self.trainable], o.ema_decay) if o.ema else None
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16 and self.device.type == "cuda")
+        # the one loss scaler is accelerate's (fp16 mixed precision); a disabled stand-in keeps checkpoints uniform
+        self.scaler = acc.scaler if acc.scaler is not None else torch.amp.GradScaler("cuda", enabled=False)
         self.reward = reward if reward is not None else build_reward(config.rewards, str(self.device))
         self.runner = AsyncRewardRunner(self.reward, config.reward_workers)
         self.sampler = PromptTargetSampler(load_prompts(config.data.prompts_file), config.data.targets, config.seed)
@@ -105,6 +106,7 @@ class GRPOTrainer:
         self.history: list[dict[str, float]] = []
         self.out = Path(config.output_dir)
         self.writer = None
+        self.log_console = log
         if log and acc.is_main_process:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -178,7 +180,8 @@ class GRPOTrainer:
         gids = torch.as_tensor(batch.group_ids, device=self.device)
         all_parts = {k: acc.gather(v.to(self.device)).cpu() for k, v in parts.items()}
         all_gids = acc.gather(gids).cpu()
-        rewards = self.reward.combine(all_parts)
+        rewards = self.reward.combine(all_parts, all_gids)
+        shares = self.reward.advantage_shares(all_parts, all_gids)
         adv_all, info = group_advantages(rewards, all_gids, global_std=c.grpo.global_std, clip=c.grpo.adv_clip)
         me = acc.process_index
         adv = adv_all[me * n_local:(me + 1) * n_local].to(self.device)
@@ -198,6 +201,8 @@ class GRPOTrainer:
         }
         for name, value in all_parts.items():
             metrics[f"reward/{name}"] = float(value.mean())
+        for name, share in shares.items():  # which term sets the advantages (within-group variance)
+            metrics[f"reward_share/{name}"] = share
         all_targets = acc.gather(torch.from_numpy(batch.targets).to(self.device)).cpu()
         regions: dict[str, list[float]] = {}
         for (v, a), r in zip(all_targets.tolist(), rewards.tolist()):
@@ -205,6 +210,7 @@ class GRPOTrainer:
         for region, values in regions.items():
             metrics[f"reward_by_region/{region}"] = float(np.mean(values))
         self._log(metrics, trajs)
+        self._console(metrics, shares)
         self.step += 1
         self.history.append(metrics)
         return metrics
@@ -215,7 +221,7 @@ class GRPOTrainer:
         rng = np.random.default_rng([c.seed, self.step, 1])
         per_update = self.derived.micro_batches_per_update
         sums = {"loss": 0.0, "kl": 0.0, "clipfrac": 0.0, "approx_kl": 0.0, "grad_norm": 0.0}
-        counts = {"pass": 0, "update": 0}
+        counts = {"pass": 0, "update": 0, "kept": 0}
         bsz = g.batch_size
         self.raw_net.train()
         for _epoch in range(g.inner_epochs):
@@ -223,6 +229,11 @@ class GRPOTrainer:
             for u in range(g.updates_per_step):
                 chunk_ids = order[u * per_update:(u + 1) * per_update]
                 plan = [(ci, j) for ci in chunk_ids for j in self._train_indices(rng)]
+                # Every kept (sample, timestep) term of the update weighs the same, wherever the kept
+                # samples fall: the policy loss is summed and divided by the update's kept-term count
+                # (over all processes; DDP averages gradients, hence the division by their number).
+                kept_terms = sum(int(keep[ci * bsz:(ci + 1) * bsz].sum()) for ci, _ in plan)
+                kept_terms = float(acc.gather(torch.tensor([kept_terms], device=self.device)).sum()) / acc.num_processes
                 for k, (ci, j) in enumerate(plan):
                     traj = trajs[ci]
                     a = adv[ci * bsz:(ci + 1) * bsz]
@@ -230,30 +241,18 @@ class GRPOTrainer:
                     last = k == len(plan) - 1
                     sync = contextlib.nullcontext() if last else acc.no_sync(self.net)
                     with sync:
-                        loss, parts = self._timestep_loss(traj, j, a, m)
-                        loss = loss / len(plan)
-                        if self.scaler.is_enabled():
-                            self.scaler.scale(loss).backward()
-                        else:
-                            acc.backward(loss)
-                    for key in ("kl", "clipfrac", "approx_kl"):
-                        sums[key] += parts[key]
-                    sums["loss"] += float(loss.detach()) * len(plan)
+                        loss, parts = self._timestep_loss(traj, j, a, m, kept_terms=kept_terms, terms=len(plan))
+                        acc.backward(loss)  # accelerate owns loss scaling (fp16) and gradient sync
+                    sums["kl"] += parts["kl"]
+                    sums["clipfrac"] += parts["clipfrac"] * parts["kept"]
+                    sums["approx_kl"] += parts["approx_kl"] * parts["kept"]
+                    sums["loss"] += float(loss.detach())
                     counts["pass"] += 1
+                    counts["kept"] += parts["kept"]
                     if self.updates == 0:
                         self.ratio_dev_before_first_update = max(self.ratio_dev_before_first_update, parts["ratio_dev"])
-                if self.scaler.is_enabled():
-                    self.scaler.unscale_(self.optimizer)
-                params = [p for _, p in self.trainable]
-                if c.optim.max_grad_norm > 0:
-                    norm = torch.nn.utils.clip_grad_norm_(params, c.optim.max_grad_norm)
-                else:
-                    norm = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params if p.grad is not None))
-                if self.scaler.is_enabled():
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                else:
-                    self.optimizer.step()
+                norm = self._clip_gradients()
+                self.optimizer.step()  # accelerate's optimizer: steps through its scaler when there is one
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.ema is not None:
                     self.ema.update()
@@ -261,33 +260,46 @@ class GRPOTrainer:
                 sums["grad_norm"] += float(norm)
                 counts["update"] += 1
         self.raw_net.eval()
-        n = max(1, counts["pass"])
+        n, kept = max(1, counts["pass"]), max(1, counts["kept"])
         return {
-            "train/loss": sums["loss"] / n,
+            "train/loss": sums["loss"] / max(1, counts["update"]),
             "train/kl": sums["kl"] / n,
-            "train/clipfrac": sums["clipfrac"] / n,
-            "train/approx_kl": sums["approx_kl"] / n,
+            "train/clipfrac": sums["clipfrac"] / kept,
+            "train/approx_kl": sums["approx_kl"] / kept,
+            "train/kept_fraction": counts["kept"] / max(1, counts["pass"] * bsz),
             "train/grad_norm": sums["grad_norm"] / max(1, counts["update"]),
         }
 
-    def _timestep_loss(self, traj: Trajectory, j: int, adv: torch.Tensor, keep: torch.Tensor):
+    def _clip_gradients(self) -> torch.Tensor:
+        """Total gradient norm before clipping, of the *unscaled* gradients (accelerate unscales fp16 first)."""
+        params = [p for _, p in self.trainable]
+        if self.config.optim.max_grad_norm > 0:
+            return self.accelerator.clip_grad_norm_(params, self.config.optim.max_grad_norm)
+        self.accelerator.unscale_gradients()
+        grads = [p.grad.float() for p in params if p.grad is not None]
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else torch.zeros(())
+
+    def _timestep_loss(self, traj: Trajectory, j: int, adv: torch.Tensor, keep: torch.Tensor,
+                       kept_terms: Optional[float] = None, terms: int = 1):
+        """One trained timestep of one micro-batch: PPO-clip over kept samples / ``kept_terms`` + β·KL / ``terms``."""
         c = self.config
         x = traj.latents[:, j]
         prev = traj.latents[:, j + 1]
         t = traj.timesteps[j].to(self.device)
         out = self.net(x, t, traj.cond, traj.va, c.sampling.guidance_scale, c.sampling.adapter_strength)
         res = self.policy.step(out, x, traj.params[j], prev_sample=prev)
-        loss, info = ppo_clip_loss(res.log_prob, traj.log_probs[:, j], adv, c.grpo.clip_range, mask=keep)
+        loss, info = ppo_clip_loss(res.log_prob, traj.log_probs[:, j], adv, c.grpo.clip_range, mask=keep,
+                                   normalizer=kept_terms)
         kl_value = 0.0
         if c.grpo.kl_beta > 0:
             with torch.no_grad(), adapters_disabled(self.raw_net):
                 ref_out = self.raw_net(x, t, traj.cond, traj.va, c.sampling.guidance_scale, 0.0)
                 ref = self.policy.step(ref_out, x, traj.params[j], prev_sample=prev)
             kl = gaussian_kl_mean(res.mean, ref.mean, res.std).mean()
-            loss = loss + c.grpo.kl_beta * kl
+            loss = loss + c.grpo.kl_beta * kl / terms  # the KL anchors every sample: mean over the update
             kl_value = float(kl.detach())
         return loss, {"kl": kl_value, "clipfrac": info.clipfrac, "approx_kl": info.approx_kl,
-                      "ratio_dev": info.ratio_max_dev}
+                      "ratio_dev": info.ratio_max_dev, "kept": info.kept}
 
     # --- evaluation -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -316,6 +328,15 @@ class GRPOTrainer:
         return merged
 
     # --- logging ----------------------------------------------------------------------------------
+    def _console(self, metrics: dict[str, float], shares: dict[str, float]) -> None:
+        """One line per step: the reward and each reward term's share of the advantage variance."""
+        if not (self.log_console and self.accelerator.is_main_process):
+            return
+        from tqdm.auto import tqdm
+
+        split = " ".join(f"{name}={share:.2f}" for name, share in shares.items())
+        tqdm.write(f"[train] step {self.step} reward {metrics['reward/mean']:.4f} advantage share: {split}")
+
     def _log(self, metrics: dict[str, float], trajs: list[Trajectory]) -> None:
         if self.writer is None:
             return
