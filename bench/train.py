@@ -1,26 +1,32 @@
-"""``emofeedback2 bench train``: GRPO rollout/update throughput and backward memory vs sampling steps.
+"""``emofeedback2 bench train``: GRPO rollout/update throughput and what an update holds for backward vs T.
 
 On a tiny random pipeline (default) it runs real GRPO steps of :class:`GRPOTrainer` for T=4 and
-T=16 sampling steps and reports
-- rollout and update throughput (images/s),
-- the bytes of tensors saved for backward, counted exactly with
-  ``torch.autograd.graph.saved_tensors_hooks`` (unique storages per autograd graph): the peak held
-  during one GRPO update with per-timestep backward, and, for contrast, what one backward through
-  all trained timesteps of a micro-batch would hold (the sum over its per-timestep graphs).
-Last line: ``update_mem_ratio_T16_T4=<peak(T=16)/peak(T=4)>`` (≈1: memory flat in T).
+T=16 sampling steps (every step trained) and reports
+- rollout and update throughput (images/s);
+- the bytes of tensors saved for backward that are alive at the peak of a whole GRPO update (all
+  trained timesteps, all micro-batches), counted with ``saved_tensors_hooks`` and weak references
+  that release a storage only when it dies (:class:`LiveSavedBytes`); on CUDA also
+  ``torch.cuda.max_memory_allocated`` over the update;
+- a negative control in the same run: one backward over all timesteps of each micro-batch, as
+  naive implementations do, whose figure must grow with T.
+The last two lines are ``whole_graph_mem_ratio_T16_T4=<x>`` (the control; ≈4 = 16/4) and
+``update_mem_ratio_T16_T4=<x>`` (the trainer; ≈1 when memory is flat in T).
 
 ``--real-size sd3.5-medium --device cuda --dtype float16 --resolution 512`` builds the real SD3.5
 Medium MMDiT (24 layers, width 1536, dual attention in layers 0-12, rms qk-norm, random weights)
 plus a real-size SD3 VAE, with random prompt-embedding tensors of the real shapes in place of the
-text encoders (CLIP-L/G + T5: context [B, 333, 4096], pooled [B, 2048]); it prints images/s and
-``torch.cuda.max_memory_allocated`` and whether the run fits in 24 GB.
+text encoders (CLIP-L/G + T5: context [B, 333, 4096], pooled [B, 2048]) and a cheap brightness
+reward: its CUDA peak covers the transformer, VAE, LoRA, optimizer and activations only — no text
+encoders and no reward model are resident, unlike a real training run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
+import weakref
 import tempfile
 import time
 from types import SimpleNamespace
@@ -56,36 +62,93 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size-override", default="", help=argparse.SUPPRESS)  # JSON; tests shrink the real config
 
 
-class SavedBytes:
-    """Counts bytes saved for backward per autograd graph (unique storages), and the peak."""
+class LiveSavedBytes:
+    """Bytes of tensors saved for backward that are *alive*, and their peak, over everything tracked.
+
+    ``saved_tensors_hooks`` sees each tensor autograd saves; a ``weakref.finalize`` on it takes its
+    storage off the books only when autograd (or anything else) lets go of it. So graphs kept alive
+    — on purpose, by a bug, or by one backward over many timesteps — keep counting: the peak is what a
+    whole update really holds at its worst moment, not one timestep's graph.
+    """
 
     def __init__(self):
-        self.current = 0
+        self.live = 0
         self.peak = 0
-        self.graphs: list[int] = []
-        self._seen: set[int] = set()
+        self._refs: dict[tuple, int] = {}  # storage key -> live saved tensors on it
+        self._sizes: dict[tuple, int] = {}
 
-    def new_graph(self) -> None:
-        if self._seen:
-            self.graphs.append(self.current)
-        self.current = 0
-        self._seen = set()
+    def _release(self, key: tuple) -> None:
+        self._refs[key] -= 1
+        if self._refs[key] == 0:
+            del self._refs[key]
+            self.live -= self._sizes.pop(key)
 
     def pack(self, tensor):
         storage = tensor.untyped_storage()
-        key = storage.data_ptr()
-        if key not in self._seen:
-            self._seen.add(key)
-            self.current += storage.nbytes()
-            self.peak = max(self.peak, self.current)
+        key = (tensor.device.type, tensor.device.index, storage.data_ptr())
+        if key not in self._refs:
+            self._refs[key] = 0
+            self._sizes[key] = storage.nbytes()
+            self.live += storage.nbytes()
+            self.peak = max(self.peak, self.live)
+        self._refs[key] += 1
+        weakref.finalize(tensor, self._release, key)
         return tensor
 
     @staticmethod
     def unpack(tensor):
         return tensor
 
-    def finish(self) -> None:
-        self.new_graph()
+    @contextlib.contextmanager
+    def track(self):
+        import torch
+
+        with torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack):
+            yield self
+
+
+def measure_update(trainer, update=None) -> tuple[dict, int, int]:
+    """One GRPO step of ``trainer`` whose update (all micro-batches, all trained timesteps) runs under
+    :class:`LiveSavedBytes`; ``update(trainer, trajs, adv, keep)`` replaces the trainer's own update
+    (the negative control). Returns (metrics, peak live saved bytes, CUDA peak bytes or 0)."""
+    import torch
+
+    counter = LiveSavedBytes()
+    original = trainer._update
+    cuda = trainer.device.type == "cuda"
+
+    def tracked(trajs, adv, keep):
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        with counter.track():
+            out = original(trajs, adv, keep) if update is None else update(trainer, trajs, adv, keep)
+        gc.collect()
+        return out
+
+    trainer._update = tracked
+    try:
+        metrics = trainer.train_step()
+    finally:
+        del trainer._update  # back to the class method (no cycle through the trainer left behind)
+    return metrics, counter.peak, (torch.cuda.max_memory_allocated() if cuda else 0)
+
+
+def one_backward_over_all_timesteps(trainer, trajs, adv, keep) -> dict:
+    """Negative control, as naive implementations do it: per micro-batch, sum the losses of every
+    trained timestep and call backward once, so all their graphs are alive together. No optimizer step."""
+    bsz = trainer.config.grpo.batch_size
+    steps = list(range(trainer.config.sampling.steps))
+    kept_terms = float(keep.sum()) * len(steps)
+    trainer.raw_net.train()
+    for ci, traj in enumerate(trajs):
+        a, m = adv[ci * bsz:(ci + 1) * bsz], keep[ci * bsz:(ci + 1) * bsz]
+        total = sum(trainer._timestep_loss(traj, j, a, m, kept_terms=kept_terms, terms=len(steps))[0] for j in steps)
+        trainer.accelerator.backward(total)
+        del total
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.raw_net.eval()
+    return {"train/loss": 0.0, "train/kl": 0.0, "train/clipfrac": 0.0, "train/approx_kl": 0.0, "train/grad_norm": 0.0}
 
 
 class _ShapeOnlySD3Pipe:
@@ -151,6 +214,7 @@ def run(args: argparse.Namespace) -> int:
         print("  note: random weights; random prompt-embedding tensors of the real shapes replace the text "
               f"encoders (context [B,{TEXT_TOKENS},4096], pooled [B,2048]); reward = brightness (cheap)")
     peaks: dict[int, int] = {}
+    whole_peaks: dict[int, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for steps in args.steps:
             if device.type == "cuda":
@@ -177,37 +241,29 @@ def run(args: argparse.Namespace) -> int:
             c.reward_workers = 0
             trainer = GRPOTrainer(c, pipe=pipe, log=False)
             trainer.train_step()  # warm-up (allocations, kernels)
-            counter = SavedBytes()
-            original = trainer._timestep_loss
-
-            def counted(*a, _orig=original, _counter=counter, **kw):
-                _counter.new_graph()
-                with torch.autograd.graph.saved_tensors_hooks(_counter.pack, _counter.unpack):
-                    return _orig(*a, **kw)
-
-            trainer._timestep_loss = counted
             sample_s = update_s = 0.0
+            peak = cuda_peak = 0
             for _ in range(args.repeats):
-                m = trainer.train_step()
+                m, p, cp = measure_update(trainer)
                 sample_s += m["time/sample_s"]
                 update_s += m["time/update_s"]
-            counter.finish()
+                peak, cuda_peak = max(peak, p), max(cuda_peak, cp)
+            _, whole, whole_cuda = measure_update(trainer, one_backward_over_all_timesteps)
             images = args.repeats * args.group_size
-            per_sample_graphs = counter.graphs[: trainer.derived.trained_timesteps]
-            peaks[steps] = counter.peak
-            print(f"T={steps}: rollout {images / sample_s:.2f} images/s, update {images / update_s:.2f} images/s, "
-                  f"peak saved-for-backward {counter.peak / 2**20:.2f} MiB per update (per-timestep backward); "
-                  f"one backward over all {len(per_sample_graphs)} steps would hold "
-                  f"{sum(per_sample_graphs) / 2**20:.2f} MiB")
+            peaks[steps], whole_peaks[steps] = peak, whole
+            print(f"T={steps}: rollout {images / sample_s:.2f} images/s, update {images / update_s:.2f} images/s; "
+                  f"live saved-for-backward at the peak of a whole update: {peak / 2**20:.2f} MiB "
+                  f"(per-timestep backward, {trainer.derived.trained_timesteps} timesteps x "
+                  f"{trainer.derived.micro_batches_per_step} micro-batches); "
+                  f"negative control, one backward over all {steps} timesteps: {whole / 2**20:.2f} MiB")
             if device.type == "cuda":
-                peak = torch.cuda.max_memory_allocated()
-                print(f"T={steps}: torch.cuda.max_memory_allocated={peak} ({peak / GIB:.2f} GiB); "
-                      f"fits in 24 GB: {'yes' if peak < 24e9 else 'no'}")
+                print(f"T={steps}: torch.cuda.max_memory_allocated during the update={cuda_peak} ({cuda_peak / GIB:.2f} GiB), "
+                      f"one backward over all timesteps={whole_cuda} ({whole_cuda / GIB:.2f} GiB); includes the "
+                      "resident model weights, excludes text encoders and reward models (not loaded here)")
             trainer.runner.close()
-            # The patched method closes a reference cycle through the trainer: break it and collect,
-            # or the previous run's model would still be allocated while the next one is measured.
-            del trainer, pipe, original, counted
+            del trainer, pipe
             gc.collect()
     lo, hi = min(peaks), max(peaks)
+    print(f"whole_graph_mem_ratio_T{hi}_T{lo}={whole_peaks[hi] / max(1, whole_peaks[lo]):.3f}")
     print(f"update_mem_ratio_T{hi}_T{lo}={peaks[hi] / max(1, peaks[lo]):.3f}")
     return 0

@@ -116,6 +116,7 @@ def test_bench_train_tiny_and_real_size_code_path(capsys):
                                         "--batch-size", "2", "--resolution", "16"])) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1].startswith("update_mem_ratio_T4_T2=")
+    assert lines[-2].startswith("whole_graph_mem_ratio_T4_T2=") and float(lines[-2].split("=")[1]) > 1.5
     assert 0.9 < float(lines[-1].split("=")[1]) < 1.1  # per-timestep backward: flat in T
     assert "images/s" in lines[1]
     # the real-size SD3.5-Medium path, shrunk to toy widths (the real one needs a GPU)
