@@ -149,7 +149,7 @@ def load_pipeline(config: DiffusersGeneratorConfig, device: torch.device, dtype:
                 f"{path} is a single file; the diffusers backend needs a diffusers folder (with model_index.json). "
                 "Convert it with diffusers' from_single_file(...).save_pretrained(folder), or use the ComfyUI nodes."
             )
-        raise ModelLoadError(f"model folder not found: {path}. Point --model at a diffusers folder or a hub id")
+        raise ModelLoadError(f"model folder not found: {path}; give a diffusers folder (with model_index.json) or a hub id")
     if local and not (path / "model_index.json").is_file():
         raise ModelLoadError(f"{path} has no model_index.json: it is not a diffusers pipeline folder")
     kwargs: dict[str, Any] = {"dtype": dtype, **config.extra_from_pretrained}
