@@ -353,7 +353,8 @@ def _number(value: Any, name: str, lo: Optional[float] = None, hi: Optional[floa
     if low_bad or high_bad:
         left = "(" if lo_open else "["
         right = ")" if hi_open else "]"
-        span = f"{left}{'-inf' if lo is None else f'{lo:g}'}, {'inf' if hi is None else f'{hi:g}'}{right}"
+        fmt = (lambda x: str(int(x))) if integer else (lambda x: f"{x:g}")
+        span = f"{left}{'-inf' if lo is None else fmt(lo)}, {'inf' if hi is None else fmt(hi)}{right}"
         raise ConfigError(f"{name} must be in {span}, got {value}")
     return value
 
