@@ -80,6 +80,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except SystemExit as exc:  # a command that exits with a message string: the same one-line path
+        if not isinstance(exc.code, str):
+            raise
+        print(f"emofeedback2 {args.command}: error: {' '.join(exc.code.split())}", file=sys.stderr)
+        return 2
     except Exception as exc:  # noqa: BLE001 - sorted into anticipated (one line) and bugs (re-raised)
         message = _anticipated(exc)
         if message is None:
