@@ -195,6 +195,7 @@ class GRPOTrainer:
         all_parts = {k: acc.gather(v.to(self.device)).cpu() for k, v in parts.items()}
         all_gids = acc.gather(gids).cpu()
         rewards = self.reward.combine(all_parts)
+        self._check_finite_rewards(all_parts, rewards)
         adv_all, info = group_advantages(rewards, all_gids, global_std=c.grpo.global_std, clip=c.grpo.adv_clip)
         me = acc.process_index
         adv = adv_all[me * n_local:(me + 1) * n_local].to(self.device)
@@ -437,6 +438,14 @@ class GRPOTrainer:
         return True
 
     # --- the loop ---------------------------------------------------------------------------------
+    def _check_finite_rewards(self, parts: dict[str, torch.Tensor], rewards: torch.Tensor) -> None:
+        """A NaN/inf reward stops the run with the reward's name (it would poison every advantage)."""
+        if bool(torch.isfinite(rewards).all()):
+            return
+        bad = [name for name, value in parts.items() if not bool(torch.isfinite(value).all())] or ["total"]
+        raise NonFiniteError(f"step {self.step}: reward {bad[0]!r} returned NaN/inf, so the run stopped before "
+                             "this step was used or saved; check that reward model, then continue with --resume")
+
     def _check_finite_step(self, metrics: dict[str, float]) -> None:
         """Stop before a diverged step is saved: NaN/inf in the loss, reward or any trainable weight."""
         bad = [k for k in ("train/loss", "reward/mean", "train/grad_norm") if not math.isfinite(metrics.get(k, 0.0))]
