@@ -57,7 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 avoids oversubscription)")
     parser.add_argument("--real-size", choices=["sd3.5-medium"], default=None,
                         help="benchmark the real-size architecture with random weights instead of a tiny model")
-    parser.add_argument("--lora-rank", type=int, default=32)
+    parser.add_argument("--lora-rank", type=int, default=None,
+                        help="LoRA rank (none = 32 at --real-size, 4 on the tiny model)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--size-override", default="", help=argparse.SUPPRESS)  # JSON; tests shrink the real config
 
@@ -224,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
             c = TrainConfig()
             c.model.pretrained = "in-memory"
             c.model.dtype = args.dtype
-            c.model.lora_rank = args.lora_rank if real else 4
+            c.model.lora_rank = args.lora_rank if args.lora_rank is not None else (32 if real else 4)
             c.model.lora_alpha = float(c.model.lora_rank)
             c.model.adapter_hidden = 0 if real else 16
             c.model.gradient_checkpointing = args.gradient_checkpointing

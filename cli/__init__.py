@@ -1,18 +1,49 @@
-"""The ``emofeedback2`` command line: demo, score, loop, train, export and benchmarks.
+"""The ``emofeedback2`` command line: demo, score, loop, train, export, convert-scale and benchmarks.
 
 Each sub-command lives in its own module exposing ``register(subparsers)``; that function adds the
 parser and sets ``func`` to a callable taking the parsed namespace and returning an exit code.
 Modules import heavy libraries inside ``func`` so ``emofeedback2 --help`` stays instant.
+
+One error path for every command: an anticipated failure (a :class:`UserError`, or a file-system
+error) prints one line saying what to fix and exits with code 2; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+import traceback
 from typing import Optional, Sequence
 
-from . import bench_commands, loop_commands, score_commands, train_commands
+from . import bench_commands, loop_commands, scale_commands, score_commands, train_commands
+from .. import __version__
 from ..engines.errors import UserError
+
+# Hand-written "(default X)" notes; the formatter now appends "(default: X)" to every option itself.
+_HANDWRITTEN_DEFAULT = re.compile(r"\s*\(default:? [^;()]*\)")
+
+
+def _finish(parser: argparse.ArgumentParser, description: Optional[str] = None, top: bool = False) -> None:
+    """Defaults in every help text, a description on every sub-command, ``--debug`` everywhere."""
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    if parser.description is None and description:
+        parser.description = description
+    if not top and not any("--debug" in a.option_strings for a in parser._actions):
+        parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                            help="show the full traceback of an error")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, child in action.choices.items():
+                _finish(child, helps.get(name))
+            continue
+        if action.help is argparse.SUPPRESS or isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            continue
+        if not action.help:
+            action.help = action.dest.replace("_", " ")
+        else:
+            action.help = _HANDWRITTEN_DEFAULT.sub("", action.help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,10 +51,25 @@ def build_parser() -> argparse.ArgumentParser:
         prog="emofeedback2",
         description="Continuous valence/arousal emotion control with LVLM feedback (EmoFeedback²).",
     )
+    parser.add_argument("--version", action="version", version=f"emofeedback2 {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (loop_commands, score_commands, train_commands, bench_commands):
+    for module in (loop_commands, score_commands, train_commands, scale_commands, bench_commands):
         module.register(sub)
+    _finish(parser, top=True)
     return parser
+
+
+def _anticipated(exc: BaseException) -> Optional[str]:
+    """The one-line message for an anticipated failure, or None for a bug (which keeps its traceback)."""
+    if isinstance(exc, UserError):
+        return str(exc)
+    if isinstance(exc, OSError) and not isinstance(exc, (ConnectionError, BlockingIOError)):
+        where = f" {exc.filename}" if exc.filename else ""
+        return f"cannot use{where}: {exc.strerror or exc}; check the path and its permissions"
+    if type(exc).__name__ == "OutOfMemoryError":
+        return "out of GPU memory; lower the batch size / resolution, or use a smaller dtype"
+    return None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -31,10 +77,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except UserError as e:
-        # anticipated failures (bad value, missing file): one line that says what to fix, no traceback
-        print(f"emofeedback2 {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except SystemExit as exc:  # a command that exits with a message string: the same one-line path
+        if not isinstance(exc.code, str):
+            raise
+        print(f"emofeedback2 {args.command}: error: {' '.join(exc.code.split())}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - sorted into anticipated (one line) and bugs (re-raised)
+        message = _anticipated(exc)
+        if message is None:
+            raise
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        # anticipated failures (bad value, missing file): one line that says what to fix, no traceback
+        first = " ".join(message.split())
+        print(f"emofeedback2 {args.command}: error: {first}", file=sys.stderr)
+        return 2

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import shutil
 import sys
 import tempfile
@@ -18,6 +20,13 @@ from pathlib import Path
 from typing import Optional
 
 from ..engines.emotion_space import EmotionValueError, check_component
+from ..engines.errors import UserError
+
+SEED_LIMIT = 2**64  # ComfyUI's seed range; the loop's candidate seeds wrap at the same modulus
+
+
+class LoopCommandError(UserError):
+    """A loop/demo argument or output folder that cannot be used."""
 
 
 def _component(name: str):
@@ -45,6 +54,29 @@ def _positive_int(name: str, maximum: int = 1000):
         return value
 
     return parse
+
+
+def _finite(name: str, lo: float, hi: float):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number in [{lo:g}, {hi:g}], got {text!r}") from None
+        if not (math.isfinite(value) and lo <= value <= hi):  # NaN would reach report.json as invalid JSON
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number in [{lo:g}, {hi:g}], got {text!r}")
+        return value
+
+    return parse
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seed must be a whole number, got {text!r}") from None
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"seed must be in 0..{SEED_LIMIT - 1} (2**64-1), got {value}")
+    return value
 
 
 def _tolerance(text: str) -> float:
@@ -79,11 +111,12 @@ def _add_schedule_arguments(parser: argparse.ArgumentParser, steps: int, size: i
                         help=f"images per round, judged in one batch (default {defaults.candidates})")
     parser.add_argument("--tolerance", type=_tolerance, default=defaults.tolerance,
                         help=f"stop once the best image is this close to the target, mean |ΔV|,|ΔA| (default {defaults.tolerance}; 0 = never)")
-    parser.add_argument("--min-improvement", type=float, default=defaults.min_improvement,
+    parser.add_argument("--min-improvement", type=_finite("min-improvement", 0.0, 6.0), default=defaults.min_improvement,
                         help=f"stop when a round brings the best and the mean reading less than this closer (default {defaults.min_improvement}; 0 = never)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the first candidate; candidate k uses seed + k (default 0)")
+    parser.add_argument("--seed", type=_seed, default=0, help="seed of the first candidate; candidate k uses seed + k (default 0)")
     parser.add_argument("--steps", type=_positive_int("steps", 1000), default=steps, help=f"sampling steps per image (default {steps})")
-    parser.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale")
+    parser.add_argument("--cfg", type=_finite("cfg", 0.0, 100.0), default=None,
+                        help="classifier-free guidance scale (none = the command's default: demo 1.0, loop 7.0)")
     parser.add_argument("--size", type=_size, default=size, help=f"image width and height in pixels, multiple of 8 (default {size})")
 
 
@@ -128,8 +161,6 @@ def register(subparsers) -> None:
 def _config(args, cfg_default: float):
     from ..engines.feedback_loop import LoopConfig
 
-    if args.min_improvement < 0:
-        raise SystemExit("emofeedback2: error: --min-improvement must be >= 0")
     return LoopConfig(
         rounds=args.rounds, candidates=args.candidates, tolerance=args.tolerance,
         min_improvement=args.min_improvement, seed=args.seed, steps=args.steps,
@@ -138,25 +169,81 @@ def _config(args, cfg_default: float):
     )
 
 
+def strict_json(value):
+    """``value`` with NaN/inf floats replaced by None, so the report is valid (strict) JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def prepare_out(out: Path) -> Path:
+    """Check and create ``--out`` before anything is generated (a bad folder must not cost the run)."""
+    if out.exists() and not out.is_dir():
+        raise LoopCommandError(f"--out {out} is a file; choose a folder")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise LoopCommandError(f"--out {out} lies under {parent}, which is a file; choose another folder")
+            break
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise LoopCommandError(f"--out {out} cannot be written ({exc.strerror or exc}); choose another folder") from exc
+    return out
+
+
+class RoundWriter:
+    """Writes each round's candidates and a partial ``report.json`` as soon as the round is committed."""
+
+    def __init__(self, out: Path, extra: dict):
+        self.out, self.extra = out, extra
+
+    def __call__(self, result, images) -> None:
+        from ..engines.images import to_pil_list
+
+        record = result.rounds[-1]
+        folder = self.out / f"round_{record.round:02d}"
+        folder.mkdir(exist_ok=True)
+        for candidate, image in zip(record.candidates, to_pil_list(images)):
+            image.save(folder / f"candidate_{candidate.index:02d}_seed{candidate.seed}.png")
+        write_report(self.out, result, {**self.extra, "complete": False}, {"rounds": str(self.out / "round_NN")})
+
+
+def write_report(out: Path, result, extra: dict, files: dict) -> dict:
+    report = result.to_dict()
+    report.update(extra)
+    report["files"] = {**files, "report": str(out / "report.json")}
+    report = strict_json(report)
+    _write_atomic(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False).encode("utf-8"))
+    return report
+
+
 def _write_outputs(out: Path, result, extra: dict) -> dict:
     """best.png, trajectory.png, report.json; returns the report."""
-    from PIL import Image  # noqa: F401  (PIL is what the plot and the images use)
-
     from ..engines.images import to_pil_list
     from ..engines.trajectory_plot import plot_trajectory
 
     out.mkdir(parents=True, exist_ok=True)
-    files = {}
+    files = {"rounds": str(out / "round_NN")}
     if result.best_image is not None:
         to_pil_list(result.best_image)[0].save(out / "best.png")
         files["best"] = str(out / "best.png")
     plot_trajectory(result).save(out / "trajectory.png")
     files["trajectory"] = str(out / "trajectory.png")
-    report = result.to_dict()
-    report.update(extra)
-    report["files"] = {**files, "report": str(out / "report.json")}
-    (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
-    return report
+    return write_report(out, result, extra, files)
 
 
 def _run_and_report(generator, scorer, refiner, prompt: str, target, config, out: Path, extra: dict) -> int:
@@ -165,16 +252,22 @@ def _run_and_report(generator, scorer, refiner, prompt: str, target, config, out
 
     bar = TqdmProgress("feedback loop", total=config.rounds * (config.candidates + 1))
     try:
-        result = run_feedback_loop(generator, scorer, refiner, prompt, target, config, progress=bar)
+        result = run_feedback_loop(generator, scorer, refiner, prompt, target, config, progress=bar,
+                                   on_round=RoundWriter(out, extra))
     except BaseException as exc:
         bar.close()
         partial = getattr(exc, "partial_result", None)
         if partial is not None and partial.rounds:
-            _write_outputs(out, partial, extra)
-            print(f"stopped ({partial.stop_reason}); partial results of {len(partial.rounds)} round(s) in {out}", file=sys.stderr)
+            try:
+                _write_outputs(out, partial, {**extra, "complete": False, "error": f"{type(exc).__name__}: {exc}"[:500]})
+                print(f"stopped ({partial.stop_reason}); partial results of {len(partial.rounds)} round(s) in {out}",
+                      file=sys.stderr)
+            except Exception as write_error:  # noqa: BLE001 - the round folders and partial report are on disk
+                print(f"stopped; could not write the final files ({write_error}); per-round files are in {out}",
+                      file=sys.stderr)
         raise
     bar.close()
-    report = _write_outputs(out, result, extra)
+    report = _write_outputs(out, result, {**extra, "complete": True})
     best = result.best
     counts = report["counts"]
     print(f"target {target}; {len(result.rounds)} round(s), stopped: {result.stop_reason}")
@@ -196,6 +289,9 @@ def run_demo(args: argparse.Namespace) -> int:
     from ..engines.emotion_space import VA
 
     started = time.perf_counter()
+    if args.prompt is not None and not args.prompt.strip():
+        raise LoopCommandError("--prompt is empty: say what to draw, or leave --prompt out for the demo's own prompt")
+    out = prepare_out(Path(args.out))
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     print(HONESTY_NOTE)
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="emofeedback2-demo-"))
@@ -210,7 +306,8 @@ def run_demo(args: argparse.Namespace) -> int:
             "seconds_to_build_models": round(components.seconds_to_build, 3),
         }
         code = _run_and_report(components.generator, components.scorer, components.refiner,
-                               args.prompt or DEMO_PROMPT, target, _config(args, cfg_default=1.0), Path(args.out), extra)
+                               DEMO_PROMPT if args.prompt is None else args.prompt, target,
+                               _config(args, cfg_default=1.0), out, extra)
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -237,21 +334,22 @@ def run_loop(args: argparse.Namespace) -> int:
     from ..engines.refiner import make_refiner
 
     if not args.prompt or not args.prompt.strip():
-        raise SystemExit("emofeedback2 loop: error: --prompt is required (what to draw, e.g. 'a lighthouse on a rocky coast')")
+        raise LoopCommandError("--prompt is required (what to draw, e.g. 'a lighthouse on a rocky coast')")
+    out = prepare_out(Path(args.out))
     try:
         generator = load_diffusers_generator(DiffusersGeneratorConfig(
             model=args.generator, device=args.device, dtype=args.dtype, lora=args.lora, adapter=args.adapter,
         ))
     except AdapterArchitectureError as exc:
-        raise SystemExit(f"emofeedback2 loop: --adapter {args.adapter!r} does not fit this generator: {exc}") from None
+        raise LoopCommandError(f"--adapter {args.adapter!r} does not fit this generator: {exc}") from exc
     except (ModelLoadError, FileNotFoundError) as exc:
-        raise SystemExit(f"emofeedback2 loop: cannot load --generator {args.generator!r}: {exc}") from None
+        raise LoopCommandError(f"cannot load --generator {args.generator!r}: {exc}") from exc
     try:
         scorer = load_scorer(args.lvlm, args.device, args.dtype, args.lvlm_adapter)
     except (LVLMLoadError, FileNotFoundError) as exc:
-        raise SystemExit(f"emofeedback2 loop: cannot load --lvlm {args.lvlm!r}: {exc}") from None
+        raise LoopCommandError(f"cannot load --lvlm {args.lvlm!r}: {exc}") from exc
     refiner = make_refiner(scorer)
     print(f"generator: {args.generator} ({generator.arch}); judge: {getattr(scorer, 'name', args.lvlm)}; refiner: {refiner.name}")
     extra = {"demo": False, "generator": args.generator, "lvlm": args.lvlm}
     return _run_and_report(generator, scorer, refiner, args.prompt, VA(args.valence, args.arousal),
-                           _config(args, cfg_default=7.0), Path(args.out), extra)
+                           _config(args, cfg_default=7.0), out, extra)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
@@ -39,58 +38,49 @@ def register(subparsers) -> None:
 
 
 def _collect(paths: list[Path]) -> list[Path]:
+    from ..engines.images import ImageBatchError
+
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
-                raise FileNotFoundError(f"folder {path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+                raise ImageBatchError(f"folder {path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
             files.extend(found)
         elif path.is_file():
             files.append(path)
         else:
-            raise FileNotFoundError(f"image not found: {path}")
+            raise ImageBatchError(f"image not found: {path}")
     return files
 
 
 def _load_images(files: list[Path]):
-    from PIL import Image, UnidentifiedImageError
+    from ..engines.images import load_image_file
 
-    images = []
-    for file in files:
-        try:
-            with Image.open(file) as image:
-                images.append(image.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise ValueError(f"{file} is not a readable image: {exc}") from exc
-    return images
+    return [load_image_file(file) for file in files]  # 16-bit scaled, oversize refused naming the limit
 
 
 def run(args: argparse.Namespace) -> int:
     from ..engines.emotion_space import VA, EmotionValueError
-    from ..engines.images import ImageBatchError
-    from ..engines.lvlm_scorer import LVLMConfig, LVLMLoadError, load_lvlm
+    from ..engines.lvlm_scorer import LVLMConfig, load_lvlm
     from ..engines.scoring import reading_rows
 
-    try:
-        if (args.valence is None) != (args.arousal is None):
-            raise EmotionValueError("give both --valence and --arousal for a target, or neither")
-        target = VA(args.valence, args.arousal) if args.valence is not None else None
-        files = _collect(args.images)
-        images = _load_images(files)
-        if args.lvlm.strip().lower() in COLOUR_NAMES:
-            from ..engines.color_scorer import ColorHeuristicScorer
+    # every anticipated failure below is a UserError: cli.main prints it as one line, exit 2
+    if (args.valence is None) != (args.arousal is None):
+        raise EmotionValueError("give both --valence and --arousal for a target, or neither")
+    target = VA(args.valence, args.arousal) if args.valence is not None else None
+    files = _collect(args.images)
+    images = _load_images(files)
+    if args.lvlm.strip().lower() in COLOUR_NAMES:
+        from ..engines.color_scorer import ColorHeuristicScorer
 
-            scorer = ColorHeuristicScorer()
-        else:
-            scorer = load_lvlm(LVLMConfig(
-                model=args.lvlm, dtype=args.dtype, device=args.device, attn_implementation=args.attn,
-                adapter=args.adapter, trust_remote_code=args.trust_remote_code, max_pixels=args.max_pixels,
-            ))
-        readings = scorer.score(images, analysis=args.analysis)
-    except (EmotionValueError, ImageBatchError, LVLMLoadError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        scorer = ColorHeuristicScorer()
+    else:
+        scorer = load_lvlm(LVLMConfig(
+            model=args.lvlm, dtype=args.dtype, device=args.device, attn_implementation=args.attn,
+            adapter=args.adapter, trust_remote_code=args.trust_remote_code, max_pixels=args.max_pixels,
+        ))
+    readings = scorer.score(images, analysis=args.analysis)
 
     rows = reading_rows(readings, target)
     for row, file in zip(rows, files):

@@ -7,7 +7,6 @@ groups; rewards are gathered before advantages).
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def register(subparsers) -> None:
@@ -15,23 +14,34 @@ def register(subparsers) -> None:
         "train",
         help="GRPO fine-tuning of the generator LoRA + emotion adapter with the emotion reward",
         description="Train from a TOML/YAML config (see training/configs/). Any field can be overridden with "
-        "--set section.field=value (e.g. --set grpo.group_size=4 --set rewards.0.weight=0.5).",
+        "--set section.field=value (e.g. --set grpo.group_size=4 --set rewards.0.weight=0.5). The config, the "
+        "data files and the output folder are checked before any model loads.",
     )
-    train.add_argument("--config", help="TOML or YAML training config")
-    train.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoints/latest")
+    train.add_argument("--config", help="TOML or YAML training config; none = the built-in defaults")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in output_dir from checkpoints/latest (an error if there is none)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="start a new run in a non-empty output_dir, deleting its checkpoints/, export/ and tb/")
+    train.add_argument("--allow-change", action="append", default=[], metavar="FIELD",
+                       help="with --resume: allow this run-defining field (e.g. grpo.group_size, seed, rewards) to "
+                       "differ from the checkpoint's (repeatable; recorded in the checkpoint)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config field (repeatable)")
     train.add_argument("--model", help="shortcut for --set model.pretrained=...")
     train.add_argument("--output-dir", help="shortcut for --set output_dir=...")
     train.add_argument("--max-steps", type=int, help="shortcut for --set max_steps=...")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"], help="shortcut for --set device=...")
-    train.add_argument("--dry-run", action="store_true", help="print the resolved config and derived numbers, then exit")
+    train.add_argument("--dry-run", action="store_true",
+                       help="check the config, data files and output folder, print the resolved config and "
+                       "derived numbers, then exit")
     train.add_argument("--help-config", action="store_true", help="list every config field with its default and meaning")
     train.set_defaults(func=_train)
 
     export = subparsers.add_parser(
         "export",
         help="write a checkpoint's LoRA (kohya keys for ComfyUI + diffusers copy) and emotion adapter",
+        description="Export a training checkpoint (its sha256 hashes are verified first) as a kohya-key LoRA "
+        "for ComfyUI's LoraLoader, a diffusers LoRA folder and the emotion adapter.",
     )
     export.add_argument("--checkpoint", required=True,
                         help="a checkpoint folder (step-XXXXXX) or a run folder / checkpoints folder with 'latest'")
@@ -40,35 +50,39 @@ def register(subparsers) -> None:
     export.set_defaults(func=_export)
 
 
+def resolve_config(args: argparse.Namespace):
+    """The config the command line asks for, validated (no files read beyond the config itself)."""
+    from ..training.config import TrainConfig, apply_overrides, derive, load_config
+
+    config = load_config(args.config) if args.config else TrainConfig()
+    overrides = list(args.overrides)
+    for flag, key in (("model", "model.pretrained"), ("output_dir", "output_dir"), ("max_steps", "max_steps"),
+                      ("device", "device")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    apply_overrides(config, overrides)
+    return config, derive(config)
+
+
 def _train(args: argparse.Namespace) -> int:
     import json
 
-    from ..training.config import (
-        ConfigError,
-        TrainConfig,
-        apply_overrides,
-        config_to_dict,
-        derive,
-        describe_fields,
-        load_config,
-    )
+    from ..training.config import check_inputs, config_to_dict, describe_fields
+    from ..training.resume_guard import check_allow_list
+    from ..training.run_dir import check_output_dir
 
     if args.help_config:
         print(describe_fields())
         return 0
-    try:
-        config = load_config(args.config) if args.config else TrainConfig()
-        overrides = list(args.overrides)
-        for flag, key in (("model", "model.pretrained"), ("output_dir", "output_dir"), ("max_steps", "max_steps"),
-                          ("device", "device")):
-            value = getattr(args, flag)
-            if value is not None:
-                overrides.append(f"{key}={value}")
-        apply_overrides(config, overrides)
-        derived = derive(config)
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    config, derived = resolve_config(args)
+    check_allow_list(args.allow_change)
+    if args.allow_change and not args.resume:
+        from ..training.config import ConfigError
+
+        raise ConfigError("--allow-change only applies with --resume")
+    check_inputs(config)  # prompts/targets parsed, model and adapter paths present
+    check_output_dir(config.output_dir, args.resume, args.overwrite)
     if args.dry_run:
         print(json.dumps(config_to_dict(config), indent=2))
         print(f"[train] {derived.summary()} (for 1 process)")
@@ -76,7 +90,7 @@ def _train(args: argparse.Namespace) -> int:
     from ..training.trainer import GRPOTrainer
 
     trainer = GRPOTrainer(config)
-    history = trainer.train(resume=args.resume)
+    history = trainer.train(resume=args.resume, overwrite=args.overwrite, allow_change=args.allow_change)
     if history and trainer.accelerator.is_main_process:
         last = history[-1]
         print(f"[train] done: step {trainer.step}, reward {last['reward/mean']:.4f}, kl {last['train/kl']:.3e}; "
@@ -85,14 +99,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from ..training.checkpoint import CheckpointError
     from ..training.export import export_checkpoint
 
-    try:
-        paths = export_checkpoint(args.checkpoint, args.out, use_ema=not args.no_ema)
-    except (CheckpointError, FileNotFoundError, TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    paths = export_checkpoint(args.checkpoint, args.out, use_ema=not args.no_ema)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0

@@ -149,7 +149,7 @@ def load_pipeline(config: DiffusersGeneratorConfig, device: torch.device, dtype:
                 f"{path} is a single file; the diffusers backend needs a diffusers folder (with model_index.json). "
                 "Convert it with diffusers' from_single_file(...).save_pretrained(folder), or use the ComfyUI nodes."
             )
-        raise ModelLoadError(f"model folder not found: {path}. Point --model at a diffusers folder or a hub id")
+        raise ModelLoadError(f"model folder not found: {path}; give a diffusers folder (with model_index.json) or a hub id")
     if local and not (path / "model_index.json").is_file():
         raise ModelLoadError(f"{path} has no model_index.json: it is not a diffusers pipeline folder")
     kwargs: dict[str, Any] = {"dtype": dtype, **config.extra_from_pretrained}
@@ -209,7 +209,10 @@ def apply_lora(pipe: Any, lora: str, scale: float = 1.0, adapter_name: str = LOR
                              "pytorch_lora_weights.safetensors)")
     if path.suffix != ".safetensors":
         raise ModelLoadError(f"LoRA {path.name}: only .safetensors files are loaded (pickle files can run code)")
-    wanted = _lora_modules_in_file(load_file(str(path)))
+    try:
+        wanted = _lora_modules_in_file(load_file(str(path)))
+    except Exception as exc:  # safetensors raises its own error type for a corrupt or truncated file
+        raise ModelLoadError(f"LoRA {path} is not a readable safetensors file ({exc}); re-export or re-download it") from exc
     if not wanted:
         raise ModelLoadError(f"{path.name} holds no LoRA weights (no lora_down/lora_A keys); is it an emotion adapter?")
     try:

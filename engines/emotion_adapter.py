@@ -41,6 +41,14 @@ ARCH_DIMS: dict[str, tuple[int, Optional[int]]] = {
 ARCH_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL", "sd3": "SD3.x"}
 
 
+class AdapterFileError(UserError, ValueError):
+    """An emotion adapter file is missing, corrupt or not an adapter at all."""
+
+
+class AdapterNotFoundError(UserError, FileNotFoundError):
+    """The emotion adapter file does not exist."""
+
+
 class AdapterArchitectureError(UserError, ValueError):
     """An adapter meets conditioning (or a file) made for another base-model architecture."""
 
@@ -244,7 +252,7 @@ def save_emotion_adapter(adapter: EmotionAdapter, path: Union[str, Path], metada
 
     path = Path(path)
     if path.suffix != ".safetensors":
-        raise ValueError(f"emotion adapter files are .safetensors; got {path.name!r}")
+        raise AdapterFileError(f"emotion adapter files are .safetensors; got {path.name!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in adapter.state_dict().items()}
     save_file(tensors, str(path), metadata=adapter_metadata(adapter, metadata))
@@ -257,20 +265,20 @@ def read_adapter_metadata(path: Union[str, Path]) -> dict[str, str]:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"emotion adapter file not found: {path}")
+        raise AdapterNotFoundError(f"emotion adapter file not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as handle:
             meta = dict(handle.metadata() or {})
     except Exception as exc:  # safetensors raises its own error types for corrupt headers
-        raise ValueError(f"{path} is not a readable safetensors file: {exc}") from exc
+        raise AdapterFileError(f"{path} is not a readable safetensors file: {exc}") from exc
     if meta.get("format") != FORMAT_NAME:
-        raise ValueError(
+        raise AdapterFileError(
             f"{path.name} is not an EmoFeedback2 emotion adapter (metadata format={meta.get('format')!r}); "
             "is it a LoRA? Load LoRAs through the LoRA input instead."
         )
     version = int(meta.get("format_version", "0"))
     if version > FORMAT_VERSION:
-        raise ValueError(
+        raise AdapterFileError(
             f"{path.name} uses adapter format version {version}, newer than this code's {FORMAT_VERSION}; "
             "update ComfyUI-EmoFeedback2"
         )
@@ -298,7 +306,10 @@ def load_emotion_adapter(
 
     path = Path(path)
     meta = read_adapter_metadata(path)
-    config = EmotionAdapterConfig(**json.loads(meta["config"]))
+    try:
+        config = EmotionAdapterConfig(**json.loads(meta["config"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AdapterFileError(f"{path.name} has unreadable adapter metadata ({exc}); re-export the adapter") from exc
     if expected_arch is not None and config.arch != expected_arch:
         raise AdapterArchitectureError(
             f"{path.name} is an emotion adapter for {config.describe()}, but the model here is "
@@ -313,8 +324,11 @@ def load_emotion_adapter(
             "Pick the adapter trained for this base model."
         )
     adapter = EmotionAdapter(config)
-    state = load_file(str(path))
-    missing, unexpected = adapter.load_state_dict(state, strict=False)
+    try:
+        state = load_file(str(path))
+        missing, unexpected = adapter.load_state_dict(state, strict=False)
+    except Exception as exc:  # corrupt data or tensors of the wrong shape
+        raise AdapterFileError(f"{path.name} cannot be loaded as the adapter its metadata describes ({exc})") from exc
     if missing or unexpected:
-        raise ValueError(f"{path.name} does not match its own metadata: missing {missing}, unexpected {unexpected}")
+        raise AdapterFileError(f"{path.name} does not match its own metadata: missing {missing}, unexpected {unexpected}")
     return adapter.to(device=device, dtype=dtype).eval()

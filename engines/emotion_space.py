@@ -41,7 +41,8 @@ def check_component(value: Any, name: str = "valence") -> float:
     if not VA_MIN <= value <= VA_MAX:
         raise EmotionValueError(
             f"{name}={value:g} is outside [{VA_MIN:g}, {VA_MAX:g}]. If your labels use another scale, "
-            "convert them first (from_findingemo, from_emotic, from_sam in emotion_space)."
+            "convert them first: `emofeedback2 convert-scale --from sam V A` (or --from findingemo/emotic, "
+            "--range LO HI, --csv IN OUT for a file)."
         )
     return value
 

@@ -278,7 +278,10 @@ class FeedbackLoop:
 
     # -- the loop ---------------------------------------------------------------------------------
 
-    def run(self, prompt: str, target: VA, progress: Optional[ProgressCallback] = None) -> LoopResult:
+    def run(self, prompt: str, target: VA, progress: Optional[ProgressCallback] = None,
+            on_round: Optional[Callable[["LoopResult", torch.Tensor], None]] = None) -> LoopResult:
+        """``on_round(result, images)``, when given, runs after each round is committed (e.g. to write
+        that round's images and a partial report at once, so a later failure loses nothing)."""
         cfg = self.config
         if not isinstance(target, VA):
             raise TypeError(f"target must be an emotion_space.VA, got {type(target).__name__}")
@@ -345,6 +348,8 @@ class FeedbackLoop:
                 image_chunks.append(images)
                 result.images = torch.cat(image_chunks, dim=0)
                 result.rounds.append(record)
+                if on_round is not None:
+                    on_round(result, images)
                 report(progress, base + units_per_round, total)
 
                 stop = self._stop_reason(result, previous_best, r)
@@ -416,6 +421,7 @@ def run_feedback_loop(
     config: Optional[LoopConfig] = None,
     progress: Optional[ProgressCallback] = None,
     quality_fn: Optional[QualityFn] = None,
+    on_round: Optional[Callable[[LoopResult, torch.Tensor], None]] = None,
 ) -> LoopResult:
     """Run the loop once; see :class:`FeedbackLoop` (a raised cancel carries ``partial_result``)."""
-    return FeedbackLoop(generator, scorer, refiner, config, quality_fn).run(prompt, target, progress)
+    return FeedbackLoop(generator, scorer, refiner, config, quality_fn).run(prompt, target, progress, on_round)

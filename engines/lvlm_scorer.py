@@ -30,6 +30,8 @@ import torch
 
 from . import devices
 from .emotion_space import VA_MIN, VA_SPAN
+from safetensors import SafetensorError
+
 from .images import ImageBatch, ImageBatchError, to_pil_list
 from .progress import ProgressCallback, report
 from .scoring import EmotionReading
@@ -248,7 +250,7 @@ def load_lvlm(config: LVLMConfig) -> "LVLMScorer":
     try:
         model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
         processor = AutoProcessor.from_pretrained(source, **common)
-    except (OSError, ValueError, ImportError) as exc:
+    except (OSError, ValueError, ImportError, SafetensorError) as exc:  # SafetensorError: a corrupt weights file
         raise LVLMLoadError(
             f"could not load the model/processor from {source}: {exc}. The folder needs *.safetensors weights "
             f"(no .bin), config.json, tokenizer and processor files. {MODELS_LLM_HINT}."

@@ -154,6 +154,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
                     return False
                 raise ValueError(value)
             return bool(value)
+        if base in ("int", "float") and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(value)  # true/false or a list where a number belongs
         if base == "int":
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
@@ -175,7 +177,7 @@ def _fill(cls: type, data: dict, where: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"[{where}] must be a table, got {type(data).__name__}")
     names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(names))
+    unknown = sorted(str(k) for k in set(data) - set(names))
     if unknown:
         raise ConfigError(f"unknown field(s) {unknown} in [{where}]; known: {sorted(names)}")
     kwargs = {k: _coerce(v, names[k].type, f"{where}.{k}") for k, v in data.items()}
@@ -217,17 +219,32 @@ def load_config(path: str | Path) -> TrainConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; see training/configs/*.toml for examples")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".toml":
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".yaml", ".yml"):
+        raise ConfigError(f"config {path} must end in .toml, .yaml or .yml")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
+    if suffix == ".toml":
         import tomllib
 
-        data = tomllib.loads(text)
-    elif path.suffix in (".yaml", ".yml"):
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config {path} is not valid TOML: {exc}") from exc
+    else:
         import yaml
 
-        data = yaml.safe_load(text) or {}
-    else:
-        raise ConfigError(f"config {path} must end in .toml, .yaml or .yml")
+        try:  # safe_load: a '!!python/...' tag is refused, never executed
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            detail = " ".join(str(exc).split())
+            raise ConfigError(f"config {path} is not valid (safe) YAML: {detail}") from exc
+        data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must hold a table of sections (model, sampling, ...), "
+                          f"not a {type(data).__name__}")
     return config_from_dict(data)
 
 
@@ -319,27 +336,100 @@ def trained_step_indices_count(config: TrainConfig) -> int:
     return max(1, int(math.ceil(span * config.grpo.train_timestep_fraction)))
 
 
+SEED_MAX = 2**63 - 1  # numpy's and torch's seeders both take 0..2**63-1 without wrapping
+MAX_RESOLUTION = 8192
+
+
+def _number(value: Any, name: str, lo: Optional[float] = None, hi: Optional[float] = None,
+            lo_open: bool = False, hi_open: bool = False, integer: bool = False) -> float:
+    """``value`` as a finite number inside the given bounds, or a ConfigError naming the field and range."""
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type:
+        kind = "a whole number" if integer else "a number"
+        raise ConfigError(f"{name} must be {kind}, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value}")
+    low_bad = lo is not None and (value <= lo if lo_open else value < lo)
+    high_bad = hi is not None and (value >= hi if hi_open else value > hi)
+    if low_bad or high_bad:
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        fmt = (lambda x: str(int(x))) if integer else (lambda x: f"{x:g}")
+        span = f"{left}{'-inf' if lo is None else fmt(lo)}, {'inf' if hi is None else fmt(hi)}{right}"
+        raise ConfigError(f"{name} must be in {span}, got {value}")
+    return value
+
+
+def _check_numbers(config: TrainConfig) -> None:
+    """Every numeric field finite and in its range (NaN/inf would train NaN weights and exit 0)."""
+    m, s, g, o = config.model, config.sampling, config.grpo, config.optim
+    _number(m.lora_rank, "model.lora_rank", 1, 4096, integer=True)
+    _number(m.lora_alpha, "model.lora_alpha", 0, None, lo_open=True)
+    _number(m.adapter_hidden, "model.adapter_hidden", 0, 1 << 20, integer=True)
+    _number(s.steps, "sampling.steps", 1, 10_000, integer=True)
+    _number(s.eval_steps, "sampling.eval_steps", 1, 10_000, integer=True)
+    _number(s.resolution, "sampling.resolution", 8, MAX_RESOLUTION, integer=True)
+    _number(s.guidance_scale, "sampling.guidance_scale", 0, 100)
+    _number(s.eta, "sampling.eta", 0, 100, lo_open=True)
+    _number(s.sde_noise_level, "sampling.sde_noise_level", 0, 100, lo_open=True)
+    _number(s.adapter_strength, "sampling.adapter_strength", -100, 100)
+    _number(g.group_size, "grpo.group_size", 2, 1 << 16, integer=True)
+    for name in ("groups_per_step", "batch_size", "updates_per_step", "inner_epochs"):
+        _number(getattr(g, name), f"grpo.{name}", 1, 1 << 16, integer=True)
+    _number(g.clip_range, "grpo.clip_range", 0, None, lo_open=True)
+    _number(g.adv_clip, "grpo.adv_clip", 0, None, lo_open=True)
+    _number(g.kl_beta, "grpo.kl_beta", 0, None)
+    _number(g.train_timestep_fraction, "grpo.train_timestep_fraction", 0, 1, lo_open=True)
+    for i, bound in enumerate(g.train_window):
+        _number(bound, f"grpo.train_window[{i}]", 0, None, integer=True)
+    _number(o.lr, "optim.lr", 0, 1)
+    if o.adapter_lr is not None:
+        _number(o.adapter_lr, "optim.adapter_lr", 0, 1)
+    _number(o.weight_decay, "optim.weight_decay", 0, None)
+    if not isinstance(o.betas, list) or len(o.betas) != 2:
+        raise ConfigError(f"optim.betas must be two numbers [beta1, beta2], e.g. [0.9, 0.999], got {o.betas!r}")
+    for i, beta in enumerate(o.betas):
+        _number(beta, f"optim.betas[{i}]", 0, 1, hi_open=True)
+    _number(o.eps, "optim.eps", 0, 1, lo_open=True)
+    _number(o.max_grad_norm, "optim.max_grad_norm", 0, None)
+    _number(o.ema_decay, "optim.ema_decay", 0, 1, hi_open=True)
+    for i, r in enumerate(config.rewards):
+        _number(r.weight, f"rewards[{i}].weight", -1e6, 1e6)
+    _number(config.seed, "seed", 0, SEED_MAX, integer=True)
+    _number(config.max_steps, "max_steps", 0, 10**9, integer=True)
+    _number(config.save_every, "save_every", 1, 10**9, integer=True)
+    _number(config.keep_checkpoints, "keep_checkpoints", 1, 10**6, integer=True)
+    _number(config.log_every, "log_every", 1, 10**9, integer=True)
+    _number(config.image_log_every, "image_log_every", 0, 10**9, integer=True)
+    _number(config.reward_workers, "reward_workers", 0, 64, integer=True)
+
+
+def _check_device(device: str, name: str) -> None:
+    """Refuse a device this machine cannot give (``cuda`` without a GPU trained on CPU with rc 0)."""
+    from ..engines.devices import resolve_device
+
+    if device in ("", "auto"):
+        return
+    try:
+        resolve_device(device, error=ConfigError)
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
 def validate(config: TrainConfig) -> None:
-    """Fail early, with the fix, on combinations that cannot work."""
+    """Fail early, with the fix, on combinations that cannot work (no files or models are read)."""
     m, s, g, o = config.model, config.sampling, config.grpo, config.optim
     if m.arch not in ("auto", "sd15", "sdxl", "sd3"):
         raise ConfigError(f"model.arch must be auto, sd15, sdxl or sd3, got {m.arch!r}")
     if m.dtype not in ("float32", "float16", "bfloat16"):
         raise ConfigError(f"model.dtype must be float32, float16 or bfloat16, got {m.dtype!r}")
-    if m.lora_rank < 1 or m.lora_alpha <= 0:
-        raise ConfigError("model.lora_rank must be >= 1 and model.lora_alpha > 0")
-    if s.steps < 1 or s.eval_steps < 1:
-        raise ConfigError("sampling.steps and sampling.eval_steps must be >= 1")
-    if s.resolution % 8 or s.resolution < 8:
+    if not all(isinstance(t, str) and t.strip() for t in m.lora_targets):
+        raise ConfigError(f"model.lora_targets must be a list of module names (strings), got {m.lora_targets!r}")
+    if not config.rewards:
+        raise ConfigError("at least one [[rewards]] entry is needed")
+    _check_numbers(config)
+    if s.resolution % 8:
         raise ConfigError(f"sampling.resolution must be a positive multiple of 8, got {s.resolution}")
-    if s.eta <= 0:
-        raise ConfigError("sampling.eta must be > 0: DDIM with eta=0 is deterministic and has no log-prob")
-    if s.sde_noise_level <= 0:
-        raise ConfigError("sampling.sde_noise_level must be > 0 (the flow SDE needs noise for a log-prob)")
-    if g.group_size < 2:
-        raise ConfigError("grpo.group_size must be >= 2: a group of one has no relative advantage")
-    if g.groups_per_step < 1 or g.batch_size < 1 or g.updates_per_step < 1 or g.inner_epochs < 1:
-        raise ConfigError("grpo.groups_per_step, batch_size, updates_per_step and inner_epochs must be >= 1")
     per_process = g.group_size * g.groups_per_step
     if per_process % g.batch_size:
         ok = [b for b in range(1, per_process + 1) if per_process % b == 0]
@@ -352,22 +442,12 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(
             f"grpo.updates_per_step={g.updates_per_step} must divide the {micro} micro-batches per step"
         )
-    if not 0 < g.train_timestep_fraction <= 1:
-        raise ConfigError("grpo.train_timestep_fraction must be in (0, 1]")
     if g.train_window:
         if len(g.train_window) != 2:
             raise ConfigError("grpo.train_window must be [start, end) or empty")
         start, end = int(g.train_window[0]), int(g.train_window[1])
         if not 0 <= start < end <= s.steps:
             raise ConfigError(f"grpo.train_window {g.train_window} must satisfy 0 <= start < end <= sampling.steps={s.steps}")
-    if g.clip_range <= 0 or g.adv_clip <= 0 or g.kl_beta < 0:
-        raise ConfigError("grpo.clip_range and grpo.adv_clip must be > 0 and grpo.kl_beta >= 0")
-    if o.lr < 0 or (o.adapter_lr is not None and o.adapter_lr < 0):
-        raise ConfigError("optim.lr and optim.adapter_lr must be >= 0")
-    if not 0 <= o.ema_decay < 1:
-        raise ConfigError("optim.ema_decay must be in [0, 1)")
-    if not config.rewards:
-        raise ConfigError("at least one [[rewards]] entry is needed")
     for i, r in enumerate(config.rewards):
         if r.kind not in ("lvlm", "color", "brightness", "clip_quality"):
             raise ConfigError(f"rewards[{i}].kind must be lvlm, color, brightness or clip_quality, got {r.kind!r}")
@@ -375,10 +455,52 @@ def validate(config: TrainConfig) -> None:
             raise ConfigError(f"rewards[{i}] ({r.kind}) needs path = a local model folder or hub id")
         if r.normalize not in ("group", "batch", "none"):
             raise ConfigError(f"rewards[{i}].normalize must be 'group', 'batch' or 'none', got {r.normalize!r}")
+        if r.dtype not in ("float32", "float16", "bfloat16"):
+            raise ConfigError(f"rewards[{i}].dtype must be float32, float16 or bfloat16, got {r.dtype!r}")
+        _check_device(r.device, f"rewards[{i}].device")
     if config.max_steps < 0 or config.save_every < 1 or config.keep_checkpoints < 1:
         raise ConfigError("max_steps must be >= 0, save_every and keep_checkpoints >= 1")
     if config.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda, got {config.device!r}")
+    _check_device(config.device, "device")
+    if not str(config.output_dir).strip():
+        raise ConfigError("output_dir is empty: set it to the run folder (checkpoints, logs, exports)")
+
+
+def check_inputs(config: TrainConfig, need_model: bool = True) -> None:
+    """Read what the run will read before anything heavy loads: prompts and targets parsed, model and
+    adapter paths present. ``train --dry-run`` runs this too."""
+    from .data import load_prompts, load_targets
+
+    load_prompts(config.data.prompts_file)
+    if str(config.data.targets) != "uniform":
+        load_targets(config.data.targets)
+    _check_local_path(config.model.pretrained, "model.pretrained", folder=True, required=need_model)
+    if config.model.adapter_init:
+        _check_local_path(config.model.adapter_init, "model.adapter_init", folder=False, required=True)
+    for i, r in enumerate(config.rewards):
+        if r.path:
+            _check_local_path(r.path, f"rewards[{i}].path", folder=True, required=True)
+
+
+def _check_local_path(value: str, name: str, folder: bool, required: bool) -> None:
+    text = str(value).strip()
+    if not text:
+        if required:
+            raise ConfigError(f"{name} is empty: set it to a local folder or hub id")
+        return
+    path = Path(text).expanduser()
+    looks_local = path.exists() or text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1
+    if not folder:
+        looks_local = True  # files (adapter .safetensors) are always local
+    if not looks_local:
+        return  # a hub id ("org/name"): the loader says whether it can be had
+    if not path.exists():
+        raise ConfigError(f"{name} = {text!r} does not exist; point it at an existing {'folder' if folder else 'file'}")
+    if folder and not path.is_dir():
+        raise ConfigError(f"{name} = {text!r} is a file; it must be a model folder")
+    if not folder and not path.is_file():
+        raise ConfigError(f"{name} = {text!r} is a folder; it must be a .safetensors file")
 
 
 def derive(config: TrainConfig, num_processes: int = 1) -> Derived:

@@ -8,6 +8,7 @@ CSV/JSONL file (``valence,arousal[,prompt]``; a row's prompt, when given, replac
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,44 +16,104 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..engines.emotion_space import VA, VA_MAX, VA_MIN, EmotionValueError
+from ..engines.emotion_space import VA, VA_MAX, VA_MIN
+from ..engines.errors import UserError
 
 DEFAULT_PROMPTS = Path(__file__).with_name("data") / "neutral_prompts.txt"
+JSON_SUFFIXES = (".jsonl", ".json")
+MAX_PROMPT_CHARS = 2000
+
+
+class DataError(UserError, ValueError):
+    """A prompts or targets file is missing, not UTF-8, or holds a row that cannot be used."""
+
+
+def _read_text(path: Path, what: str, setting: str) -> str:
+    if not path.is_file():
+        hint = "a folder" if path.is_dir() else "not found"
+        raise DataError(f"{what} file {path} is {hint}; set {setting} to an existing file")
+    try:
+        return path.read_text(encoding="utf-8-sig")  # -sig: a BOM from Excel/Notepad is not part of the text
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{what} file {path} is not UTF-8 text (bad byte at offset {exc.start}); "
+                        "re-save it as UTF-8") from exc
 
 
 def load_prompts(path: str | Path = "") -> list[str]:
-    path = Path(path) if path else DEFAULT_PROMPTS
-    if not path.is_file():
-        raise FileNotFoundError(f"prompts file {path} not found; set data.prompts_file to a text file, one prompt per line")
-    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    path = Path(path) if str(path).strip() else DEFAULT_PROMPTS
+    text = _read_text(path, "prompts", "data.prompts_file")
+    prompts = [line.strip() for line in text.splitlines()]
     prompts = [p for p in prompts if p and not p.startswith("#")]
     if not prompts:
-        raise ValueError(f"prompts file {path} holds no prompts (empty lines and '#' comments are skipped)")
+        raise DataError(f"prompts file {path} holds no prompts (empty lines and '#' comments are skipped)")
+    for i, prompt in enumerate(prompts):
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise DataError(f"prompts file {path}: prompt {i + 1} has {len(prompt)} characters; "
+                            f"keep prompts under {MAX_PROMPT_CHARS}")
     return prompts
 
 
+def _json_rows(path: Path, text: str) -> list:
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path.name} is not valid JSON (line {exc.lineno}): {exc.msg}") from exc
+        if isinstance(data, dict) and isinstance(data.get("targets"), list):
+            data = data["targets"]
+        if not isinstance(data, list):
+            raise DataError(f"{path.name} must hold a list of {{\"valence\": v, \"arousal\": a}} objects")
+        return data
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path.name} line {n} is not a JSON object: {exc.msg}") from exc
+    return rows
+
+
+def _csv_rows(text: str) -> list:
+    reader = csv.DictReader(io.StringIO(text))
+    if reader.fieldnames:  # " Valence " and "valence" are the same column
+        reader.fieldnames = [(name or "").strip().lower() for name in reader.fieldnames]
+    return list(reader)
+
+
 def load_targets(path: str | Path) -> list[tuple[VA, Optional[str]]]:
-    """Rows of (VA, optional prompt) from CSV (header with valence, arousal[, prompt]) or JSONL."""
+    """Rows of (VA, optional prompt) from CSV (header with valence, arousal[, prompt]), JSONL or JSON."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"targets file {path} not found; set data.targets to 'uniform' or a CSV/JSONL file")
-    rows: list[dict] = []
-    if path.suffix == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    else:
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
+    text = _read_text(path, "targets", "data.targets ('uniform' or a CSV/JSONL/JSON file)")
+    rows = _json_rows(path, text) if path.suffix.lower() in JSON_SUFFIXES else _csv_rows(text)
     out = []
     for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataError(f"{path.name} row {i + 1}: need an object with valence and arousal, got {row!r:.60}")
+        row = {str(k).strip().lower(): v for k, v in row.items()}
         try:
-            point = VA(float(row["valence"]), float(row["arousal"]))
-        except (KeyError, TypeError, ValueError, EmotionValueError) as exc:
-            raise ValueError(f"{path.name} row {i + 1}: need valence and arousal in [-3, 3] ({exc})") from exc
-        prompt = (row.get("prompt") or "").strip() or None
+            point = VA(_value(row["valence"]), _value(row["arousal"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            detail = f"missing column {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise DataError(f"{path.name} row {i + 1}: need valence and arousal in [-3, 3] ({detail}); "
+                            "convert other scales with `emofeedback2 convert-scale`") from exc
+        prompt = row.get("prompt")
+        if prompt is not None and not isinstance(prompt, str):
+            raise DataError(f"{path.name} row {i + 1}: prompt must be text, got {prompt!r:.60}")
+        prompt = (prompt or "").strip() or None
+        if prompt is not None and len(prompt) > MAX_PROMPT_CHARS:
+            raise DataError(f"{path.name} row {i + 1}: prompt longer than {MAX_PROMPT_CHARS} characters")
         out.append((point, prompt))
     if not out:
-        raise ValueError(f"targets file {path} has no rows")
+        raise DataError(f"targets file {path} has no rows")
     return out
+
+
+def _value(raw) -> float:
+    if isinstance(raw, bool) or raw is None:
+        raise ValueError(f"got {raw!r}")
+    return float(raw.strip() if isinstance(raw, str) else raw)
 
 
 def quadrant(valence: float, arousal: float) -> str:

@@ -109,8 +109,12 @@ def export_all(out_dir: str | Path, arch: str, lora_state: dict[str, torch.Tenso
     """Write the kohya LoRA, the diffusers copy and (if given) the emotion adapter into ``out_dir``."""
     from safetensors.torch import save_file
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from .checkpoint import check_finite
+
+    check_finite(lora_state, "LoRA")
+    if adapter is not None:
+        check_finite(dict(adapter.state_dict()), "emotion adapter")
+    out_dir = _output_folder(out_dir)
     meta = {"ss_network_dim": str(lora_rank), "ss_network_alpha": str(lora_alpha), "emofeedback2_arch": arch}
     for k, v in (metadata or {}).items():
         meta[str(k)] = v if isinstance(v, str) else json.dumps(v, default=str)
@@ -128,31 +132,57 @@ def export_all(out_dir: str | Path, arch: str, lora_state: dict[str, torch.Tenso
     return paths
 
 
+def _output_folder(out_dir: str | Path) -> Path:
+    from .checkpoint import CheckpointError
+
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise CheckpointError(f"export folder {out_dir} (or a parent) is a file; choose a folder for --out") from exc
+    except OSError as exc:
+        raise CheckpointError(f"export folder {out_dir} cannot be created ({exc.strerror or exc})") from exc
+    return out_dir
+
+
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, use_ema: bool = True) -> dict[str, Path]:
     """Export a training checkpoint folder (or a run folder with a ``latest`` pointer)."""
     from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 
     checkpoint = Path(checkpoint)
-    if (checkpoint / "latest").is_file() or (checkpoint / "checkpoints" / "latest").is_file():
-        root = checkpoint if (checkpoint / "latest").is_file() else checkpoint / "checkpoints"
-        checkpoint = latest_checkpoint(root)
-        if checkpoint is None:
-            raise CheckpointError(f"{root} has no complete checkpoint yet")
-    weights, _state, meta = load_checkpoint(checkpoint)
+    if not checkpoint.is_dir():
+        raise CheckpointError(f"--checkpoint {checkpoint} is not a folder; give a step-NNNNNN folder or a run folder")
+    if not (checkpoint / "manifest.json").exists():
+        root = checkpoint if (checkpoint / "latest").exists() else checkpoint / "checkpoints"
+        found = latest_checkpoint(root) if root.is_dir() else None
+        if found is None:
+            raise CheckpointError(f"{checkpoint} is neither a checkpoint (step-NNNNNN with manifest.json) nor a run "
+                                  "folder with checkpoints/latest")
+        checkpoint = found
+    weights, _state, meta = load_checkpoint(checkpoint)  # verifies the recorded sha256 of every file
+    try:
+        model = meta["config"]["model"]
+        arch, rank, alpha = meta["arch"], int(model["lora_rank"]), float(model["lora_alpha"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{checkpoint}/state.json lacks the run's model settings ({exc})") from exc
     if use_ema and any(k.startswith("ema.") for k in weights):
         weights = {k[len("ema."):]: v for k, v in weights.items() if k.startswith("ema.")}
     else:
         weights = {k: v for k, v in weights.items() if not k.startswith("ema.")}
-    model = meta["config"]["model"]
     lora = {k: v for k, v in weights.items() if k.startswith("denoiser.")}
     adapter = None
     adapter_state = {k[len("adapter."):]: v for k, v in weights.items() if k.startswith("adapter.")}
     if adapter_state:
         from ..engines.emotion_adapter import EmotionAdapter, EmotionAdapterConfig
 
-        adapter = EmotionAdapter(EmotionAdapterConfig(**meta["adapter_config"]))
-        full = adapter.state_dict()
-        full.update(adapter_state)
-        adapter.load_state_dict(full)
-    return export_all(out_dir, meta["arch"], lora, int(model["lora_rank"]), float(model["lora_alpha"]), adapter,
+        try:
+            adapter = EmotionAdapter(EmotionAdapterConfig(**meta["adapter_config"]))
+            full = adapter.state_dict()
+            full.update(adapter_state)
+            adapter.load_state_dict(full)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{checkpoint}: the emotion adapter does not match its recorded shape ({exc})") from exc
+    if not lora:
+        raise CheckpointError(f"{checkpoint} holds no LoRA tensors (denoiser.*); it is not a training checkpoint")
+    return export_all(out_dir, arch, lora, rank, alpha, adapter,
                       metadata={"step": meta.get("step"), "source": str(checkpoint)})

@@ -26,8 +26,18 @@ import numpy as np
 import torch
 
 from ..engines.devices import DTYPES
-from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import Derived, TrainConfig, config_to_dict, derive
+from . import resume_guard
+from .checkpoint import (
+    CheckpointError,
+    NonFiniteError,
+    check_finite,
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from .config import Derived, TrainConfig, check_inputs, config_to_dict, derive
 from .data import PromptTargetSampler, load_prompts, quadrant
 from .grpo import EMA, group_advantages, ppo_clip_loss
 from .precision import check_mixed_precision, make_accelerator
@@ -45,6 +55,15 @@ from .rewards import AsyncRewardRunner, CompositeReward, build_reward
 
 
 
+def json_equal(a: Any, b: Any) -> Optional[bool]:
+    """Compare a config as saved in JSON with one built now (tuples become lists); None if nothing saved."""
+    import json
+
+    if a is None:
+        return None
+    return json.loads(json.dumps(a, default=str)) == json.loads(json.dumps(b, default=str))
+
+
 class GRPOTrainer:
     """GRPO on a diffusers pipeline's denoiser LoRA and an emotion adapter. See the module docstring."""
 
@@ -57,11 +76,10 @@ class GRPOTrainer:
         acc = self.accelerator
         check_mixed_precision(acc, config.model.dtype)
         self.derived: Derived = derive(config, acc.num_processes)
+        check_inputs(config, need_model=pipe is None)  # data files parsed, paths present: before any loading
         self.device = acc.device
         self.dtype = DTYPES[config.model.dtype]
         if pipe is None:
-            if not config.model.pretrained:
-                raise ValueError("model.pretrained is empty: set it to a diffusers folder or hub id")
             pipe = load_pipeline(DiffusersGeneratorConfig(model=config.model.pretrained, dtype=config.model.dtype,
                                                           device=str(self.device)), self.device, self.dtype)
         self.pipe = pipe
@@ -105,12 +123,10 @@ class GRPOTrainer:
         self.ratio_dev_before_first_update = 0.0
         self.history: list[dict[str, float]] = []
         self.out = Path(config.output_dir)
+        self.config_history: list[dict] = []  # settings changed at resumes (kept in every checkpoint)
         self.writer = None
         self.log_console = log
-        if log and acc.is_main_process:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.out / "tb"))
+        self._log_enabled = log and acc.is_main_process  # the writer opens lazily: construction writes nothing
 
     # --- set-up helpers ---------------------------------------------------------------------------
     def _build_adapter(self):
@@ -181,6 +197,7 @@ class GRPOTrainer:
         all_parts = {k: acc.gather(v.to(self.device)).cpu() for k, v in parts.items()}
         all_gids = acc.gather(gids).cpu()
         rewards = self.reward.combine(all_parts, all_gids)
+        self._check_finite_rewards(all_parts, rewards)
         shares = self.reward.advantage_shares(all_parts, all_gids)
         adv_all, info = group_advantages(rewards, all_gids, global_std=c.grpo.global_std, clip=c.grpo.adv_clip)
         me = acc.process_index
@@ -338,6 +355,10 @@ class GRPOTrainer:
         tqdm.write(f"[train] step {self.step} reward {metrics['reward/mean']:.4f} advantage share: {split}")
 
     def _log(self, metrics: dict[str, float], trajs: list[Trajectory]) -> None:
+        if self.writer is None and self._log_enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out / "tb"))
         if self.writer is None:
             return
         c = self.config
@@ -376,47 +397,113 @@ class GRPOTrainer:
             "arch": self.arch,
             "adapter_config": dataclasses.asdict(self.adapter.config) if self.adapter is not None else None,
             "derived": dataclasses.asdict(self.derived),
+            "config_history": self.config_history,
         }
         return save_checkpoint(self.checkpoint_root(), self.step, weights, state, meta, self.config.keep_checkpoints)
 
-    def resume(self, path: Optional[str | Path] = None) -> bool:
-        """Load the latest (or given) checkpoint; False when there is none."""
+    def resume(self, path: Optional[str | Path] = None, allow_change: Sequence[str] = ()) -> bool:
+        """Load the latest (or given) checkpoint; False when there is none.
+
+        The checkpoint must come from the same run (see :mod:`.resume_guard`): identity and
+        run-defining changes are refused, optimiser/EMA changes are applied here and recorded.
+        """
         path = Path(path) if path else latest_checkpoint(self.checkpoint_root())
         if path is None:
             return False
         weights, state, meta = load_checkpoint(path)
-        if meta["arch"] != self.arch:
-            raise ValueError(f"checkpoint {path} is for {meta['arch']}, this run is {self.arch}")
+        if meta.get("arch") != self.arch:
+            raise resume_guard.ResumeMismatchError(
+                f"resume refused: checkpoint {path} is for {meta.get('arch')}, this run's model is {self.arch}")
+        changes = resume_guard.compare(meta.get("config") or {}, self.config, allow_change)
+        adapter_config = dataclasses.asdict(self.adapter.config) if self.adapter is not None else None
+        if json_equal(meta.get("adapter_config"), adapter_config) is False:
+            raise resume_guard.ResumeMismatchError(
+                f"resume refused: the emotion adapter's shape differs from checkpoint {path} "
+                f"({meta.get('adapter_config')} vs {adapter_config}); restore the adapter settings")
         params = dict(self.trainable)
-        missing = sorted(set(params) - set(weights))
-        if missing:
-            raise ValueError(f"checkpoint {path} lacks {len(missing)} trainable tensors (e.g. {missing[0]}); "
-                             "was it written with another LoRA rank/targets or adapter setting?")
+        saved = {k for k in weights if not k.startswith("ema.")}
+        missing, extra = sorted(set(params) - saved), sorted(saved - set(params))
+        if missing or extra:
+            example = (missing or extra)[0]
+            raise resume_guard.ResumeMismatchError(
+                f"resume refused: checkpoint {path} does not hold this model's trainable tensors "
+                f"({len(missing)} missing, {len(extra)} extra, e.g. {example}); was it written with another "
+                "LoRA rank/targets or adapter setting?")
+        for name, p in params.items():
+            if tuple(weights[name].shape) != tuple(p.shape):
+                raise resume_guard.ResumeMismatchError(
+                    f"resume refused: {name} is {tuple(weights[name].shape)} in {path}, {tuple(p.shape)} now")
+        check_finite(weights, f"checkpoint {path}")
+        resume_guard.check_step(int(meta["step"]), self.config, str(path))
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(weights[name].to(p.device, p.dtype))
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        if self.ema is not None and state.get("ema"):
-            self.ema.load_state_dict(state["ema"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"the optimiser state in {path} does not fit this run: {exc}") from exc
+        resume_guard.apply_optimizer_settings(self.optimizer, self.config)  # changed lr/betas/... take effect
+        if self.ema is not None:
+            if state.get("ema"):
+                self.ema.load_state_dict(state["ema"])
+                self.ema.decay = float(self.config.optim.ema_decay)
+            else:  # EMA switched on at this resume: it starts from the resumed weights, not the initial ones
+                self.ema = EMA([p for _, p in self.trainable], self.config.optim.ema_decay)
         set_rng_state(state["rng"])
         self.updates = int(state["updates"])
         self.step = int(meta["step"])
+        self.config_history = resume_guard.config_history(meta, self.step, changes)
+        if changes and self.accelerator.is_main_process:
+            print(f"[train] resume at step {self.step} with changed settings: {resume_guard.describe(changes)}")
         return True
 
     # --- the loop ---------------------------------------------------------------------------------
-    def train(self, resume: bool = False) -> list[dict[str, float]]:
-        c = self.config
-        if resume and self.resume() and self.accelerator.is_main_process:
-            print(f"[train] resumed at step {self.step}")
+    def _check_finite_rewards(self, parts: dict[str, torch.Tensor], rewards: torch.Tensor) -> None:
+        """A NaN/inf reward stops the run with the reward's name (it would poison every advantage)."""
+        if bool(torch.isfinite(rewards).all()):
+            return
+        bad = [name for name, value in parts.items() if not bool(torch.isfinite(value).all())] or ["total"]
+        raise NonFiniteError(f"step {self.step}: reward {bad[0]!r} returned NaN/inf, so the run stopped before "
+                             "this step was used or saved; check that reward model, then continue with --resume")
+
+    def _check_finite_step(self, metrics: dict[str, float]) -> None:
+        """Stop before a diverged step is saved: NaN/inf in the loss, reward or any trainable weight."""
+        bad = [k for k in ("train/loss", "reward/mean", "train/grad_norm") if not math.isfinite(metrics.get(k, 0.0))]
+        bad += [n for n, p in self.trainable if not bool(torch.isfinite(p.detach()).all())][:1]
+        if bad:
+            raise NonFiniteError(
+                f"step {self.step}: {bad[0]} became NaN/inf, so the run stopped before saving it; "
+                f"'latest' still names the last good checkpoint. Lower optim.lr (now {self.config.optim.lr}) "
+                "and continue with --resume")
+
+    def train(self, resume: bool = False, overwrite: bool = False,
+              allow_change: Sequence[str] = ()) -> list[dict[str, float]]:
+        """Run to ``max_steps``. A new run needs an empty ``output_dir`` (or ``overwrite``); ``resume``
+        needs a valid ``latest`` there (a missing one is an error, not a fresh start)."""
+        from .run_dir import check_output_dir, prepare_output_dir
+
+        c, acc = self.config, self.accelerator
+        check_output_dir(self.out, resume, overwrite)  # every process: read-only, so all refuse together
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            prepare_output_dir(self.out, resume, overwrite)
+        acc.wait_for_everyone()
+        if resume:
+            self.resume(allow_change=allow_change)
+            if acc.is_main_process:
+                print(f"[train] resumed at step {self.step}")
+                if self.step == c.max_steps:
+                    print(f"[train] nothing to train: the checkpoint is already at max_steps={c.max_steps}")
         self.print_summary()
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=c.max_steps, initial=self.step, disable=not (c.progress and self.accelerator.is_main_process),
+        bar = tqdm(total=c.max_steps, initial=self.step, disable=not (c.progress and acc.is_main_process),
                    desc="GRPO")
         try:
             while self.step < c.max_steps:
                 metrics = self.train_step()
+                self._check_finite_step(metrics)
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['train/kl']:.2e}")
                 if self.step % c.save_every == 0 or self.step == c.max_steps:
@@ -426,7 +513,7 @@ class GRPOTrainer:
             self.runner.close()
             if self.writer is not None:
                 self.writer.close()
-        if c.export_at_end and self.accelerator.is_main_process:
+        if c.export_at_end and acc.is_main_process:
             self.export(self.out / "export")
         return self.history
 
