@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-rank", type=int, default=32)
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--size-override", default="", help=argparse.SUPPRESS)  # JSON; tests shrink the real config
+    from .train_plan import add_plan_arguments  # memory plan of the one-GPU recipe (issue 15)
+
+    add_plan_arguments(parser)
 
 
 class SavedBytes:
@@ -138,6 +141,10 @@ def run(args: argparse.Namespace) -> int:
     from ..engines.devices import DTYPES
     from ..training.trainer import GRPOTrainer
 
+    if getattr(args, "plan", False):
+        from .train_plan import run_plan
+
+        return run_plan(args)
     if args.device == "cpu":
         torch.set_num_threads(max(1, args.threads))
     device = torch.device(args.device)

@@ -25,7 +25,9 @@ def register(subparsers) -> None:
     train.add_argument("--output-dir", help="shortcut for --set output_dir=...")
     train.add_argument("--max-steps", type=int, help="shortcut for --set max_steps=...")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"], help="shortcut for --set device=...")
-    train.add_argument("--dry-run", action="store_true", help="print the resolved config and derived numbers, then exit")
+    train.add_argument("--dry-run", action="store_true",
+                       help="print the resolved config, derived numbers and the memory plan (meta device, no weights), "
+                       "then exit")
     train.add_argument("--help-config", action="store_true", help="list every config field with its default and meaning")
     train.set_defaults(func=_train)
 
@@ -72,6 +74,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(json.dumps(config_to_dict(config), indent=2))
         print(f"[train] {derived.summary()} (for 1 process)")
+        from ..training.memory_plan import print_plan_or_reason
+
+        print_plan_or_reason(config)
         return 0
     from ..training.trainer import GRPOTrainer
 
