@@ -337,25 +337,31 @@ def _conditioning_dims(arch: str, components: dict[str, nn.Module]) -> tuple[int
 def measure_activations(arch: str, denoiser: nn.Module, adapter: Optional[nn.Module], vae: nn.Module, *,
                         batch: int, resolution: int, dtype: torch.dtype, guidance: float,
                         gradient_checkpointing: bool, tokens: int, context_dim: int,
-                        pooled_dim: Optional[int]) -> ActivationFigures:
-    """Saved-for-backward bytes of one training forward and the live peaks of rollout and decoding (meta)."""
+                        pooled_dim: Optional[int], device: str = "meta",
+                        fused_attention: bool = True) -> ActivationFigures:
+    """Saved-for-backward bytes of one training forward and the live peaks of rollout and decoding.
+
+    ``device="meta"`` (the plan) needs no memory; the same count on real tensors (``"cpu"``) is what
+    tests compare it with. ``fused_attention=False`` keeps the installed SDPA kernel.
+    """
     from .policies import PolicyNet, Conditioning
 
     net = PolicyNet(arch, denoiser, adapter, dtype)
     scale = 2 ** (len(vae.config.block_out_channels) - 1)
     side = resolution // scale
     channels = denoiser.config.in_channels
-    meta = dict(device="meta")
-    x = torch.empty(batch, channels, side, side, dtype=torch.float32, **meta)
+    on = dict(device=device)
+    x = torch.randn(batch, channels, side, side, dtype=torch.float32, **on)
     cfg = guidance != 1.0
-    context = torch.empty(batch, tokens, context_dim, **meta)
-    pooled = None if pooled_dim is None else torch.empty(batch, pooled_dim, **meta)
+    context = torch.randn(batch, tokens, context_dim, **on)
+    pooled = None if pooled_dim is None else torch.randn(batch, pooled_dim, **on)
     cond = Conditioning(context, pooled, context.clone() if cfg else None,
                         None if pooled is None or not cfg else pooled.clone())
-    va = torch.empty(batch, 2, **meta)
-    t = torch.empty((), **meta)
+    va = torch.zeros(batch, 2, **on)
+    t = torch.tensor(500.0, **on)
     if arch == "sdxl":
-        net.time_ids = torch.empty(1, 6, **meta)
+        net.time_ids = torch.full((1, 6), float(resolution), **on)
+    attention = fused_attention_stand_in if fused_attention else contextlib.nullcontext
     params = list(net.parameters())
     seen: dict = {}
     outer = _SavedCounter(params, seen)
@@ -376,7 +382,7 @@ def measure_activations(arch: str, denoiser: nn.Module, adapter: Optional[nn.Mod
         denoiser.enable_gradient_checkpointing(gradient_checkpointing_func=checkpoint_counter)
     denoiser.train()
     try:
-        with _shape_only_va_check(), fused_attention_stand_in(), torch.autograd.graph.saved_tensors_hooks(outer.pack, outer.unpack):
+        with _shape_only_va_check(), attention(), torch.autograd.graph.saved_tensors_hooks(outer.pack, outer.unpack):
             net(x, t, cond, va, guidance, 1.0)
     finally:
         if gradient_checkpointing:
@@ -385,10 +391,10 @@ def measure_activations(arch: str, denoiser: nn.Module, adapter: Optional[nn.Mod
     saved = outer.bytes + inputs.bytes + largest
     # rollout: the same forward without autograd; then decoding one micro-batch
     roll = LiveBytes()
-    with torch.no_grad(), _shape_only_va_check(), fused_attention_stand_in(), roll:
+    with torch.no_grad(), _shape_only_va_check(), attention(), roll:
         net(x, t, cond, va, guidance, 1.0)
     dec = LiveBytes()
-    with torch.no_grad(), fused_attention_stand_in(), dec:
+    with torch.no_grad(), attention(), dec:
         vae.decode(x.to(vae.dtype), return_dict=False)
     method = ("saved_tensors_hooks on the real-size model on the meta device (fused-SDPA stand-in)"
               + ("; checkpointed: outside + block inputs + largest block" if gradient_checkpointing else ""))
