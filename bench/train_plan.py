@@ -76,9 +76,11 @@ def run_plan(args: argparse.Namespace) -> int:
         for label, overrides in OPTIONS:
             variant = apply_overrides(copy.deepcopy(config), overrides)
             other = plan_training(variant)
-            peak = other.peak(other.training_device)[0]
+            peak, phase = other.peak(other.training_device)
+            score = other.phase_bytes(other.training_device, "score:lvlm") if "score:lvlm" in other.phases else 0
             extra = "".join(f", {d} peak {other.peak(d)[0] / GIB:.2f} GiB" for d in other.accelerator_devices()
                             if d != other.training_device)
-            print(f"  {label:<38} {peak / GIB:6.2f} GiB ({(peak - base) / GIB:+.2f}){extra}")
+            print(f"  {label:<38} {peak / GIB:6.2f} GiB ({(peak - base) / GIB:+.2f}) in {phase}; "
+                  f"judge phase {score / GIB:.2f} GiB{extra}")
     print(f"planned_peak_gib={plan.planned_peak_bytes() / GIB:.2f}")
     return 0

@@ -454,6 +454,9 @@ def plan_training(config, *, components: Optional[dict[str, nn.Module]] = None,
     from .config import derive
     from .policies import add_lora
 
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()  # the meta modules' dtype casts are intended, not a warning
     derived = derive(config)
     m, s, g = config.model, config.sampling, config.grpo
     components = components if components is not None else pipeline_components(m.pretrained)
