@@ -61,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="LoRA rank (none = 32 at --real-size, 4 on the tiny model)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--size-override", default="", help=argparse.SUPPRESS)  # JSON; tests shrink the real config
+    from .train_plan import add_plan_arguments  # memory plan of the one-GPU recipe (issue 15)
+
+    add_plan_arguments(parser)
 
 
 class LiveSavedBytes:
@@ -202,6 +205,10 @@ def run(args: argparse.Namespace) -> int:
     from ..engines.devices import DTYPES
     from ..training.trainer import GRPOTrainer
 
+    if getattr(args, "plan", False):
+        from .train_plan import run_plan
+
+        return run_plan(args)
     if args.device == "cpu":
         torch.set_num_threads(max(1, args.threads))
     device = torch.device(args.device)

@@ -32,8 +32,8 @@ def register(subparsers) -> None:
     train.add_argument("--max-steps", type=int, help="shortcut for --set max_steps=...")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"], help="shortcut for --set device=...")
     train.add_argument("--dry-run", action="store_true",
-                       help="check the config, data files and output folder, print the resolved config and "
-                       "derived numbers, then exit")
+                       help="check the config, data files and output folder, print the resolved config, "
+                       "derived numbers and the memory plan (meta device, no weights), then exit")
     train.add_argument("--help-config", action="store_true", help="list every config field with its default and meaning")
     train.set_defaults(func=_train)
 
@@ -86,6 +86,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(json.dumps(config_to_dict(config), indent=2))
         print(f"[train] {derived.summary()} (for 1 process)")
+        from ..training.memory_plan import print_plan_or_reason
+
+        print_plan_or_reason(config)
         return 0
     from ..training.trainer import GRPOTrainer
 

@@ -53,12 +53,18 @@ class SamplingConfig:
     eta: float = _f(1.0, "DDIM eta for SD1.5/SDXL rollouts; must be > 0 (eta=0 has no log-prob)")
     sde_noise_level: float = _f(0.7, "'a' in the flow SDE sigma_t = a*sqrt(t/(1-t)) for SD3.x rollouts")
     adapter_strength: float = _f(1.0, "emotion adapter strength during rollouts and training")
+    cfg_free_training: bool = _f(False, "Flow-GRPO: roll out and train without guidance (half the denoiser batch); "
+                                 "evaluation still samples with guidance_scale")
 
 
 @dataclass
 class DataConfig:
     prompts_file: str = _f("", "text file, one prompt per line ('#' comments); empty = the shipped neutral prompts")
     targets: str = _f("uniform", "'uniform' over [-3,3]^2, or a CSV/JSONL file with valence,arousal[,prompt] rows")
+    cache_prompt_embeddings: bool = _f(False, "encode every training prompt once, keep the embeddings in host memory "
+                                       "and free the text encoders (SD3.x: frees T5-XXL + both CLIPs)")
+    prompt_cache_file: str = _f("", "safetensors file for the prompt cache, reused when model and prompts match "
+                                "('' = host memory only)")
 
 
 @dataclass
@@ -75,6 +81,8 @@ class GRPOConfig:
     train_timestep_fraction: float = _f(1.0, "fraction of the sampling steps trained per sample (random subset)")
     train_window: list = _f([], "[start, end) step indices to train on (MixGRPO-style window); empty = all")
     shuffle_advantages: bool = _f(False, "CONTROL ONLY: permute advantages between samples (destroys the signal)")
+    ratio_norm: str = _f("none", "'none' or 'grpo_guard' (GRPO-Guard: centre and rescale the per-step log ratio "
+                         "so its mean is not biased below 1 at low-noise steps; flow models also reweight by 1/|dt|)")
 
 
 @dataclass
@@ -99,7 +107,23 @@ class RewardSpec:
     path: str = _f("", "model folder / hub id: the LVLM for 'lvlm', a CLIPModel+processor for 'clip_quality'")
     device: str = _f("", "device of the reward model ('' = the training device)")
     dtype: str = _f("float32", "dtype of the reward model")
-    offload: bool = _f(False, "move the reward model to CPU between uses (saves GPU memory)")
+    offload: bool = _f(False, "move the reward model to CPU between uses (saves GPU memory); with "
+                       "reward_schedule='step' that is one swap in and out per step")
+    quantization: str = _f("none", "LVLM judge weights: 'none', '8bit' or '4bit' (bitsandbytes, CUDA only)")
+    images_per_pass: int = _f(0, "LVLM judge images per forward pass inside its one call per step (0 = all)")
+    role: str = _f("auto", "'emotion', 'quality' or 'auto' (clip_quality = quality, others = emotion): how the "
+                   "held-out check reports it")
+
+
+@dataclass
+class HeldoutConfig:
+    every: int = _f(0, "held-out check every N steps (0 = off): deterministic sampler on a fixed set, emotion "
+                    "reward, quality reward and distance to the base model's images logged apart")
+    prompts_file: str = _f("", "held-out prompts, one a line ('' = the first num_prompts training prompts)")
+    num_prompts: int = _f(4, "prompts in the held-out set")
+    targets: list = _f([[-2.0, -2.0], [-2.0, 2.0], [2.0, -2.0], [2.0, 2.0]], "V-A targets of the held-out set")
+    steps: int = _f(0, "sampling steps of the held-out images (0 = sampling.eval_steps)")
+    tolerance: float = _f(0.0, "warn when emotion reward rises and quality falls by more than this between checks")
 
 
 @dataclass
@@ -109,6 +133,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    heldout: HeldoutConfig = field(default_factory=HeldoutConfig)
     rewards: list = field(default_factory=lambda: [RewardSpec()], metadata={"help": "list of [[rewards]] tables"})
     output_dir: str = _f("runs/grpo", "checkpoints, TensorBoard logs and exports go here")
     seed: int = _f(0, "master seed: prompts, targets and every sample's noise derive from (seed, step)")
@@ -119,11 +144,15 @@ class TrainConfig:
     image_log_every: int = _f(10, "TensorBoard sample grid every N steps (0 = never)")
     device: str = _f("auto", "'auto' (accelerate's choice), 'cpu' or 'cuda'")
     reward_workers: int = _f(1, "threads scoring rewards while the next micro-batch is sampled (0 = inline)")
+    reward_schedule: str = _f("step", "'step': one reward call over all of a step's images (the judge is swapped in "
+                              "at most once per step); 'micro_batch': score each micro-batch on the worker while "
+                              "the next is sampled (needs the judge resident: another device or spare memory)")
     export_at_end: bool = _f(True, "write the kohya LoRA, diffusers LoRA and adapter into output_dir/export at the end")
     progress: bool = _f(True, "show a tqdm progress bar")
 
 
-SECTIONS = {"model": ModelConfig, "sampling": SamplingConfig, "data": DataConfig, "grpo": GRPOConfig, "optim": OptimConfig}
+SECTIONS = {"model": ModelConfig, "sampling": SamplingConfig, "data": DataConfig, "grpo": GRPOConfig, "optim": OptimConfig,
+            "heldout": HeldoutConfig}
 
 
 # --- loading, overrides ---------------------------------------------------------------------------------
@@ -210,6 +239,7 @@ class _TopLevel:  # the scalar top-level fields, for validation of unknown names
     image_log_every: int = 10
     device: str = "auto"
     reward_workers: int = 1
+    reward_schedule: str = "step"
     export_at_end: bool = True
     progress: bool = True
 
@@ -458,6 +488,7 @@ def validate(config: TrainConfig) -> None:
         if r.dtype not in ("float32", "float16", "bfloat16"):
             raise ConfigError(f"rewards[{i}].dtype must be float32, float16 or bfloat16, got {r.dtype!r}")
         _check_device(r.device, f"rewards[{i}].device")
+    _validate_one_gpu_options(config)
     if config.max_steps < 0 or config.save_every < 1 or config.keep_checkpoints < 1:
         raise ConfigError("max_steps must be >= 0, save_every and keep_checkpoints >= 1")
     if config.device not in ("auto", "cpu", "cuda"):
@@ -501,6 +532,31 @@ def _check_local_path(value: str, name: str, folder: bool, required: bool) -> No
         raise ConfigError(f"{name} = {text!r} is a file; it must be a model folder")
     if not folder and not path.is_file():
         raise ConfigError(f"{name} = {text!r} is a folder; it must be a .safetensors file")
+
+
+def _validate_one_gpu_options(config: TrainConfig) -> None:
+    """Judge placement, guards and the held-out check (issue 15's options)."""
+    if config.grpo.ratio_norm not in ("none", "grpo_guard"):
+        raise ConfigError(f"grpo.ratio_norm must be 'none' or 'grpo_guard', got {config.grpo.ratio_norm!r}")
+    if config.reward_schedule not in ("step", "micro_batch"):
+        raise ConfigError(f"reward_schedule must be 'step' or 'micro_batch', got {config.reward_schedule!r}")
+    for i, r in enumerate(config.rewards):
+        if r.quantization not in ("none", "8bit", "4bit"):
+            raise ConfigError(f"rewards[{i}].quantization must be 'none', '8bit' or '4bit', got {r.quantization!r}")
+        if r.quantization != "none" and r.kind != "lvlm":
+            raise ConfigError(f"rewards[{i}].quantization applies to the LVLM judge only (kind = 'lvlm')")
+        if r.role not in ("auto", "emotion", "quality"):
+            raise ConfigError(f"rewards[{i}].role must be 'auto', 'emotion' or 'quality', got {r.role!r}")
+        if r.images_per_pass < 0:
+            raise ConfigError(f"rewards[{i}].images_per_pass must be >= 0 (0 = all images in one pass)")
+    h = config.heldout
+    if h.every < 0 or h.num_prompts < 1 or h.steps < 0:
+        raise ConfigError("heldout.every and heldout.steps must be >= 0 and heldout.num_prompts >= 1")
+    if h.every and not h.targets:
+        raise ConfigError("heldout.targets must list at least one [valence, arousal] pair")
+    for t in h.targets:
+        if not (isinstance(t, (list, tuple)) and len(t) == 2 and all(-3 <= float(x) <= 3 for x in t)):
+            raise ConfigError(f"heldout.targets entry {t!r} must be [valence, arousal] with both in [-3, 3]")
 
 
 def derive(config: TrainConfig, num_processes: int = 1) -> Derived:

@@ -273,6 +273,7 @@ class DiffusionPolicy:
         self.device = torch.device(device)
         self.eta = eta
         self.noise_level = noise_level
+        self.prompt_cache = None  # a training.prompt_cache.PromptEmbeddingCache replaces the text encoders
         if arch == "sd3":
             self.scheduler = pipe.scheduler
             self.latent_channels = net.denoiser.config.in_channels
@@ -289,25 +290,47 @@ class DiffusionPolicy:
     # prompts ---------------------------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, prompts: Sequence[str], negative: str, cfg: bool) -> Conditioning:
-        """Encode prompts with the frozen text encoders (one forward; not trained)."""
+        """Encode prompts with the frozen text encoders (not trained), or look them up in the prompt cache.
+
+        One encoder call per *unique* prompt: a batched matmul may round differently with the number
+        of rows, so this keeps a prompt's conditioning independent of which prompts share its
+        micro-batch, bit-equal to :mod:`~.prompt_cache`'s, and a group's G copies cost one call.
+        """
+        if self.prompt_cache is not None:
+            return self.prompt_cache.encode(prompts, negative, cfg)
+        prompts = list(prompts)
+        unique = list(dict.fromkeys(prompts))
+        rows = [self.encode_raw([p], negative, cfg) for p in unique]
+        index = [unique.index(p) for p in prompts]
+
+        def gather(k: int) -> Optional[torch.Tensor]:
+            if rows[0][k] is None:
+                return None
+            return torch.cat([rows[i][k] for i in index]).float()
+
+        pos, pooled, neg, neg_pooled = (gather(k) for k in range(4))
+        return Conditioning(pos, pooled, neg if cfg else None, neg_pooled if cfg else None)
+
+    @torch.no_grad()
+    def encode_raw(self, prompts: Sequence[str], negative: str, cfg: bool):
+        """The pipeline's ``encode_prompt`` outputs in the encoders' dtype: (context, pooled, neg, neg_pooled)."""
         pipe = self.pipe
         prompts = list(prompts)
-        negs = [negative] * len(prompts)
+        negs = [negative] * len(prompts) if cfg else None
         if self.arch == "sd15":
-            pos, neg = pipe.encode_prompt(prompts, self.device, 1, cfg, negative_prompt=negs if cfg else None)
-            return Conditioning(pos.float(), None, None if neg is None else neg.float(), None)
+            pos, neg = pipe.encode_prompt(prompts, self.device, 1, cfg, negative_prompt=negs)
+            return pos, None, neg, None
         if self.arch == "sdxl":
             pos, neg, pooled, neg_pooled = pipe.encode_prompt(
                 prompts, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
-                negative_prompt=negs if cfg else None,
+                negative_prompt=negs,
             )
         else:
             pos, neg, pooled, neg_pooled = pipe.encode_prompt(
                 prompt=prompts, prompt_2=None, prompt_3=None, device=self.device, num_images_per_prompt=1,
-                do_classifier_free_guidance=cfg, negative_prompt=negs if cfg else None,
+                do_classifier_free_guidance=cfg, negative_prompt=negs,
             )
-        f = lambda t: None if t is None else t.float()  # noqa: E731
-        return Conditioning(f(pos), f(pooled), f(neg) if cfg else None, f(neg_pooled) if cfg else None)
+        return pos, pooled, neg, neg_pooled
 
     # schedule --------------------------------------------------------------------------------------
     def schedule(self, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -384,11 +407,13 @@ class Trajectory:
     cond: Conditioning
     va: torch.Tensor  # [B, 2]
     images: torch.Tensor  # [B, H, W, 3]
+    means: Optional[torch.Tensor] = None  # [B, T, C, h, w] step means, kept for GRPO-Guard (keep_means=True)
 
 
 @torch.no_grad()
 def rollout(policy: DiffusionPolicy, net: nn.Module, cond: Conditioning, va: torch.Tensor, seeds: Sequence[int],
-            steps: int, guidance_scale: float, adapter_strength: float, *, stochastic: bool = True) -> Trajectory:
+            steps: int, guidance_scale: float, adapter_strength: float, *, stochastic: bool = True,
+            keep_means: bool = False) -> Trajectory:
     """Sample a micro-batch with per-sample seeds, storing the latents and log-probs of every step.
 
     ``stochastic=False`` is the deterministic evaluation sampler (DDIM eta=0 / flow ODE Euler): the
@@ -399,18 +424,22 @@ def rollout(policy: DiffusionPolicy, net: nn.Module, cond: Conditioning, va: tor
     x = policy.initial_latents(generators)
     all_latents = [x]
     log_probs = []
+    means = []
     for i, t in enumerate(timesteps):
         out = net(x, t.to(x.device), cond, va, guidance_scale, adapter_strength)
         if stochastic:
             res = policy.step(out, x, params[i], noise=policy.step_noise(generators))
             x = res.prev_sample
             log_probs.append(res.log_prob)
+            if keep_means:
+                means.append(res.mean)
         else:
             x = _deterministic_step(policy, out, x, params[i])
         all_latents.append(x)
     images = policy.decode(x)
     lp = torch.stack(log_probs, dim=1) if log_probs else torch.zeros(x.shape[0], 0)
-    return Trajectory(torch.stack(all_latents, dim=1), lp, timesteps, params, cond, va, images)
+    return Trajectory(torch.stack(all_latents, dim=1), lp, timesteps, params, cond, va, images,
+                      torch.stack(means, dim=1) if means else None)
 
 
 def _deterministic_step(policy: DiffusionPolicy, out: torch.Tensor, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:

@@ -59,13 +59,12 @@ class LVLMVAReward:
         self.scorer = scorer
 
     @classmethod
-    def from_path(cls, path: str, device: str = "", dtype: str = "float32", offload: bool = False) -> "LVLMVAReward":
-        from ..engines.lvlm_scorer import LVLMConfig, load_lvlm
+    def from_path(cls, path: str, device: str = "", dtype: str = "float32", offload: bool = False,
+                  quantization: str = "none", images_per_pass: int = 0) -> "LVLMVAReward":
+        from ..engines.lvlm_scorer import load_lvlm
+        from .judge_placement import judge_config
 
-        kwargs = dict(model=path, dtype=dtype, offload_after_use=offload)
-        if device:
-            kwargs["device"] = device
-        return cls(load_lvlm(LVLMConfig(**kwargs)))
+        return cls(load_lvlm(judge_config(path, device, dtype, offload, quantization, images_per_pass)))
 
     def __call__(self, images, prompts, targets):
         readings = self.scorer.score(images.float().cpu())
@@ -233,7 +232,8 @@ def build_reward(specs, device: str = "cpu") -> CompositeReward:
         elif spec.kind == "brightness":
             rewards.append(BrightnessReward())
         elif spec.kind == "lvlm":
-            rewards.append(LVLMVAReward.from_path(spec.path, dev, spec.dtype, spec.offload))
+            rewards.append(LVLMVAReward.from_path(spec.path, dev, spec.dtype, spec.offload, spec.quantization,
+                                                  spec.images_per_pass))
         elif spec.kind == "clip_quality":
             rewards.append(CLIPQualityReward(spec.path, dev, spec.dtype, spec.offload))
         else:

@@ -51,6 +51,9 @@ from .policies import (
     gaussian_kl_mean,
     rollout,
 )
+from .guards import guarded_log_probs
+from .heldout import attach_heldout
+from .prompt_cache import attach_prompt_cache
 from .rewards import AsyncRewardRunner, CompositeReward, build_reward
 
 
@@ -118,6 +121,10 @@ class GRPOTrainer:
         self.reward = reward if reward is not None else build_reward(config.rewards, str(self.device))
         self.runner = AsyncRewardRunner(self.reward, config.reward_workers)
         self.sampler = PromptTargetSampler(load_prompts(config.data.prompts_file), config.data.targets, config.seed)
+        # CFG-free training (Flow-GRPO): rollouts and updates at guidance 1, evaluation at guidance_scale
+        self.train_guidance = 1.0 if config.sampling.cfg_free_training else config.sampling.guidance_scale
+        self.prompt_cache = attach_prompt_cache(self)  # encode once, free the text encoders (optional)
+        self.heldout = attach_heldout(self)  # reward-hacking check every heldout.every steps (optional)
         self.step = 0
         self.updates = 0
         self.ratio_dev_before_first_update = 0.0
@@ -175,16 +182,21 @@ class GRPOTrainer:
         c = self.config
         batch = self.sampler.sample(self.step, c.grpo.groups_per_step, c.grpo.group_size,
                                     self.accelerator.process_index, self.accelerator.num_processes)
-        cfg = c.sampling.guidance_scale != 1.0
+        cfg = self.train_guidance != 1.0
+        per_step = c.reward_schedule == "step"
         trajs = []
         self.raw_net.eval()
         for sl in self._chunks(len(batch.prompts)):
             cond = self.policy.encode(batch.prompts[sl], c.sampling.negative_prompt, cfg)
             va = torch.from_numpy(batch.targets[sl]).to(self.device)
             traj = rollout(self.policy, self.raw_net, cond, va, batch.seeds[sl], c.sampling.steps,
-                           c.sampling.guidance_scale, c.sampling.adapter_strength)
-            self.runner.submit(traj.images, batch.prompts[sl], va)
+                           self.train_guidance, c.sampling.adapter_strength,
+                           keep_means=c.grpo.ratio_norm == "grpo_guard")
+            if not per_step:
+                self.runner.submit(traj.images, batch.prompts[sl], va)
             trajs.append(traj)
+        if per_step:  # one reward call for the whole step: the judge is swapped in at most once
+            self.runner.submit(torch.cat([t.images for t in trajs]), batch.prompts, torch.from_numpy(batch.targets))
         return trajs, self.runner.collect(), batch
 
     def train_step(self) -> dict[str, float]:
@@ -303,14 +315,16 @@ class GRPOTrainer:
         x = traj.latents[:, j]
         prev = traj.latents[:, j + 1]
         t = traj.timesteps[j].to(self.device)
-        out = self.net(x, t, traj.cond, traj.va, c.sampling.guidance_scale, c.sampling.adapter_strength)
+        out = self.net(x, t, traj.cond, traj.va, self.train_guidance, c.sampling.adapter_strength)
         res = self.policy.step(out, x, traj.params[j], prev_sample=prev)
-        loss, info = ppo_clip_loss(res.log_prob, traj.log_probs[:, j], adv, c.grpo.clip_range, mask=keep,
+        log_prob, old_log_prob, weight = guarded_log_probs(c.grpo.ratio_norm, self.arch, res, traj, j)
+        loss, info = ppo_clip_loss(log_prob, old_log_prob, adv, c.grpo.clip_range, mask=keep,
                                    normalizer=kept_terms)
+        loss = loss * weight
         kl_value = 0.0
         if c.grpo.kl_beta > 0:
             with torch.no_grad(), adapters_disabled(self.raw_net):
-                ref_out = self.raw_net(x, t, traj.cond, traj.va, c.sampling.guidance_scale, 0.0)
+                ref_out = self.raw_net(x, t, traj.cond, traj.va, self.train_guidance, 0.0)
                 ref = self.policy.step(ref_out, x, traj.params[j], prev_sample=prev)
             kl = gaussian_kl_mean(res.mean, ref.mean, res.std).mean()
             loss = loss + c.grpo.kl_beta * kl / terms  # the KL anchors every sample: mean over the update
@@ -501,9 +515,13 @@ class GRPOTrainer:
         bar = tqdm(total=c.max_steps, initial=self.step, disable=not (c.progress and acc.is_main_process),
                    desc="GRPO")
         try:
+            if self.heldout is not None:
+                self.heldout.maybe_run(self.step)
             while self.step < c.max_steps:
                 metrics = self.train_step()
                 self._check_finite_step(metrics)
+                if self.heldout is not None:
+                    self.heldout.maybe_run(self.step)
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['train/kl']:.2e}")
                 if self.step % c.save_every == 0 or self.step == c.max_steps:
