@@ -121,8 +121,26 @@ def ladder_cue(ladder: tuple[str, ...], value: float) -> str:
     return ladder[int(round(position))]
 
 
-def describe_emotion(point: VA, k: int = 3) -> EmotionDescription:
-    """Describe ``point`` with ``k`` emotion words, an intensity word and two visual cues."""
+def ladder_cues(ladder: tuple[str, ...], value: float) -> tuple[str, ...]:
+    """The cue(s) at ``value`` along ``ladder`` at half-rung resolution: the nearest rung's cue, or
+    both neighbours' cues when ``value`` sits near the middle between two rungs (a generator
+    reading both lands in between, so a controller can aim twice as finely as the rungs)."""
+    position = (value + 3.0) / 6.0 * (len(ladder) - 1)
+    low = min(len(ladder) - 2, int(math.floor(position)))
+    fraction = position - low
+    if fraction < 0.25:
+        return (ladder[low],)
+    if fraction >= 0.75:
+        return (ladder[low + 1],)
+    return (ladder[low], ladder[low + 1])
+
+
+def describe_emotion(point: VA, k: int = 3, blend: bool = False) -> EmotionDescription:
+    """Describe ``point`` with ``k`` emotion words, an intensity word and visual cues: one per axis,
+    or with ``blend=True`` one or two per axis (:func:`ladder_cues`, half-rung resolution)."""
+    if blend:
+        cues = ladder_cues(VALENCE_CUES, point.valence) + ladder_cues(AROUSAL_CUES, point.arousal)
+        return EmotionDescription(point=point, words=nearest_emotion_words(point, k), intensity=intensity_word(point), cues=cues)
     cues = (ladder_cue(VALENCE_CUES, point.valence), ladder_cue(AROUSAL_CUES, point.arousal))
     return EmotionDescription(point=point, words=nearest_emotion_words(point, k), intensity=intensity_word(point), cues=cues)
 
