@@ -50,8 +50,9 @@ SEED_MODULUS = 2**64
 
 
 def candidate_seed(seed: int, round_index: int, index: int, candidates: int) -> int:
-    """Seed of candidate ``index`` in round ``round_index`` (0-based): consecutive from ``seed``,
-    like ComfyUI's batch seeds, so any candidate can be re-made in a plain KSampler."""
+    """Seed of candidate ``index`` in round ``round_index`` (0-based) of a constant schedule:
+    consecutive from ``seed``, like ComfyUI's batch seeds, so any candidate can be re-made in a
+    plain KSampler (the loop numbers candidates of any schedule consecutively)."""
     return (int(seed) + round_index * candidates + index) % SEED_MODULUS
 
 
@@ -79,9 +80,9 @@ class LoopConfig:
       (σ̂: pooled within-round spread of the readings; 0 = trust a single reading).
     """
 
-    rounds: int = 3
-    candidates: int = 4
-    tolerance: float = 0.25
+    rounds: int = 6
+    candidates: int = 2
+    tolerance: float = 0.4
     min_improvement: float = 0.0
     seed: int = 0
     steps: int = 20
@@ -96,7 +97,8 @@ class LoopConfig:
     generator_batch_size: int = 0  # 0 = the whole round in one generate call
     controller: str = "secant"
     max_evaluations: int = 0
-    confidence: float = 1.0
+    confidence: float = 0.5
+    schedule: tuple = ()  # per-round candidate counts; when given it replaces rounds × candidates
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -119,11 +121,20 @@ class LoopConfig:
             raise ValueError(f"max_evaluations must be >= 0 (0 = rounds × candidates), got {self.max_evaluations}")
         if self.confidence < 0:
             raise ValueError(f"confidence must be >= 0, got {self.confidence}")
+        self.schedule = tuple(int(n) for n in self.schedule)
+        if self.schedule:
+            if any(n < 1 for n in self.schedule):
+                raise ValueError(f"schedule holds candidates per round, each >= 1; got {self.schedule}")
+            self.rounds, self.candidates = len(self.schedule), max(self.schedule)
+
+    def candidates_in_round(self, round_index: int) -> int:
+        """Candidates planned for round ``round_index`` (0-based), before any budget cut."""
+        return self.schedule[round_index] if self.schedule else self.candidates
 
     @property
     def evaluation_budget(self) -> int:
         """Most candidates the run may score (``max_evaluations`` or ``rounds × candidates``)."""
-        full = self.rounds * self.candidates
+        full = sum(self.schedule) if self.schedule else self.rounds * self.candidates
         return min(full, self.max_evaluations) if self.max_evaluations else full
 
     @classmethod
@@ -243,8 +254,10 @@ class LoopResult:
 def progress_units(config: LoopConfig) -> int:
     """Progress units of a full run: per round, one per image plus one for scoring (a node sizes
     its progress bar with this; an early stop shrinks the total to what was done)."""
-    images = config.evaluation_budget
-    rounds = min(config.rounds, -(-images // config.candidates))
+    images, rounds, planned = config.evaluation_budget, 0, 0
+    while planned < images and rounds < config.rounds:
+        planned += config.candidates_in_round(rounds)
+        rounds += 1
     return images + rounds
 
 
@@ -357,7 +370,7 @@ class FeedbackLoop:
         result.final_prompt = current
         try:
             for r in range(cfg.rounds):
-                n = min(cfg.candidates, cfg.evaluation_budget - result.counts.scorer_images)
+                n = min(cfg.candidates_in_round(r), cfg.evaluation_budget - result.counts.scorer_images)
                 if cfg.max_evaluations:
                     n = min(n, cfg.max_evaluations - result.counts.image_evaluations)
                 if n < 1:
@@ -366,7 +379,7 @@ class FeedbackLoop:
                 base = done_units
                 round_started = time.perf_counter()
                 report(progress, base, total)
-                seeds = [candidate_seed(cfg.seed, r, i, cfg.candidates) for i in range(n)]
+                seeds = [(cfg.seed + result.counts.generator_images + i) % SEED_MODULUS for i in range(n)]
                 t0 = time.perf_counter()
                 images = self._generate(current, seeds, target, lambda done: report(progress, base + done, total))
                 seconds["generate"] += time.perf_counter() - t0

@@ -25,6 +25,8 @@ from typing import Optional, Protocol, Sequence, runtime_checkable
 
 from .descriptors import (
     AROUSAL_CUES,
+    CONNOTATIONS,
+    contradicts,
     EMOTION_ANCHORS,
     VALENCE_CUES,
     describe_emotion,
@@ -115,11 +117,25 @@ def split_prompt(prompt: str) -> tuple[str, list[str]]:
     return ", ".join(subject_parts), emotional
 
 
+def drop_contradicting(subject: str, target: VA) -> str:
+    """``subject`` without words whose mood contradicts ``target`` (:data:`.descriptors.CONNOTATIONS`):
+    "a dog in a sunny park" for a bleak target → "a dog in a park"."""
+    parts = []
+    for segment in _segments(subject):
+        kept = [w for w in segment.split() if not contradicts(re.sub(r"[^a-z]", "", w.lower()), target)]
+        if kept:
+            parts.append(" ".join(kept))
+    return ", ".join(parts)
+
+
 def subject_words(prompt: str) -> list[str]:
-    """The user's subject/composition words: content words that are not emotional vocabulary."""
+    """The user's subject/composition words: content words that are not emotional vocabulary (nor
+    mood-carrying words such as "sunny", which a refinement may drop when they contradict the target)."""
     subject, _ = split_prompt(prompt)
     seen: list[str] = []
     for word in _content_words(subject):
+        if word in CONNOTATIONS:
+            continue
         if word not in seen:
             seen.append(word)
     return seen
@@ -202,10 +218,11 @@ def contains_injection(text: str) -> bool:
 
 
 def clean_feedback(text: str, max_chars: int = MAX_FEEDBACK_CHARS) -> str:
-    """Model feedback made safe to show and store: sanitised, one line, injection phrases, prompt
-    syntax and JSON debris neutralised, capped at ``max_chars`` on a word boundary."""
+    """Model feedback made safe to show and store: sanitised, one line, injection phrases and JSON
+    debris neutralised, capped at ``max_chars`` on a word boundary. (Feedback never enters a
+    prompt; prompt text goes through :func:`clean_prompt`.)"""
     text = _sanitize(text, max_chars=4 * max_chars)
-    text = _JSON_RE.sub(" ", neutralize_prompt_syntax(text))
+    text = _JSON_RE.sub(" ", text)
     text = _INJECTION_RE.sub("(removed)", text)
     return _cap(re.sub(r"\s+", " ", text).strip(), max_chars)
 
@@ -323,8 +340,10 @@ class FallbackRefiner:
             axis(previous.arousal, measured.arousal, target.arousal),
         )
 
-    def compose(self, subject: str, steer: VA) -> str:
-        """Subject first, then mood phrase, then the valence and arousal cues, within the budget."""
+    def compose(self, subject: str, steer: VA, target: Optional[VA] = None) -> str:
+        """Subject first (without words that contradict ``target``, default ``steer``), then the mood
+        phrase, then the valence and arousal cues, within the budget."""
+        subject = drop_contradicting(subject, target or steer) if subject else subject
         description = describe_emotion(steer, k=3, blend=self.blend_cues)
         parts = [subject, description.phrase, *description.cues] if subject else [description.phrase, *description.cues]
         return fit_budget(parts, self.token_budget, self.max_words, keep=2 if subject else 1)
@@ -346,7 +365,7 @@ class FallbackRefiner:
         base_subject, _ = split_prompt(subject if subject is not None else prompt)
         if steer is None:
             steer = self.steer_point(prompt, measured, target, previous_steer)
-        new_prompt = self.compose(base_subject, steer)
+        new_prompt = self.compose(base_subject, steer, target)
         directions = _direction_words(measured, target)
         if directions:
             feedback = "; ".join(directions) + f". Rewrote the mood toward {', '.join(nearest_emotion_words(steer, 2))}."
@@ -515,6 +534,7 @@ __all__ = [
     "clean_feedback",
     "clean_prompt",
     "contains_injection",
+    "drop_contradicting",
     "estimate_clip_tokens",
     "split_answer",
     "implied_point",
