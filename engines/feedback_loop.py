@@ -99,6 +99,7 @@ class LoopConfig:
     max_evaluations: int = 0
     confidence: float = 0.5
     schedule: tuple = ()  # per-round candidate counts; when given it replaces rounds × candidates
+    noise_aware: bool = True  # the secant step shrinks errors the readings' spread cannot resolve
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -436,7 +437,7 @@ class FeedbackLoop:
                 measured = mean if cfg.steer_on == "mean" else VA.clamped(best.valence, best.arousal)
                 extra = {}
                 if controller is not None and steer is not None and self._takes_steer():
-                    extra["steer"] = controller.next_steer(target, current=steer)
+                    extra["steer"] = controller.next_steer(target, current=steer, noise=self._noise_bound(result) if cfg.noise_aware else 0.0)
                 t0 = time.perf_counter()
                 refinement = self.refiner.refine(
                     images[round_best : round_best + 1], current, measured, target,

@@ -69,15 +69,30 @@ class SecantController:
             jac[i, j] = jac[i, j].clamp(-bound, bound)
         return jac, bias
 
-    def next_steer(self, target: VA, current: Optional[VA] = None) -> VA:
-        """The steer point whose predicted mean reading is ``target`` (box- and step-limited)."""
+    def next_steer(self, target: VA, current: Optional[VA] = None, noise: float = 0.0) -> VA:
+        """The steer point whose predicted mean reading is closest to ``target`` within [-3, 3]²,
+        approached from ``current`` by a step limited to ``max_step`` per axis.
+
+        ``noise`` (the readings' per-image standard deviation, 0 = unknown) makes the step
+        noise-aware: on each axis the step is scaled by ``e² / (e² + σ²/n)``, where ``e`` is the
+        predicted error at ``current`` and n the recency-weighted candidates behind the estimate,
+        so an error the readings cannot tell from seed and judge noise moves the prompt little."""
         jac, bias = self.model()
         want = torch.tensor(target.as_tuple(), dtype=torch.float64)
-        steer = torch.linalg.solve(jac, want - bias)
-        if current is not None:
-            here = torch.tensor(current.as_tuple(), dtype=torch.float64)
-            steer = here + (steer - here).clamp(-self.max_step, self.max_step)
-        steer = self._project(jac, bias, want, steer.clamp(VA_MIN, VA_MAX))
+        best = torch.linalg.solve(jac, want - bias)
+        if bool(((best < VA_MIN) | (best > VA_MAX)).any()):
+            best = self._project(jac, bias, want, best.clamp(VA_MIN, VA_MAX))
+        if current is None:
+            return VA.clamped(float(best[0]), float(best[1]))
+        here = torch.tensor(current.as_tuple(), dtype=torch.float64)
+        step = best - here
+        if noise > 0 and self.observations:
+            n = len(self.observations)
+            weight = sum(o[2] * self.recency ** (n - 1 - k) for k, o in enumerate(self.observations))
+            variance = noise**2 / max(weight, 1.0)
+            error = want - (jac @ here + bias)
+            step = step * error**2 / (error**2 + variance)
+        steer = (here + step.clamp(-self.max_step, self.max_step)).clamp(VA_MIN, VA_MAX)
         return VA.clamped(float(steer[0]), float(steer[1]))
 
     @staticmethod
