@@ -181,3 +181,46 @@ def test_bad_config_and_inputs_are_explained():
         LoopConfig(tolerance=7)
     with pytest.raises(ValueError, match="prompt is empty"):
         run_feedback_loop(PromptResponsiveGenerator(), PixelScorer(), None, "  ", VA(0, 0), LoopConfig(**SMALL))
+
+
+def test_budget_caps_evaluations_and_cuts_the_last_round():
+    result = run(rounds=10, candidates=3, max_evaluations=7)
+    assert result.counts.image_evaluations == 7 and [len(r.candidates) for r in result.rounds] == [3, 3, 1]
+    assert result.stop_reason == "budget"
+    scheduled = run(rounds=1, candidates=1, schedule=(1, 2, 3))
+    assert [len(r.candidates) for r in scheduled.rounds] == [1, 2, 3]
+    assert [c.seed for r in scheduled.rounds for c in r.candidates] == list(range(7, 13))
+
+
+def test_progress_total_shrinks_to_an_early_stop():
+    calls = []
+    result = run(target=VA(1.0, 1.0), generator=obedient_plant(), rounds=5, candidates=3, tolerance=0.6,
+                 confidence=0.0, progress=lambda done, total: calls.append((done, total)))
+    assert len(result.rounds) < 5
+    assert calls[0][1] == 5 * (3 + 1)
+    assert calls[-1] == (len(result.rounds) * 4, len(result.rounds) * 4)
+
+
+def test_on_round_sees_each_finished_round_with_its_refinement():
+    seen = []
+    result = run_feedback_loop(PromptResponsiveGenerator(), PixelScorer(), None, PROMPT, VA(1.5, 1.0),
+                               LoopConfig(rounds=3, candidates=2, tolerance=0.0, **SMALL),
+                               on_round=lambda record: seen.append((record.round, record.refined_prompt)))
+    assert [r for r, _ in seen] == [1, 2, 3]
+    assert seen[0][1] == result.rounds[1].prompt and seen[-1][1] is None
+
+
+def test_tolerance_stop_needs_a_margin_for_judge_noise():
+    noisy = PromptResponsiveGenerator(family="noisy", seed=1)
+    judge = noisy.judge()
+    trusting = run(target=VA(1.0, 0.5), generator=noisy, scorer=judge, rounds=4, candidates=8, tolerance=1.0, confidence=0.0)
+    careful = run(target=VA(1.0, 0.5), generator=noisy, scorer=judge, rounds=4, candidates=8, tolerance=1.0, confidence=3.0)
+    assert trusting.stop_reason == "tolerance" and len(trusting.rounds) == 1
+    assert careful.stop_reason != "tolerance" and len(careful.rounds) == 4
+
+
+def test_secant_steer_reaches_the_refiner_and_integral_keeps_its_own_step():
+    secant = run(rounds=3, candidates=2)
+    integral = run(rounds=3, candidates=2, controller="integral")
+    assert secant.rounds[0].steer == (1.5, 1.0)
+    assert secant.rounds[1].steer != integral.rounds[1].steer
