@@ -56,7 +56,7 @@ def _run(name: str, args: argparse.Namespace) -> int:
 BENCHMARKS = {
     "scorer": "expected-value scoring vs generate-then-parse on a tiny LVLM",
     "generate": "overhead of the diffusers backend over calling the pipeline directly",
-    "loop": "feedback-loop schedules: ours (early stop) vs the paper's fixed 3×8",
+    "loop": "feedback-loop error vs judge evaluations on toy plants: ours vs the paper's fixed 3×8",
     "train": "GRPO rollout/update throughput and backward memory vs sampling steps",
 }
 

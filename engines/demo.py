@@ -6,9 +6,11 @@ No downloads, no GPU, no trained weights — and therefore no real emotion judge
   :func:`~emofeedback2.tiny_models.diffusion.build_tiny_pipeline` and loaded with the same
   :func:`~.diffusers_backend.load_diffusers_generator` users run on real weights. Random weights
   ignore the prompt, so its images are followed by a transparent **mood grade** (:class:`MoodGrade`):
-  exposure, saturation and a warm/cool tint set by the emotion words the prompt contains, plus a
-  per-seed lighting variation. It stands in for what a trained generator does with mood words, so
-  the loop has something to steer; it is a toy, and the demo says so;
+  exposure, saturation and a warm/cool tint set by how a seeded toy plant
+  (:mod:`.toy_plants`, its own word responses — not the refiner's inverse) reacts to the prompt's
+  words, plus that plant's per-seed variation. It stands in for what a trained generator does with
+  mood words, so the loop has something to steer that it was not written for; it is a toy, and the
+  demo says so;
 * scorer: the colour heuristic (:class:`~.color_scorer.ColorHeuristicScorer`, Valdez & Mehrabian
   1994 brightness/saturation weights), not an LVLM;
 * refiner: the descriptor :class:`~.refiner.FallbackRefiner` (no LVLM to write feedback).
@@ -27,14 +29,18 @@ import torch
 from .emotion_space import VA
 from .generation import GenerationRequest
 from .progress import ProgressCallback
-from .refiner import FallbackRefiner, implied_point
+from .refiner import FallbackRefiner
+from .toy_plants import ToyPlant, make_plant
+
+#: The toy plant whose word responses drive the demo's mood grade (family, seed).
+DEMO_PLANT = ("rotated", 7)
 
 DEMO_PROMPT = "a lighthouse on a rocky coast, wide shot"
 DEMO_TARGET = VA(2.0, 1.5)
 
 HONESTY_NOTE = (
     "Demo models are untrained: a tiny random diffusion pipeline (its images are noise-like) plus a "
-    "toy colour grade driven by the prompt's mood words, judged by a colour heuristic (brightness and "
+    "toy colour grade driven by a seeded toy plant's response to the prompt's words, judged by a colour heuristic (brightness and "
     "saturation, Valdez & Mehrabian 1994), refined by the descriptor fallback. The loop mechanics are "
     "real; the pictures and readings are not an emotion model's. Use `emofeedback2 loop` with real "
     "weights for real images."
@@ -43,27 +49,29 @@ HONESTY_NOTE = (
 
 @dataclass
 class MoodGrade:
-    """Colour grade from the prompt's mood point: a toy response to emotion words.
+    """Colour grade from a toy plant's response to the prompt: a toy response to emotion words.
 
-    For the V-A point ``p`` implied by the prompt's emotion words (:func:`.refiner.implied_point`),
-    brightness shifts by ``exposure·(V − 0.3·A)/3``, chroma scales by ``exp(saturation·(A + 0.3·V)/3)``
-    and a warm (V ≥ 0, stronger with V) or faint cool (V < 0) tint is mixed in; each seed adds its own lighting jitter of
-    standard deviation ``jitter`` (in the same units as V/3, A/3).
+    For the V-A point ``p`` the plant gives the prompt and seed (:meth:`.toy_plants.ToyPlant.emotion`,
+    which includes the plant's per-seed variation), brightness shifts by ``exposure·(V − 0.3·A)/3``,
+    chroma scales by ``exp(saturation·(A + 0.3·V)/3)`` and a warm (V ≥ 0, stronger with V) or faint
+    cool (V < 0) tint is mixed in.
     """
 
     exposure: float = 0.3
     saturation: float = 1.1
     tint: float = 0.06
-    jitter: float = 0.35
+    plant: Optional[ToyPlant] = None
+
+    def __post_init__(self) -> None:
+        if self.plant is None:
+            self.plant = make_plant(*DEMO_PLANT)
 
     def __call__(self, images: torch.Tensor, prompts, seeds) -> torch.Tensor:
         out = []
         for image, prompt, seed in zip(images, prompts, seeds):
-            point = implied_point(prompt) or VA(0.0, 0.0)
-            g = torch.Generator().manual_seed(int(seed) % (2**63))
-            jv, ja = (torch.randn(2, generator=g) * self.jitter).tolist()
-            v = point.valence / 3.0 + jv
-            a = point.arousal / 3.0 + ja
+            point = VA.clamped(*self.plant.emotion(prompt, int(seed)))
+            v = point.valence / 3.0
+            a = point.arousal / 3.0
             grey = image.mean(dim=-1, keepdim=True)
             colour = grey + (image - grey) * math.exp(self.saturation * (a + 0.3 * v)) + 0.08 * max(0.0, a)
             # A chroma floor so saturation has something to act on even for grey-ish base images.

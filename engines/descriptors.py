@@ -55,6 +55,30 @@ EMOTION_ANCHORS: tuple[tuple[str, float, float], ...] = (
     ("curious", 0.8, 0.8),
 )
 
+# Words users put in a *subject* that carry a mood of their own (weather, light, state of a place):
+# rough (valence, arousal) connotations, our own placement. The fallback refiner drops one when it
+# contradicts the target ("sunny park" next to "cold grey light"); otherwise it is kept.
+CONNOTATIONS: dict[str, tuple[float, float]] = {
+    "sunny": (1.5, 0.5), "sunlit": (1.4, 0.3), "sunshine": (1.6, 0.5), "bright": (1.2, 0.5), "golden": (1.3, 0.2),
+    "colorful": (1.3, 0.8), "colourful": (1.3, 0.8), "vibrant": (1.3, 1.3), "festive": (1.8, 1.5),
+    "blooming": (1.5, 0.3), "flowering": (1.3, 0.2), "warm": (1.0, 0.0), "lush": (1.2, 0.0),
+    "dark": (-1.2, 0.0), "grey": (-1.0, -0.5), "gray": (-1.0, -0.5), "rainy": (-1.0, -0.3), "stormy": (-1.2, 2.0),
+    "foggy": (-0.6, -1.2), "misty": (-0.3, -1.5), "overcast": (-1.0, -0.5), "dim": (-0.8, -0.8), "cold": (-1.0, -0.2),
+    "ruined": (-1.8, 0.0), "abandoned": (-1.6, -0.8), "decaying": (-1.8, -0.5), "derelict": (-1.7, -0.6),
+    "empty": (-1.0, -1.0), "deserted": (-1.2, -1.0), "burning": (-1.5, 2.5), "fiery": (-0.5, 2.2),
+    "busy": (0.0, 1.2), "crowded": (-0.2, 1.5), "silent": (0.0, -1.8), "still": (0.0, -1.8),
+}
+
+
+def contradicts(word: str, target: VA, strength: float = 0.8, margin: float = 0.75) -> bool:
+    """Whether ``word``'s connotation points against ``target`` on an axis (both clearly non-zero)."""
+    connotation = CONNOTATIONS.get(word.lower())
+    if connotation is None:
+        return False
+    return any(c * t < 0 and abs(c) >= strength and abs(t) >= margin
+               for c, t in zip(connotation, target.as_tuple()))
+
+
 # Visual cue ladders, from the low end of an axis to the high end. Interpolating a position along a
 # ladder (and mixing the two neighbours) keeps cues continuous in V and A.
 VALENCE_CUES: tuple[str, ...] = (
@@ -121,8 +145,26 @@ def ladder_cue(ladder: tuple[str, ...], value: float) -> str:
     return ladder[int(round(position))]
 
 
-def describe_emotion(point: VA, k: int = 3) -> EmotionDescription:
-    """Describe ``point`` with ``k`` emotion words, an intensity word and two visual cues."""
+def ladder_cues(ladder: tuple[str, ...], value: float) -> tuple[str, ...]:
+    """The cue(s) at ``value`` along ``ladder`` at half-rung resolution: the nearest rung's cue, or
+    both neighbours' cues when ``value`` sits near the middle between two rungs (a generator
+    reading both lands in between, so a controller can aim twice as finely as the rungs)."""
+    position = (value + 3.0) / 6.0 * (len(ladder) - 1)
+    low = min(len(ladder) - 2, int(math.floor(position)))
+    fraction = position - low
+    if fraction < 0.25:
+        return (ladder[low],)
+    if fraction >= 0.75:
+        return (ladder[low + 1],)
+    return (ladder[low], ladder[low + 1])
+
+
+def describe_emotion(point: VA, k: int = 3, blend: bool = False) -> EmotionDescription:
+    """Describe ``point`` with ``k`` emotion words, an intensity word and visual cues: one per axis,
+    or with ``blend=True`` one or two per axis (:func:`ladder_cues`, half-rung resolution)."""
+    if blend:
+        cues = ladder_cues(VALENCE_CUES, point.valence) + ladder_cues(AROUSAL_CUES, point.arousal)
+        return EmotionDescription(point=point, words=nearest_emotion_words(point, k), intensity=intensity_word(point), cues=cues)
     cues = (ladder_cue(VALENCE_CUES, point.valence), ladder_cue(AROUSAL_CUES, point.arousal))
     return EmotionDescription(point=point, words=nearest_emotion_words(point, k), intensity=intensity_word(point), cues=cues)
 

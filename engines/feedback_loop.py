@@ -6,9 +6,18 @@ the run seed, the round and the index), scores the whole round in ONE batched sc
 the best candidate seen so far (so the best reward never decreases), and, unless a stop rule
 fires, asks the refiner to rewrite the prompt from the round's best image and its reading.
 
+Where the next prompt aims (``controller``): with ``"secant"`` (default) the loop fits the
+generator's response to the steer points of the rounds so far (per-axis gain, cross-talk and bias,
+:class:`.steering.SecantController`) and asks the refiner for a prompt written for the steer point
+whose predicted mean reading is the target; with ``"integral"`` the refiner takes its own fixed-gain
+step (``previous + gain × error``), which is what the paper's loop amounts to.
+
 Stop rules (our default schedule; the paper runs a fixed 3 × 8):
-* ``tolerance`` — the best reading is within ``tolerance`` of the target (``va_distance`` units);
+* ``tolerance`` — the best reading is within ``tolerance`` of the target *with a margin for judge
+  noise*: ``best distance + confidence × σ̂ ≤ tolerance``, where σ̂ is the pooled spread of the
+  readings within rounds (an upper bound on the judge's own noise), so one lucky reading does not stop;
 * ``plateau`` — a round brought neither the best nor the mean reading closer by ``min_improvement``;
+* ``budget`` — ``max_evaluations`` judge evaluations are spent (the last round is cut to fit);
 * ``rounds`` — the round budget is spent.
 
 Cancellation: the progress callback may raise (ComfyUI's interrupt, Ctrl-C). History only ever
@@ -18,7 +27,9 @@ as ``exc.partial_result`` (``cancelled=True``), so callers can still report it.
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional, Sequence
@@ -30,6 +41,7 @@ from .generation import GenerationRequest, Generator
 from .progress import ProgressCallback, report
 from .refiner import FallbackRefiner, Refiner, split_prompt
 from .scoring import EmotionScorer
+from .steering import SecantController
 
 #: Optional quality term: images [B,H,W,3] in 0..1 → one score per image in [0, 1].
 QualityFn = Callable[[torch.Tensor], Sequence[float]]
@@ -38,8 +50,9 @@ SEED_MODULUS = 2**64
 
 
 def candidate_seed(seed: int, round_index: int, index: int, candidates: int) -> int:
-    """Seed of candidate ``index`` in round ``round_index`` (0-based): consecutive from ``seed``,
-    like ComfyUI's batch seeds, so any candidate can be re-made in a plain KSampler."""
+    """Seed of candidate ``index`` in round ``round_index`` (0-based) of a constant schedule:
+    consecutive from ``seed``, like ComfyUI's batch seeds, so any candidate can be re-made in a
+    plain KSampler (the loop numbers candidates of any schedule consecutively)."""
     return (int(seed) + round_index * candidates + index) % SEED_MODULUS
 
 
@@ -58,11 +71,18 @@ class LoopConfig:
     steer_on: the reading the refiner corrects: ``"mean"`` of the round's candidates (the prompt's
       effect with seed luck averaged out) or the round's ``"best"`` candidate. The refiner always
       sees the round's best image.
+    controller: ``"secant"`` (fit the generator's response, aim where it predicts the target) or
+      ``"integral"`` (the refiner's fixed-gain step). Only refiners that take a ``steer`` keyword
+      (the descriptor fallback) can follow the secant controller; others write their own prompt.
+    max_evaluations: most judge evaluations (scored candidates + images shown to an LVLM refiner)
+      per run; 0 = no cap beyond ``rounds × candidates``.
+    confidence: the tolerance stop needs ``best distance + confidence × σ̂ ≤ tolerance``
+      (σ̂: pooled within-round spread of the readings; 0 = trust a single reading).
     """
 
-    rounds: int = 3
-    candidates: int = 4
-    tolerance: float = 0.25
+    rounds: int = 6
+    candidates: int = 2
+    tolerance: float = 0.4
     min_improvement: float = 0.0
     seed: int = 0
     steps: int = 20
@@ -75,6 +95,11 @@ class LoopConfig:
     quality_weight: float = 0.0
     steer_on: str = "mean"
     generator_batch_size: int = 0  # 0 = the whole round in one generate call
+    controller: str = "secant"
+    max_evaluations: int = 0
+    confidence: float = 0.5
+    schedule: tuple = ()  # per-round candidate counts; when given it replaces rounds × candidates
+    noise_aware: bool = True  # the secant step shrinks errors the readings' spread cannot resolve
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -91,12 +116,34 @@ class LoopConfig:
             raise ValueError(f"steer_on must be 'mean' or 'best', got {self.steer_on!r}")
         if self.generator_batch_size < 0:
             raise ValueError("generator_batch_size must be >= 0 (0 = whole round)")
+        if self.controller not in ("secant", "integral"):
+            raise ValueError(f"controller must be 'secant' or 'integral', got {self.controller!r}")
+        if self.max_evaluations < 0:
+            raise ValueError(f"max_evaluations must be >= 0 (0 = rounds × candidates), got {self.max_evaluations}")
+        if self.confidence < 0:
+            raise ValueError(f"confidence must be >= 0, got {self.confidence}")
+        self.schedule = tuple(int(n) for n in self.schedule)
+        if self.schedule:
+            if any(n < 1 for n in self.schedule):
+                raise ValueError(f"schedule holds candidates per round, each >= 1; got {self.schedule}")
+            self.rounds, self.candidates = len(self.schedule), max(self.schedule)
+
+    def candidates_in_round(self, round_index: int) -> int:
+        """Candidates planned for round ``round_index`` (0-based), before any budget cut."""
+        return self.schedule[round_index] if self.schedule else self.candidates
+
+    @property
+    def evaluation_budget(self) -> int:
+        """Most candidates the run may score (``max_evaluations`` or ``rounds × candidates``)."""
+        full = sum(self.schedule) if self.schedule else self.rounds * self.candidates
+        return min(full, self.max_evaluations) if self.max_evaluations else full
 
     @classmethod
     def paper(cls, **overrides) -> "LoopConfig":
-        """The paper's fixed schedule: 3 rounds × 8 candidates, no early stop (same first prompt as
-        ours unless ``initial_prompt`` is overridden, so benchmarks compare schedules only)."""
-        settings = dict(rounds=3, candidates=8, tolerance=0.0, min_improvement=0.0)
+        """The paper's fixed schedule: 3 rounds × 8 candidates, no early stop, the refiner's own
+        fixed-gain correction (same first prompt as ours unless ``initial_prompt`` is overridden)."""
+        settings = dict(rounds=3, candidates=8, tolerance=0.0, min_improvement=0.0, controller="integral",
+                        max_evaluations=0, confidence=0.0)
         settings.update(overrides)
         return cls(**settings)
 
@@ -133,6 +180,7 @@ class RoundRecord:
     refined_prompt: Optional[str] = None  # prompt for the next round (None: none was asked for)
     refiner_used_fallback: Optional[bool] = None
     refiner_reason: str = ""
+    steer: Optional[tuple[float, float]] = None  # the V-A point this round's prompt was written for, when known
 
 
 @dataclass
@@ -202,6 +250,16 @@ class LoopResult:
 
     def to_json(self, indent: Optional[int] = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+
+
+def progress_units(config: LoopConfig) -> int:
+    """Progress units of a full run: per round, one per image plus one for scoring (a node sizes
+    its progress bar with this; an early stop shrinks the total to what was done)."""
+    images, rounds, planned = config.evaluation_budget, 0, 0
+    while planned < images and rounds < config.rounds:
+        planned += config.candidates_in_round(rounds)
+        rounds += 1
+    return images + rounds
 
 
 def first_prompt(prompt: str, target: VA, config: LoopConfig, refiner: Refiner) -> str:
@@ -278,10 +336,16 @@ class FeedbackLoop:
 
     # -- the loop ---------------------------------------------------------------------------------
 
-    def run(self, prompt: str, target: VA, progress: Optional[ProgressCallback] = None,
-            on_round: Optional[Callable[["LoopResult", torch.Tensor], None]] = None) -> LoopResult:
-        """``on_round(result, images)``, when given, runs after each round is committed (e.g. to write
-        that round's images and a partial report at once, so a later failure loses nothing)."""
+    def run(
+        self,
+        prompt: str,
+        target: VA,
+        progress: Optional[ProgressCallback] = None,
+        on_round: Optional[Callable[["LoopResult", torch.Tensor], None]] = None,
+    ) -> LoopResult:
+        """Run the loop. ``on_round(result, images)`` is called after each finished round (its refinement
+        filled in) is committed to ``result``, with that round's images; it may write outputs (so a later
+        failure loses nothing) or raise to cancel."""
         cfg = self.config
         if not isinstance(target, VA):
             raise TypeError(f"target must be an emotion_space.VA, got {type(target).__name__}")
@@ -296,20 +360,28 @@ class FeedbackLoop:
             refiner_name=getattr(self.refiner, "name", type(self.refiner).__name__),
             scorer_is_heuristic=bool(getattr(self.scorer, "is_heuristic", False)),
         )
-        units_per_round = cfg.candidates + 1  # images, then one unit for scoring
-        total = cfg.rounds * units_per_round
+        total = progress_units(cfg)
+        done_units = 0
         started = time.perf_counter()
         seconds = {"generate": 0.0, "score": 0.0, "refine": 0.0}
         image_chunks: list[torch.Tensor] = []
         current = first_prompt(prompt, target, cfg, self.refiner)
         steer: Optional[VA] = target if cfg.initial_prompt == "descriptors" else None
+        controller = SecantController() if cfg.controller == "secant" else None
+        lvlm_reads = getattr(self.refiner, "lvlm", None) is not None  # each refinement costs an evaluation
         result.final_prompt = current
         try:
             for r in range(cfg.rounds):
-                base = r * units_per_round
+                n = min(cfg.candidates_in_round(r), cfg.evaluation_budget - result.counts.scorer_images)
+                if cfg.max_evaluations:
+                    n = min(n, cfg.max_evaluations - result.counts.image_evaluations)
+                if n < 1:
+                    result.stop_reason = "budget"
+                    break
+                base = done_units
                 round_started = time.perf_counter()
                 report(progress, base, total)
-                seeds = [candidate_seed(cfg.seed, r, i, cfg.candidates) for i in range(cfg.candidates)]
+                seeds = [(cfg.seed + result.counts.generator_images + i) % SEED_MODULUS for i in range(n)]
                 t0 = time.perf_counter()
                 images = self._generate(current, seeds, target, lambda done: report(progress, base + done, total))
                 seconds["generate"] += time.perf_counter() - t0
@@ -342,30 +414,39 @@ class FeedbackLoop:
                     best_so_far=(result.best.round, result.best.index),
                     best_so_far_reward=result.best.reward, best_so_far_distance=result.best.distance,
                     mean_valence=mean.valence, mean_arousal=mean.arousal, mean_distance=va_distance(mean, target),
-                    seconds=time.perf_counter() - round_started,
+                    seconds=time.perf_counter() - round_started, steer=steer.as_tuple() if steer is not None else None,
                 )
                 # Commit the whole round at once: images, record and best move together.
                 image_chunks.append(images)
                 result.images = torch.cat(image_chunks, dim=0)
                 result.rounds.append(record)
-                if on_round is not None:
-                    on_round(result, images)
-                report(progress, base + units_per_round, total)
+                done_units = base + n + 1
+                report(progress, done_units, total)
+                if controller is not None and steer is not None:
+                    controller.observe(steer, mean, n)
 
                 stop = self._stop_reason(result, previous_best, r)
+                if not stop and lvlm_reads and cfg.max_evaluations and \
+                        cfg.max_evaluations - result.counts.image_evaluations < 2:
+                    stop = "budget"  # no evaluation left for both a refinement and a candidate
                 if stop:
                     result.stop_reason = stop
+                    if on_round is not None:
+                        on_round(result, images)
                     break
                 best = records[round_best]
                 measured = mean if cfg.steer_on == "mean" else VA.clamped(best.valence, best.arousal)
+                extra = {}
+                if controller is not None and steer is not None and self._takes_steer():
+                    extra["steer"] = controller.next_steer(target, current=steer, noise=self._noise_bound(result) if cfg.noise_aware else 0.0)
                 t0 = time.perf_counter()
                 refinement = self.refiner.refine(
                     images[round_best : round_best + 1], current, measured, target,
-                    subject=prompt, previous_steer=steer,
+                    subject=prompt, previous_steer=steer, **extra,
                 )
                 seconds["refine"] += time.perf_counter() - t0
                 result.counts.refiner_calls += 1
-                if getattr(self.refiner, "lvlm", None) is not None:  # the LVLM read the image
+                if lvlm_reads:  # the LVLM read the image
                     result.counts.refiner_lvlm_images += 1
                 record.feedback = refinement.feedback
                 record.refined_prompt = refinement.prompt
@@ -373,6 +454,8 @@ class FeedbackLoop:
                 record.refiner_reason = refinement.reason
                 current = refinement.prompt
                 steer = VA.clamped(*refinement.steer) if refinement.steer is not None else None
+                if on_round is not None:
+                    on_round(result, images)
         except BaseException as exc:
             # Not finished: cancelled by the user (ComfyUI interrupt, Ctrl-C) or failed.
             result.cancelled = True
@@ -385,16 +468,38 @@ class FeedbackLoop:
                 pass
             raise
         self._finish(result, seconds, started)
-        report(progress, total, total)
+        # An early stop ends the bar at what was done, and says so by shrinking its total to match.
+        report(progress, done_units, done_units)
         return result
+
+    def _takes_steer(self) -> bool:
+        """Whether the refiner accepts a ``steer`` keyword (the controller's steer point)."""
+        try:
+            return "steer" in inspect.signature(self.refiner.refine).parameters
+        except (TypeError, ValueError):  # pragma: no cover - builtins without signatures
+            return False
+
+    def _noise_bound(self, result: LoopResult) -> float:
+        """Pooled within-round standard deviation of the readings (both axes): seed variation plus
+        judge noise, so an upper bound on the judge's own noise. 0 before any round had 2 candidates."""
+        squares, dof = 0.0, 0
+        for record in result.rounds:
+            if len(record.candidates) < 2:
+                continue
+            for key, mean in (("valence", record.mean_valence), ("arousal", record.mean_arousal)):
+                squares += sum((getattr(c, key) - mean) ** 2 for c in record.candidates)
+                dof += len(record.candidates) - 1
+        return math.sqrt(squares / dof) if dof else 0.0
 
     def _stop_reason(self, result: LoopResult, previous_best: Optional[CandidateRecord], r: int) -> str:
         cfg = self.config
         best = result.best
-        if cfg.tolerance > 0 and best.distance <= cfg.tolerance:
+        if cfg.tolerance > 0 and best.distance + cfg.confidence * self._noise_bound(result) <= cfg.tolerance:
             return "tolerance"
         if r + 1 >= cfg.rounds:
             return "rounds"
+        if result.counts.scorer_images >= cfg.evaluation_budget:
+            return "budget"
         if cfg.min_improvement > 0 and previous_best is not None and len(result.rounds) >= 2:
             # Plateau: neither the best image nor the round's mean reading (what the prompt does)
             # came closer by min_improvement — more rounds of the same would be wasted.
@@ -421,7 +526,7 @@ def run_feedback_loop(
     config: Optional[LoopConfig] = None,
     progress: Optional[ProgressCallback] = None,
     quality_fn: Optional[QualityFn] = None,
-    on_round: Optional[Callable[[LoopResult, torch.Tensor], None]] = None,
+    on_round: Optional[Callable[["LoopResult", torch.Tensor], None]] = None,
 ) -> LoopResult:
     """Run the loop once; see :class:`FeedbackLoop` (a raised cancel carries ``partial_result``)."""
-    return FeedbackLoop(generator, scorer, refiner, config, quality_fn).run(prompt, target, progress, on_round)
+    return FeedbackLoop(generator, scorer, refiner, config, quality_fn).run(prompt, target, progress, on_round=on_round)

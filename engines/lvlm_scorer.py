@@ -531,10 +531,12 @@ class LVLMScorer:
         instructions: Union[list[str], str],
         max_new_tokens: int = 128,
         max_chars: int = 600,
+        keep_newlines: bool = False,
     ) -> list[str]:
         """Greedy answers to ``instructions`` (one per image, or one for all), sanitised.
 
         ``images=None`` asks text-only questions (then ``instructions`` must be a list).
+        ``keep_newlines=True`` keeps the answer's line breaks (for callers that parse its structure).
         """
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
@@ -562,7 +564,7 @@ class LVLMScorer:
                 )
                 new_tokens = generated[:, encoded["input_ids"].shape[1]:]
                 for row in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True):
-                    answers.append(sanitize_model_text(row, max_chars=max_chars))
+                    answers.append(sanitize_model_text(row, max_chars=max_chars, keep_newlines=keep_newlines))
         return answers
 
 

@@ -18,12 +18,15 @@ every refined prompt must contain all of them and stay within a CLIP token budge
 
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import dataclass
 from typing import Optional, Protocol, Sequence, runtime_checkable
 
 from .descriptors import (
     AROUSAL_CUES,
+    CONNOTATIONS,
+    contradicts,
     EMOTION_ANCHORS,
     VALENCE_CUES,
     describe_emotion,
@@ -31,6 +34,7 @@ from .descriptors import (
 )
 from .emotion_space import VA, VA_MAX, VA_MIN
 from .images import ImageBatch
+from .text_safety import neutralize_prompt_syntax, sanitize_model_text, skeleton
 
 #: CLIP's context is 77 tokens including the start and end tokens.
 CLIP_TOKEN_BUDGET = 75
@@ -113,11 +117,25 @@ def split_prompt(prompt: str) -> tuple[str, list[str]]:
     return ", ".join(subject_parts), emotional
 
 
+def drop_contradicting(subject: str, target: VA) -> str:
+    """``subject`` without words whose mood contradicts ``target`` (:data:`.descriptors.CONNOTATIONS`):
+    "a dog in a sunny park" for a bleak target → "a dog in a park"."""
+    parts = []
+    for segment in _segments(subject):
+        kept = [w for w in segment.split() if not contradicts(re.sub(r"[^a-z]", "", w.lower()), target)]
+        if kept:
+            parts.append(" ".join(kept))
+    return ", ".join(parts)
+
+
 def subject_words(prompt: str) -> list[str]:
-    """The user's subject/composition words: content words that are not emotional vocabulary."""
+    """The user's subject/composition words: content words that are not emotional vocabulary (nor
+    mood-carrying words such as "sunny", which a refinement may drop when they contradict the target)."""
     subject, _ = split_prompt(prompt)
     seen: list[str] = []
     for word in _content_words(subject):
+        if word in CONNOTATIONS:
+            continue
         if word not in seen:
             seen.append(word)
     return seen
@@ -157,53 +175,72 @@ def implied_point(prompt: str) -> Optional[VA]:
 
 
 # --- Untrusted text ----------------------------------------------------------------------------------
+#
+# Model text passes three stages, in this order:
+#   1. structure — the answer is split into its FEEDBACK and PROMPT fields on the text as generated
+#      (lines kept), so a trailing explanation never joins the prompt; a second PROMPT marker, or
+#      none, rejects the answer;
+#   2. normalisation — NFKC, zero-width/format/bidi/control characters removed, special tokens gone;
+#   3. checks — the real defence is structural: the prompt is reduced to words and commas with all
+#      ComfyUI prompt syntax neutralised (no weights, embeddings, LoRA tags, wildcards, choices), must
+#      keep every subject word and fit the token budget. The injection phrase list below is a
+#      heuristic on top (matched on :func:`.text_safety.skeleton`, so spacing, look-alike letters and
+#      invisible characters do not hide a phrase), never the only guard.
 
 _INJECTION_RE = re.compile(
-    r"(ignore|disregard|forget|override)\s+(all\s+|any\s+|the\s+|your\s+)*(previous|prior|above|earlier|preceding|system)?\s*"
-    r"(instructions?|prompts?|rules?|messages?)"
-    r"|system\s*prompt|you\s+are\s+now|new\s+instructions?|jailbreak|developer\s+mode",
+    r"(ignore|disregard|forget|override|bypass|skip)\s+(all\s+|any\s+|the\s+|your\s+|my\s+|of\s+)*"
+    r"(previous|prior|above|earlier|preceding|system|former|original)?\s*"
+    r"(instructions?|prompts?|rules?|messages?|directions?|guidelines?|context)"
+    r"|system\s*prompt|you\s+are\s+now|from\s+now\s+on|new\s+instructions?|jailbreak|developer\s+mode"
+    r"|act\s+as|pretend\s+(to\s+be|you)|do\s+anything\s+now|assistant\s*:|user\s*:|system\s*:",
     re.IGNORECASE,
 )
 _SPECIAL_TOKEN_RE = re.compile(r"<\|[^|>]{0,40}\|>|</?s>|\[/?INST\]|<<\s*/?SYS\s*>>", re.IGNORECASE)
 _JSON_RE = re.compile(r"[{}\[\]\"`\\<>|]|\b(true|false|null)\b")
+_JSON_DEBRIS_RE = re.compile(r"[{\[]\s*[\"']|[\"']\s*:|^\s*[{\[]")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def _sanitize(text: str, max_chars: int) -> str:
-    """Engineer A's sanitiser when present (the one shared definition), else a local equivalent."""
-    try:
-        from .text_safety import sanitize_model_text
-    except ImportError:  # pragma: no cover - text_safety lands with the scorer issue
-        sanitize_model_text = None
-    text = str(text)
-    if sanitize_model_text is not None:
-        text = sanitize_model_text(text, max_chars=max_chars)
+def _sanitize(text: str, max_chars: int, keep_newlines: bool = False) -> str:
+    """Normalise model text: NFKC, invisible/control characters and special tokens removed."""
+    text = sanitize_model_text(str(text), max_chars=max_chars, keep_newlines=keep_newlines)
     text = _SPECIAL_TOKEN_RE.sub(" ", text)
+    if keep_newlines:
+        return "\n".join(re.sub(r"[ \t]+", " ", line).strip() for line in text.split("\n"))
     text = _CONTROL_RE.sub(" ", text)
     return re.sub(r"\s+", " ", text).strip()[:max_chars]
 
 
 def contains_injection(text: str) -> bool:
-    return bool(_INJECTION_RE.search(text))
+    """Heuristic: does ``text`` contain an instruction-like phrase (after :func:`skeleton`)?"""
+    text = str(text)
+    return bool(_INJECTION_RE.search(text) or _INJECTION_RE.search(skeleton(text)))
 
 
 def clean_feedback(text: str, max_chars: int = MAX_FEEDBACK_CHARS) -> str:
     """Model feedback made safe to show and store: sanitised, one line, injection phrases and JSON
-    debris neutralised, capped at ``max_chars`` on a word boundary."""
+    debris neutralised, capped at ``max_chars`` on a word boundary. (Feedback never enters a
+    prompt; prompt text goes through :func:`clean_prompt`.)"""
     text = _sanitize(text, max_chars=4 * max_chars)
-    text = _INJECTION_RE.sub("(removed)", text)
     text = _JSON_RE.sub(" ", text)
-    text = re.sub(r"\s+", " ", text).strip()
+    text = _INJECTION_RE.sub("(removed)", text)
+    return _cap(re.sub(r"\s+", " ", text).strip(), max_chars)
+
+
+def _cap(text: str, max_chars: int) -> str:
     if len(text) > max_chars:
         text = text[:max_chars].rsplit(" ", 1)[0].rstrip(" ,;:") + "…"
     return text
 
 
 def clean_prompt(text: str) -> str:
-    """A model-written prompt reduced to plain comma-separated words (no JSON, no markup)."""
+    """A model-written prompt reduced to plain comma-separated words: no JSON, no markup and no
+    ComfyUI prompt syntax (weights, embeddings, LoRA tags, wildcards, choices)."""
     text = _sanitize(text, max_chars=2000)
+    text = neutralize_prompt_syntax(text)
     text = _JSON_RE.sub(" ", text)
-    text = re.sub(r"[^\w\s,.;:'()\-]", " ", text)
+    text = re.sub(r"(?<![\w])[-+]?\d*\.\d+(?![\w])", " ", text)  # bare weights left over: 25.0, .3
+    text = re.sub(r"[^\w\s,.;'\-]|_", " ", text)
     text = re.sub(r"\s*,\s*(,\s*)*", ", ", text)
     return re.sub(r"\s+", " ", text).strip(" ,.;:")
 
@@ -286,6 +323,7 @@ class FallbackRefiner:
 
     gain: float = 1.6
     max_overshoot: float = 2.0
+    blend_cues: bool = True  # half-rung cue resolution (both neighbouring cues between two rungs)
     token_budget: int = CLIP_TOKEN_BUDGET
     max_words: int = MAX_PROMPT_WORDS
     name: str = "descriptor fallback"
@@ -302,9 +340,11 @@ class FallbackRefiner:
             axis(previous.arousal, measured.arousal, target.arousal),
         )
 
-    def compose(self, subject: str, steer: VA) -> str:
-        """Subject first, then mood phrase, then the valence and arousal cues, within the budget."""
-        description = describe_emotion(steer, k=3)
+    def compose(self, subject: str, steer: VA, target: Optional[VA] = None) -> str:
+        """Subject first (without words that contradict ``target``, default ``steer``), then the mood
+        phrase, then the valence and arousal cues, within the budget."""
+        subject = drop_contradicting(subject, target or steer) if subject else subject
+        description = describe_emotion(steer, k=3, blend=self.blend_cues)
         parts = [subject, description.phrase, *description.cues] if subject else [description.phrase, *description.cues]
         return fit_budget(parts, self.token_budget, self.max_words, keep=2 if subject else 1)
 
@@ -317,19 +357,24 @@ class FallbackRefiner:
         *,
         subject: Optional[str] = None,
         previous_steer: Optional[VA] = None,
+        steer: Optional[VA] = None,
         reason: str = "",
     ) -> RefinementResult:
+        """``steer``, when given (the loop's secant controller), is the point to write the prompt
+        for; otherwise the refiner takes its own fixed-gain step (:meth:`steer_point`)."""
         base_subject, _ = split_prompt(subject if subject is not None else prompt)
-        steer = self.steer_point(prompt, measured, target, previous_steer)
-        new_prompt = self.compose(base_subject, steer)
+        if steer is None:
+            steer = self.steer_point(prompt, measured, target, previous_steer)
+        new_prompt = self.compose(base_subject, steer, target)
         directions = _direction_words(measured, target)
         if directions:
             feedback = "; ".join(directions) + f". Rewrote the mood toward {', '.join(nearest_emotion_words(steer, 2))}."
         else:
             feedback = f"Close to the target {target}; kept the mood {', '.join(nearest_emotion_words(steer, 2))}."
-        if reason:
-            feedback = f"[fallback: {reason}] " + feedback
-        return RefinementResult(new_prompt, clean_feedback(feedback, 2 * MAX_FEEDBACK_CHARS), True, reason, steer.as_tuple())
+        feedback = clean_feedback(feedback, 2 * MAX_FEEDBACK_CHARS)
+        if reason:  # our own marker, added after cleaning so its brackets survive (the node's tooltip promises them)
+            feedback = f"[fallback: {clean_feedback(reason, 120)}] {feedback}"
+        return RefinementResult(new_prompt, feedback, True, reason, steer.as_tuple())
 
 
 _INSTRUCTION = (
@@ -342,7 +387,40 @@ _INSTRUCTION = (
     "at most {max_words} words. Answer exactly in two lines:\n"
     "FEEDBACK: <one sentence>\nPROMPT: <rewritten prompt>"
 )
-_ANSWER_RE = re.compile(r"FEEDBACK\s*:\s*(?P<feedback>.*?)\s*PROMPT\s*:\s*(?P<prompt>.*)", re.IGNORECASE | re.DOTALL)
+_MARKER_RE = re.compile(r"\b(FEEDBACK|PROMPT)\s*:", re.IGNORECASE)
+# Where a one-line (flattened) prompt stops: a sentence end followed by a capitalised word, or the
+# usual openers of an explanation. Prompts are comma-separated phrases, not sentences.
+_PROMPT_END_RE = re.compile(
+    r"(?<=[\w)\]])[.!?]\s+(?=[A-Z])|\s+(?:Explanation|Note|Notes|Reason|Reasoning|Rationale|This prompt|This version|"
+    r"I (?:have|changed|kept|added|removed|made)|Here)\b",
+)
+
+
+def split_answer(answer: object) -> "tuple[str, str] | str":
+    """Split a raw answer into (feedback, prompt) text, or return why it has no such structure.
+
+    Runs before any normalisation, on the answer's own lines when it has them: the prompt is the
+    rest of the PROMPT line only (later lines — an explanation, a second attempt — are dropped). When
+    the answer arrives as one line, the prompt ends at the first sentence break or explanation
+    opener. Exactly one FEEDBACK marker followed by exactly one PROMPT marker is required: a
+    repeated marker means the model is quoting or being steered, and the answer is rejected.
+    """
+    raw = str(answer if answer is not None else "")[:8000]
+    raw = raw.replace("\r\n", "\n").replace("\r", "\n").replace("\u2028", "\n").replace("\u2029", "\n")
+    markers = [(m.group(1).upper(), m.start(), m.end()) for m in _MARKER_RE.finditer(raw)]
+    kinds = [kind for kind, _, _ in markers]
+    if kinds.count("FEEDBACK") != 1 or kinds.count("PROMPT") != 1 or kinds.index("FEEDBACK") > kinds.index("PROMPT"):
+        if "PROMPT" in kinds and kinds.count("PROMPT") > 1:
+            return "the LVLM answer had more than one PROMPT field (ambiguous format)"
+        return "the LVLM answer did not follow the FEEDBACK/PROMPT format"
+    (_, _, f_end), (_, p_start, p_end) = markers[kinds.index("FEEDBACK")], markers[kinds.index("PROMPT")]
+    feedback = raw[f_end:p_start]
+    rest = raw[p_end:].lstrip(" \t")
+    if "\n" in rest.strip("\n"):
+        prompt = rest.strip("\n").split("\n", 1)[0]
+    else:
+        prompt = _PROMPT_END_RE.split(rest.strip(), maxsplit=1)[0]
+    return feedback, prompt
 
 
 @dataclass
@@ -380,19 +458,19 @@ class LVLMRefiner:
         )
 
     def parse(self, answer: str, required: Sequence[str]) -> tuple[Optional[str], str, str]:
-        """(prompt or None, feedback, reason for rejection) from a raw model answer."""
-        raw = str(answer)[:8000]
-        if contains_injection(raw):
+        """(prompt or None, feedback, reason for rejection) from a model answer: structure first
+        (:func:`split_answer`), then normalisation, then checks (see the "Untrusted text" notes)."""
+        fields = split_answer(answer)
+        if isinstance(fields, str):
+            return None, "", fields
+        feedback_raw, prompt_raw = fields
+        if contains_injection(feedback_raw) or contains_injection(prompt_raw):
             return None, "", "the LVLM answer contained instruction-like text"
-        match = _ANSWER_RE.search(_SPECIAL_TOKEN_RE.sub(" ", raw))
-        if match is None:
-            return None, "", "the LVLM answer did not follow the FEEDBACK/PROMPT format"
-        feedback = clean_feedback(match.group("feedback"))
-        prompt_text = match.group("prompt")
-        prompt_text = re.split(r"\n|FEEDBACK\s*:|PROMPT\s*:", prompt_text, flags=re.IGNORECASE)[0]
-        if _JSON_RE.search(prompt_text) and re.search(r"[{}\[\]]", prompt_text):
+        feedback = clean_feedback(feedback_raw)
+        normalised = _sanitize(prompt_raw, max_chars=2000)
+        if _JSON_DEBRIS_RE.search(normalised):
             return None, feedback, "the LVLM prompt contained JSON or markup"
-        prompt = clean_prompt(prompt_text)
+        prompt = clean_prompt(normalised)
         words = _WORD_RE.findall(prompt)
         if len(words) < 2:
             return None, feedback, "the LVLM prompt was empty"
@@ -412,20 +490,32 @@ class LVLMRefiner:
         *,
         subject: Optional[str] = None,
         previous_steer: Optional[VA] = None,
+        steer: Optional[VA] = None,
     ) -> RefinementResult:
         required = subject_words(subject if subject is not None else prompt)
-        fallback_args = dict(subject=subject, previous_steer=previous_steer)
+        fallback_args = dict(subject=subject, previous_steer=previous_steer, steer=steer)
         if image is None:
             return self.fallback.refine(None, prompt, measured, target, reason="no image to show the LVLM", **fallback_args)
-        answers = self.lvlm.generate_text(image, [self.instruction(prompt, measured, target, required)], max_new_tokens=self.max_new_tokens)
+        kwargs = {"keep_newlines": True} if self._keeps_lines() else {}
+        answers = self.lvlm.generate_text(
+            image, [self.instruction(prompt, measured, target, required)], max_new_tokens=self.max_new_tokens, **kwargs
+        )
         answer = answers[0] if isinstance(answers, (list, tuple)) and answers else ""
         new_prompt, feedback, reason = self.parse(answer, required)
         if new_prompt is None:
             result = self.fallback.refine(image, prompt, measured, target, reason=reason, **fallback_args)
-            if feedback:
-                result = RefinementResult(result.prompt, clean_feedback(f"{feedback} {result.feedback}", 2 * MAX_FEEDBACK_CHARS), True, reason, result.steer)
+            if feedback:  # the model's (cleaned) sentence after our marked fallback explanation
+                combined = _cap(f"{result.feedback} LVLM: {feedback}", 3 * MAX_FEEDBACK_CHARS)
+                result = RefinementResult(result.prompt, combined, True, reason, result.steer)
             return result
         return RefinementResult(new_prompt, feedback, False, "", None)
+
+    def _keeps_lines(self) -> bool:
+        """Whether the model's ``generate_text`` can return answers with their lines kept."""
+        try:
+            return "keep_newlines" in inspect.signature(self.lvlm.generate_text).parameters
+        except (TypeError, ValueError):  # pragma: no cover
+            return False
 
 
 def make_refiner(lvlm: object = None) -> Refiner:
@@ -444,7 +534,9 @@ __all__ = [
     "clean_feedback",
     "clean_prompt",
     "contains_injection",
+    "drop_contradicting",
     "estimate_clip_tokens",
+    "split_answer",
     "implied_point",
     "make_refiner",
     "split_prompt",

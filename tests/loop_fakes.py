@@ -1,56 +1,42 @@
-"""Fakes for the loop tests: a generator whose emotion follows the prompt's words, and a scorer
-that reads it back exactly. Not a fixture module; imported by the loop/node/refiner tests."""
+"""Fakes for the loop tests: toy plants (generators whose word responses were drawn independently
+of the refiner, :mod:`emofeedback2.engines.toy_plants`), a scorer that reads their ground truth
+exactly, and a scripted 'LVLM'. Not a fixture module; imported by the loop/node/refiner tests.
+
+Nothing here reads a prompt with the refiner's own inverse (``implied_point``): a loop that
+"works" on these fakes works on a generator it was not written for.
+"""
 
 from __future__ import annotations
 
-import torch
+from dataclasses import replace
 
-from emofeedback2.engines.emotion_space import VA, clamp
-from emofeedback2.engines.refiner import implied_point
 from emofeedback2.engines.scoring import EmotionReading
+from emofeedback2.engines.toy_plants import PLANT_FAMILIES, ToyPlant, draw_params, true_emotion
 
 
-class PromptResponsiveGenerator:
-    """Encodes an emotion into pixels: channel 0 = valence, channel 1 = arousal (mapped to 0..1).
+class PromptResponsiveGenerator(ToyPlant):
+    """A toy plant from ``family`` (default ``"rotated"``) and ``seed``; keyword overrides replace
+    fields of the family (e.g. ``valence_gain=(0, 0)`` for a plant that ignores emotion words)."""
 
-    The emotion is a *compressed, biased* response to the prompt's emotional words (as a real
-    generator under-reacts to mood words), plus per-seed noise: ``e = gain·implied + bias + noise``.
-    A loop that steers past the target by the measured error gets closer round after round.
-    """
+    def __init__(self, family: str = "rotated", seed: int = 0, **overrides):
+        super().__init__(draw_params(replace(PLANT_FAMILIES[family], **overrides), seed))
 
-    name = "fake prompt-responsive generator"
 
-    def __init__(self, gain: float = 0.8, bias=(-0.4, -0.6), noise: float = 0.2, fail_on_call: int = 0):
-        self.gain, self.bias, self.noise = gain, bias, noise
-        self.calls = 0
-        self.fail_on_call = fail_on_call
-        self.requests = []
+def ignoring_plant(seed: int = 0) -> PromptResponsiveGenerator:
+    """A plant whose images do not depend on the emotional words at all (only subject and seed)."""
+    return PromptResponsiveGenerator(seed=seed, valence_gain=(0.0, 0.0), arousal_gain=(0.0, 0.0), word_noise=0.0,
+                                     seed_noise=(0.02, 0.02))
 
-    def emotion(self, prompt: str, seed: int) -> tuple[float, float]:
-        point = implied_point(prompt) or VA(0.0, 0.0)
-        g = torch.Generator().manual_seed(int(seed) % (2**63))
-        nv, na = (torch.randn(2, generator=g) * self.noise).tolist()
-        return (
-            clamp(self.gain * point.valence + self.bias[0] + nv),
-            clamp(self.gain * point.arousal + self.bias[1] + na),
-        )
 
-    def generate(self, request, progress=None):
-        self.calls += 1
-        self.requests.append(request)
-        images = torch.zeros(len(request), request.height, request.width, 3)
-        for i, (prompt, seed) in enumerate(zip(request.prompts, request.seeds)):
-            v, a = self.emotion(prompt, seed)
-            images[i, ..., 0] = (v + 3) / 6
-            images[i, ..., 1] = (a + 3) / 6
-            images[i, ..., 2] = 0.5
-            if progress is not None:
-                progress(i + 1, len(request))
-        return images
+def obedient_plant(seed: int = 0) -> PromptResponsiveGenerator:
+    """A plant that follows emotion words closely (no rotation, unit gains, little noise)."""
+    return PromptResponsiveGenerator(seed=seed, rotation_deg=0.0, valence_gain=(1.0, 1.0), arousal_gain=(1.0, 1.0),
+                                     word_noise=0.05, ignored_words=0.0, bias=0.0, subject_noise=0.1,
+                                     saturation=(6.0, 6.0), seed_noise=(0.05, 0.05), prior_weight=(0.3, 0.3))
 
 
 class PixelScorer:
-    """Reads the emotion written by :class:`PromptResponsiveGenerator`; counts its calls."""
+    """Reads a toy plant's ground truth exactly (a noise-free judge); counts its calls."""
 
     name = "fake pixel scorer"
     is_heuristic = True
@@ -62,9 +48,7 @@ class PixelScorer:
     def score(self, images, *, analysis=False):
         self.calls += 1
         self.batch_sizes.append(images.shape[0])
-        v = images[..., 0].mean(dim=(1, 2)) * 6 - 3
-        a = images[..., 1].mean(dim=(1, 2)) * 6 - 3
-        return [EmotionReading(float(x), float(y)) for x, y in zip(v, a)]
+        return [EmotionReading(p.valence, p.arousal) for p in true_emotion(images)]
 
 
 class ScriptedLVLM:
