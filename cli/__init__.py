@@ -12,6 +12,7 @@ import sys
 from typing import Optional, Sequence
 
 from . import bench_commands, loop_commands, score_commands, train_commands
+from . import eval_commands
 from ..engines.errors import UserError
 
 
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (loop_commands, score_commands, train_commands, bench_commands):
         module.register(sub)
+    eval_commands.register(sub)
     return parser
 
 
