@@ -60,12 +60,13 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> tuple[Optional[float], st
     x, y = np.asarray(x, float), np.asarray(y, float)
     if len(x) < 2:
         return None, "fewer than two images"
+    # spread tested on the values themselves: x − mean(x) of equal values can be 1e-16, not 0
+    if float(np.ptp(x)) == 0.0:
+        return None, "the targets do not vary"
+    if float(np.ptp(y)) == 0.0:
+        return None, "the readings do not vary (every image read the same)"
     dx, dy = x - x.mean(), y - y.mean()
     sx, sy = float(np.sqrt((dx * dx).sum())), float(np.sqrt((dy * dy).sum()))
-    if sx == 0.0:
-        return None, "the targets do not vary"
-    if sy == 0.0:
-        return None, "the readings do not vary (every image read the same)"
     return float((dx * dy).sum() / (sx * sy)), ""
 
 
@@ -93,7 +94,7 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> tuple[Optional[float], s
 
 def slope(target: Sequence[float], measured: Sequence[float]) -> tuple[Optional[float], str]:
     t, m = np.asarray(target, float), np.asarray(measured, float)
-    if len(t) < 2 or float(((t - t.mean()) ** 2).sum()) == 0.0:
+    if len(t) < 2 or float(np.ptp(t)) == 0.0:
         return None, "the targets do not vary"
     dt = t - t.mean()
     return float((dt * (m - m.mean())).sum() / (dt * dt).sum()), ""
