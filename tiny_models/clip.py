@@ -13,6 +13,7 @@ heads in the ``lpips`` package's own layout (``weights/v0.1/<net>.pth``).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -62,7 +63,8 @@ def build_tiny_lpips(out_dir: str | Path, net: str = "alex", seed: int = 0) -> P
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # lpips passes torchvision's deprecated `pretrained=False`
         torch.manual_seed(seed)
         model = lpips.LPIPS(net=net, pnet_rand=True, pretrained=False, verbose=False)
         state = model.state_dict()
