@@ -137,3 +137,28 @@ def test_report_aggregates_quality_over_images_and_neighbours(tmp_path, clip_dir
     assert report["lpips_continuous"] == pytest.approx(expected, rel=1e-5) and expected > 0
     assert report["per_prompt"][1]["clip_score"] == pytest.approx(
         np.mean(clip.clip_scores(saved[9:], ["sea"] * 9)))
+
+
+def test_eval_with_real_loaders_fills_every_metric(tmp_path, tiny_pipeline_dir, tiny_lvlm_dir, clip_dir, lpips_dir, one_thread):
+    """The non-demo route: a diffusers folder, an LVLM judge (digit masses), CLIP and LPIPS folders."""
+    import csv
+    import json
+
+    from emofeedback2.cli import main
+    from emofeedback2.engines.lvlm_scorer import LVLMConfig, load_lvlm
+
+    out = tmp_path / "run"
+    assert main(["eval", "--generator", str(tiny_pipeline_dir), "--lvlm", str(tiny_lvlm_dir), "--prompt", "a house",
+                 "--grid", "2", "--size", "32", "--steps", "1", "--device", "cpu", "--dtype", "float32",
+                 "--text-strength", "1", "--clip", str(clip_dir), "--lpips", str(lpips_dir), "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    for key in ("clip_score", "clip_iqa", "lpips_continuous", "valence_digit_mass", "arousal_digit_mass"):
+        assert report[key] is not None, (key, report["null_reasons"].get(key))
+    assert 0 < report["valence_digit_mass"] <= 1 and 0 <= report["clip_iqa"] <= 1
+    rows = list(csv.DictReader((out / "images.csv").open(newline="")))
+    assert len(rows) == 4 and all(row["digit_mass_valence"] for row in rows)
+    judge = load_lvlm(LVLMConfig(model=str(tiny_lvlm_dir), device="cpu", dtype="float32"))
+    for row in rows:  # the saved PNG re-scores to the CSV reading
+        reading = judge.score([Image.open(out / row["file"])])[0]
+        assert reading.valence == pytest.approx(float(row["valence"]), abs=1e-4)
+        assert reading.arousal == pytest.approx(float(row["arousal"]), abs=1e-4)
