@@ -144,7 +144,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..evaluation.lpips_metric import LPIPSMetric
     from ..evaluation.plots import write_pictures
     from ..evaluation.report import QualityScores, build_report, markdown_table, write_report
-    from ..evaluation.runner import EvalPlan, Sampling, run_evaluation
+    from ..evaluation.runner import EvalPlan, Sampling, check_output, run_evaluation
     from ..evaluation.targets import grid_targets, read_targets
 
     started = time.perf_counter()
@@ -156,15 +156,22 @@ def run_eval(args: argparse.Namespace) -> int:
         steps=args.steps or (2 if demo else 20), cfg=args.cfg if args.cfg is not None else (1.0 if demo else 7.0),
         adapter_strength=args.adapter_strength,
     )
-    plan = EvalPlan(prompts=prompts, targets=targets, seeds=[args.seed + k for k in range(args.seeds)],
-                    sampling=sampling, batch_size=args.batch_size)
     out = Path(args.out)
+    check_output(out, args.resume)
     if demo:
         torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    # the quality models first: a wrong --clip or --lpips folder should stop the run before it starts
+    device = str(resolve_device(args.device))
+    clip = CLIPMetrics(args.clip, device=device) if args.clip else None
+    lpips = LPIPSMetric(args.lpips, net=args.lpips_net, device=device) if args.lpips else None
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="emofeedback2-eval-"))
     try:
         generator, scorer, description = _load(args, workdir)
         judge = getattr(scorer, "name", str(args.lvlm))
+        models = {**{k: v for k, v in description.items() if k != "note"}, "judge": judge, "lvlm": args.lvlm,
+                  "lvlm_adapter": args.lvlm_adapter}
+        plan = EvalPlan(prompts=prompts, targets=targets, seeds=[args.seed + k for k in range(args.seeds)],
+                        sampling=sampling, batch_size=args.batch_size, models=models)
         run = {**description, "judge": judge, "judge_is_heuristic": bool(getattr(scorer, "is_heuristic", False)),
                "label": args.label, "prompts": prompts, "targets": [[t.valence, t.arousal] for t in targets],
                "seeds": plan.seeds, "sampling": plan.fingerprint()["sampling"]}
@@ -186,9 +193,6 @@ def run_eval(args: argparse.Namespace) -> int:
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
-    device = str(resolve_device(args.device))
-    clip = CLIPMetrics(args.clip, device=device) if args.clip else None
-    lpips = LPIPSMetric(args.lpips, net=args.lpips_net, device=device) if args.lpips else None
     run["clip"], run["lpips"] = args.clip, (None if lpips is None else {"net": lpips.net, **lpips.files})
     quality = QualityScores(records, out, clip=clip, lpips=lpips)
     report = build_report(records, out, prompts, quality, run)

@@ -38,7 +38,7 @@ class Values:
     reasons: dict[str, str] = field(default_factory=dict)
 
     def set(self, key: str, value: Optional[float], reason: str = "") -> None:
-        self.values[key] = None if value is None else float(value)
+        self.values[key] = None if value is None else value if isinstance(value, int) else float(value)
         if value is None:
             self.reasons[key] = reason or "not computed"
 

@@ -155,7 +155,7 @@ def report_markdown(report: dict[str, Any]) -> str:
         "# Emotion evaluation",
         "",
         f"Generator: {run.get('generator', '?')}; judge: {run.get('judge', '?')}"
-        + (" (a colour heuristic, not a learned judgement)" if run.get("judge_is_heuristic") else "") + ".",
+        + (" (a heuristic, not a learned judgement)" if run.get("judge_is_heuristic") else "") + ".",
         f"{report.get('n_images', 0)} images: {len(run.get('prompts', []))} prompt(s) × {len(run.get('seeds', []))} seed(s) × "
         f"{len(run.get('targets', []))} target(s).",
         "",

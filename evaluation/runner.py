@@ -5,7 +5,7 @@ A cell is (prompt, seed, target). Cells of one prompt and seed are generated in 
 an uninterrupted one would). Each image is written losslessly as PNG, read back from disk and judged
 from those pixels — so re-scoring the saved files gives the readings in ``images.csv`` — and its row is
 appended and flushed as soon as its chunk is judged. ``run.json`` pins what was asked; ``--resume``
-refuses a folder that was made with other prompts, targets, seeds or sampling settings.
+refuses a folder that was made with other prompts, targets, seeds, sampling settings or models.
 """
 
 from __future__ import annotations
@@ -54,6 +54,8 @@ class EvalPlan:
     seeds: list[int]
     sampling: Sampling = field(default_factory=Sampling)
     batch_size: int = 8
+    #: which generator and judge (names, weight files): a resumed run must use the same ones
+    models: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.prompts or not self.targets or not self.seeds:
@@ -73,6 +75,7 @@ class EvalPlan:
             "seeds": list(self.seeds),
             "sampling": asdict(self.sampling),
             "batch_size": self.batch_size,
+            "models": dict(self.models),
         }
 
     def chunks(self) -> list[tuple[int, int, list[int]]]:
@@ -110,15 +113,20 @@ def score_images(scorer, images: Sequence[Image.Image]) -> list[tuple[float, flo
             for r in readings]
 
 
+def check_output(out: Path, resume: bool) -> None:
+    """Fail before any model loads when ``out`` holds a run and ``--resume`` was not given."""
+    if (Path(out) / RUN_NAME).is_file() and not resume:
+        raise EvalOutputError(f"{out} already holds an evaluation; pass --resume to continue it or choose another --out")
+
+
 def prepare_output(out: Path, plan: EvalPlan, resume: bool, describe: dict[str, Any]) -> list[ImageRecord]:
     """Create or check ``out``; return the rows already done (resume) after dropping broken ones."""
     out.mkdir(parents=True, exist_ok=True)
     (out / IMAGE_DIR).mkdir(exist_ok=True)
     run_file, csv_file = out / RUN_NAME, out / CSV_NAME
     wanted = plan.fingerprint()
+    check_output(out, resume)
     if run_file.is_file():
-        if not resume:
-            raise EvalOutputError(f"{out} already holds an evaluation; pass --resume to continue it or choose another --out")
         saved = json.loads(run_file.read_text(encoding="utf-8"))
         for key, value in wanted.items():
             if saved.get("plan", {}).get(key) != value:
