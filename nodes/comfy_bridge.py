@@ -74,6 +74,13 @@ def filename_list(name: str) -> list[str]:
     return list(folder_paths.get_filename_list(name))
 
 
+def full_path(folder: str, filename: str):
+    """Full path of a listed file, or None."""
+    import folder_paths
+
+    return folder_paths.get_full_path(folder, filename)
+
+
 def full_path_or_raise(folder: str, filename: str) -> str:
     import folder_paths
 

@@ -16,6 +16,7 @@ from ..engines.color_scorer import ColorHeuristicScorer
 from ..engines.lvlm_scorer import LVLMConfig, LVLMLoadError, load_lvlm
 from ..engines.scoring import EmotionScorer
 from . import comfy_bridge
+from .errors import clean_errors
 from .common import CATEGORY
 
 LVLM_TYPE = "LVLM"
@@ -152,6 +153,7 @@ class LVLMLoader:
             },
         }
 
+    @clean_errors
     def load(
         self,
         model: str,

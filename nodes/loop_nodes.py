@@ -18,6 +18,7 @@ from ..engines.refiner import make_refiner
 from ..engines.scoring import EmotionScorer
 from ..engines.trajectory_plot import plot_to_tensor, plot_trajectory
 from . import comfy_bridge
+from .errors import clean_errors
 from .common import CATEGORY, arousal_widget, valence_widget
 from .conditioner_nodes import EMOTION_ADAPTER_TYPE
 from .loader_nodes import LVLM_TYPE, require_lvlm
@@ -71,6 +72,7 @@ class FeedbackPromptRefiner:
             },
         }
 
+    @clean_errors
     def refine(
         self,
         lvlm: EmotionScorer,
@@ -168,6 +170,7 @@ class EmoRewardLoop:
             },
         }
 
+    @clean_errors
     def run(
         self,
         model: Any,

@@ -15,6 +15,7 @@ from ..engines.comfy_backend import ComfyGenerator
 from ..engines.emotion_adapter import EmotionAdapter
 from ..engines.sweep import DEFAULT_AXIS_VALUES, SweepLayout, labelled_grid, parse_axis_values, run_sweep
 from . import comfy_bridge
+from .errors import clean_errors
 from .common import CATEGORY
 
 AXIS_TOOLTIP = (
@@ -75,6 +76,7 @@ class EmotionSweepGrid:
             },
         }  # fmt: skip
 
+    @clean_errors
     def sweep(
         self, model: Any, clip: Any, vae: Any, text: str, negative: str, valences: str, arousals: str,
         seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str, width: int, height: int,
