@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 
 
 class Residency(Protocol):
+    def place(self, scorer: "LVLMScorer") -> None:
+        """Right after loading: put the weights where they wait for the first call."""
+
     def acquire(self, scorer: "LVLMScorer") -> None:
         """Make the weights present on ``scorer.device`` (reloading dropped weights)."""
 
@@ -26,6 +29,9 @@ class Residency(Protocol):
 
 class LocalResidency:
     """Standalone policy: on the device while working; offloaded afterwards if the config asks."""
+
+    def place(self, scorer: "LVLMScorer") -> None:
+        scorer.to(scorer.config.offload_device if scorer.config.offload_after_use else scorer.device)
 
     def acquire(self, scorer: "LVLMScorer") -> None:
         scorer.to(scorer.device)

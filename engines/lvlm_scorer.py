@@ -263,10 +263,7 @@ def load_lvlm(config: LVLMConfig, residency: Optional[Residency] = None) -> "LVL
         raise LVLMLoadError(f"{source} has no image processor and tokenizer; it is not a vision-language model folder.")
     _apply_pixel_limits(processor, config.min_pixels, config.max_pixels)
     scorer = LVLMScorer(model, processor, config, device=device, dtype=dtype, source=source, residency=residency)
-    if not config.offload_after_use or scorer.quantized:
-        scorer.to(device)
-    else:
-        scorer.to(torch.device(config.offload_device))
+    scorer.residency.place(scorer)
     return scorer
 
 
@@ -308,6 +305,7 @@ class LVLMScorer:
         self.residency: Residency = residency or LocalResidency()
         self.quantized = is_quantized(model)
         self._weight_bytes = _module_bytes(model)
+        self._emptied_model: Any = None
         self.processor = processor
         self.config = config
         self.device = device
@@ -368,15 +366,21 @@ class LVLMScorer:
         if self.model is None:
             self.model = load_lvlm_weights(self.config, self.source, self.device, self.dtype)
             self._current_device = self.device if self.quantized else torch.device("cpu")
+            self._emptied_model = None
 
     def drop_weights(self) -> None:
-        """Free the weights entirely (the way to free a quantised model); they reload on next use."""
+        """Free the weights (the way to free a quantised model); they reload from disk on next use.
+
+        The tensors are released but the emptied module object is kept until the reload: a memory
+        manager that watches the model object for garbage collection (ComfyUI does) must not see it
+        vanish in the middle of its own unloading loop.
+        """
         if self.model is None:
             return
-        self.model = None
-        import gc
-
-        gc.collect()
+        emptied, self.model = self.model, None
+        for tensor in list(emptied.parameters()) + list(emptied.buffers()):
+            tensor.data = torch.empty(0, dtype=tensor.dtype)
+        self._emptied_model = emptied
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
