@@ -157,7 +157,7 @@ class EmotionConditionerFromConditioning:
     ) -> tuple[list, str]:
         target = VA(valence, arousal)
         if emotion_adapter is None:
-            _LOG.warning("[EmoFeedback2] Emotion Conditioner from Conditioning: %s", NO_ADAPTER_NOTE)
+            _LOG.warning("[EmoFeedback2] Emotion from Conditioning: %s", NO_ADAPTER_NOTE)
             return (conditioning, NO_ADAPTER_NOTE)
         moved = apply_adapter_to_conditioning(conditioning, emotion_adapter, target, float(adapter_strength))
         note = f"emotion adapter ({emotion_adapter.arch}) applied at strength {float(adapter_strength):g} toward {target}"
@@ -170,5 +170,5 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
 }
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "EmotionConditioner": "Emotion Conditioner (EmoFeedback2)",
-    "EmotionConditionerFromConditioning": "Emotion Conditioner from Conditioning (EmoFeedback2)",
+    "EmotionConditionerFromConditioning": "Emotion from Conditioning (EmoFeedback2)",
 }

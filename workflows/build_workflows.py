@@ -242,27 +242,27 @@ def graphs() -> list[Graph]:
                 "conditioner encodes the refined prompt as is (text_strength 0: it already carries the emotion words).\n"
                 + MODELS_NOTE + LVLM_NOTE
             ),
-            Node(2, "CheckpointLoaderSimple", (20, 380), (320, 100), {"ckpt_name": CHECKPOINT}),
-            Node(3, "EmoLVLMLoader", (20, 520), (320, 250), {"model": LVLM}),
-            Node(4, "EmotionConditioner", (480, 20), (380, 260), {"text": prompt, **target, "text_strength": 1.0}),
-            Node(5, "CLIPTextEncode", (480, 360), (380, 120), {"text": NEGATIVE}, title="Negative prompt"),
-            Node(6, "EmptyLatentImage", (480, 540), (320, 110), {"width": 512, "height": 512, "batch_size": 1}),
-            Node(7, "KSampler", (900, 20), (320, 270), {"seed": 7, "steps": 25, "cfg": 7.0, "scheduler": "normal"}, title="KSampler (round 1)"),
-            Node(8, "VAEDecode", (900, 330), (220, 50)),
-            Node(9, "SaveImage", (1260, 20), (360, 400), {"filename_prefix": "EmoFeedback2/refine_round1"}),
-            Node(10, "LVLMEmotionScorer", (900, 420), (340, 230), {
+            Node(2, "CheckpointLoaderSimple", (20, 900), (320, 100), {"ckpt_name": CHECKPOINT}),
+            Node(3, "EmoLVLMLoader", (20, 1500), (320, 250), {"model": LVLM}),
+            Node(4, "EmotionConditioner", (440, 340), (380, 260), {"text": prompt, **target, "text_strength": 1.0}),
+            Node(5, "CLIPTextEncode", (440, 760), (380, 120), {"text": NEGATIVE}, title="Negative prompt"),
+            Node(6, "EmptyLatentImage", (440, 960), (320, 110), {"width": 512, "height": 512, "batch_size": 1}),
+            Node(7, "KSampler", (940, 340), (320, 270), {"seed": 7, "steps": 25, "cfg": 7.0, "scheduler": "normal"}, title="KSampler (round 1)"),
+            Node(8, "VAEDecode", (1360, 340), (220, 50)),
+            Node(9, "SaveImage", (1700, 340), (360, 400), {"filename_prefix": "EmoFeedback2/refine_round1"}),
+            Node(10, "LVLMEmotionScorer", (1700, 820), (340, 230), {
                 "use_target": True, "target_valence": target["valence"], "target_arousal": target["arousal"],
                 "analysis": True}),
-            Node(11, "FeedbackPromptRefiner", (1260, 460), (360, 250), {
+            Node(11, "FeedbackPromptRefiner", (2200, 820), (360, 250), {
                 "subject": prompt, "target_valence": target["valence"], "target_arousal": target["arousal"]}),
-            Node(12, "EmotionConditioner", (1660, 20), (380, 260), {"text": prompt, **target, "text_strength": 0.0},
+            Node(12, "EmotionConditioner", (2700, 340), (380, 260), {"text": prompt, **target, "text_strength": 0.0},
                  title="Emotion Conditioner (refined prompt)"),
-            Node(13, "KSampler", (2080, 20), (320, 270), {"seed": 7, "steps": 25, "cfg": 7.0, "scheduler": "normal"}, title="KSampler (round 2)"),
-            Node(14, "VAEDecode", (2080, 330), (220, 50)),
-            Node(15, "SaveImage", (2440, 20), (360, 400), {"filename_prefix": "EmoFeedback2/refine_round2"}),
-            Node(16, "PreviewAny", (900, 700), (340, 180), title="Scorer analysis"),
-            Node(17, "PreviewAny", (1660, 460), (380, 180), title="Refiner feedback"),
-            Node(18, "PreviewAny", (1660, 680), (380, 180), title="Refined prompt"),
+            Node(13, "KSampler", (3200, 340), (320, 270), {"seed": 7, "steps": 25, "cfg": 7.0, "scheduler": "normal"}, title="KSampler (round 2)"),
+            Node(14, "VAEDecode", (3620, 340), (220, 50)),
+            Node(15, "SaveImage", (3960, 340), (360, 400), {"filename_prefix": "EmoFeedback2/refine_round2"}),
+            Node(16, "PreviewAny", (2200, 1240), (340, 180), title="Scorer analysis"),
+            Node(17, "PreviewAny", (2700, 820), (380, 180), title="Refiner feedback"),
+            Node(18, "PreviewAny", (2700, 1060), (380, 180), title="Refined prompt"),
         ],  # fmt: skip
         [
             (2, "CLIP", 4, "clip"), (2, "CLIP", 5, "clip"), (2, "MODEL", 7, "model"),
@@ -292,7 +292,7 @@ def graphs() -> list[Graph]:
             ),
             Node(2, "CheckpointLoaderSimple", (20, 340), (320, 100), {"ckpt_name": CHECKPOINT}),
             Node(3, "EmoLVLMLoader", (20, 520), (320, 250), {"model": LVLM}),
-            Node(4, "EmoRewardLoop", (420, 340), (400, 620), {
+            Node(4, "EmoRewardLoop", (440, 340), (400, 620), {
                 "prompt": "a lighthouse on a rocky coast, wide shot", "negative": NEGATIVE,
                 "target_valence": 1.5, "target_arousal": 1.0, "rounds": 3, "candidates": 4, "seed": 0,
                 "steps": 20, "cfg": 7.0, "width": 512, "height": 512}),
