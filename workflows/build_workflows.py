@@ -242,27 +242,27 @@ def graphs() -> list[Graph]:
                 "conditioner encodes the refined prompt as is (text_strength 0: it already carries the emotion words).\n"
                 + MODELS_NOTE + LVLM_NOTE
             ),
-            Node(2, "CheckpointLoaderSimple", (20, 900), (320, 100), {"ckpt_name": CHECKPOINT}),
-            Node(3, "EmoLVLMLoader", (20, 1500), (320, 250), {"model": LVLM}),
-            Node(4, "EmotionConditioner", (440, 340), (380, 260), {"text": prompt, **target, "text_strength": 1.0}),
-            Node(5, "CLIPTextEncode", (440, 760), (380, 120), {"text": NEGATIVE}, title="Negative prompt"),
-            Node(6, "EmptyLatentImage", (440, 960), (320, 110), {"width": 512, "height": 512, "batch_size": 1}),
-            Node(7, "KSampler", (940, 340), (320, 270), {"seed": 7, "steps": 25, "cfg": 7.0, "scheduler": "normal"}, title="KSampler (round 1)"),
-            Node(8, "VAEDecode", (1360, 340), (220, 50)),
-            Node(9, "SaveImage", (1700, 340), (360, 400), {"filename_prefix": "EmoFeedback2/refine_round1"}),
-            Node(10, "LVLMEmotionScorer", (1700, 820), (340, 230), {
+            Node(2, "CheckpointLoaderSimple", (80, 3180), (320, 100), {"ckpt_name": CHECKPOINT}),
+            Node(3, "EmoLVLMLoader", (20, 2660), (320, 250), {"model": LVLM}),
+            Node(4, "EmotionConditioner", (720, 580), (380, 260), {"text": prompt, **target, "text_strength": 1.0}),
+            Node(5, "CLIPTextEncode", (580, 340), (380, 120), {"text": NEGATIVE}, title="Negative prompt"),
+            Node(6, "EmptyLatentImage", (40, 1880), (320, 110), {"width": 512, "height": 512, "batch_size": 1}),
+            Node(7, "KSampler", (1160, 2020), (320, 270), {"seed": 7, "steps": 25, "cfg": 7.0, "scheduler": "normal"}, title="KSampler (round 1)"),
+            Node(8, "VAEDecode", (1520, 700), (220, 50)),
+            Node(9, "SaveImage", (1880, 1520), (360, 400), {"filename_prefix": "EmoFeedback2/refine_round1"}),
+            Node(10, "LVLMEmotionScorer", (2000, 2140), (340, 230), {
                 "use_target": True, "target_valence": target["valence"], "target_arousal": target["arousal"],
                 "analysis": True}),
-            Node(11, "FeedbackPromptRefiner", (2200, 820), (360, 250), {
+            Node(11, "FeedbackPromptRefiner", (2540, 480), (360, 250), {
                 "subject": prompt, "target_valence": target["valence"], "target_arousal": target["arousal"]}),
-            Node(12, "EmotionConditioner", (2700, 340), (380, 260), {"text": prompt, **target, "text_strength": 0.0},
+            Node(12, "EmotionConditioner", (3320, 3720), (380, 260), {"text": prompt, **target, "text_strength": 0.0},
                  title="Emotion Conditioner (refined prompt)"),
-            Node(13, "KSampler", (3200, 340), (320, 270), {"seed": 7, "steps": 25, "cfg": 7.0, "scheduler": "normal"}, title="KSampler (round 2)"),
-            Node(14, "VAEDecode", (3620, 340), (220, 50)),
-            Node(15, "SaveImage", (3960, 340), (360, 400), {"filename_prefix": "EmoFeedback2/refine_round2"}),
-            Node(16, "PreviewAny", (2200, 1240), (340, 180), title="Scorer analysis"),
-            Node(17, "PreviewAny", (2700, 820), (380, 180), title="Refiner feedback"),
-            Node(18, "PreviewAny", (2700, 1060), (380, 180), title="Refined prompt"),
+            Node(13, "KSampler", (4420, 380), (320, 270), {"seed": 7, "steps": 25, "cfg": 7.0, "scheduler": "normal"}, title="KSampler (round 2)"),
+            Node(14, "VAEDecode", (5680, 620), (220, 50)),
+            Node(15, "SaveImage", (5940, 2960), (360, 400), {"filename_prefix": "EmoFeedback2/refine_round2"}),
+            Node(16, "PreviewAny", (4120, 3860), (340, 180), title="Scorer analysis"),
+            Node(17, "PreviewAny", (4880, 3720), (380, 180), title="Refiner feedback"),
+            Node(18, "PreviewAny", (5240, 1420), (380, 180), title="Refined prompt"),
         ],  # fmt: skip
         [
             (2, "CLIP", 4, "clip"), (2, "CLIP", 5, "clip"), (2, "MODEL", 7, "model"),
@@ -291,17 +291,17 @@ def graphs() -> list[Graph]:
                 "- Optional: connect an emotion adapter from an Emotion Weights Loader."
             ),
             Node(2, "CheckpointLoaderSimple", (20, 340), (320, 100), {"ckpt_name": CHECKPOINT}),
-            Node(3, "EmoLVLMLoader", (20, 520), (320, 250), {"model": LVLM}),
+            Node(3, "EmoLVLMLoader", (20, 510), (320, 250), {"model": LVLM}),
             Node(4, "EmoRewardLoop", (440, 340), (400, 620), {
                 "prompt": "a lighthouse on a rocky coast, wide shot", "negative": NEGATIVE,
                 "target_valence": 1.5, "target_arousal": 1.0, "rounds": 3, "candidates": 4, "seed": 0,
                 "steps": 20, "cfg": 7.0, "width": 512, "height": 512}),
-            Node(5, "SaveImage", (1000, 480), (400, 420), {"filename_prefix": "EmoFeedback2/loop_best"}, title="Best image"),
-            Node(6, "SaveImage", (1500, 340), (420, 420), {"filename_prefix": "EmoFeedback2/loop_trajectory"},
+            Node(5, "SaveImage", (1040, 340), (400, 420), {"filename_prefix": "EmoFeedback2/loop_best"}, title="Best image"),
+            Node(6, "SaveImage", (1040, 830), (420, 420), {"filename_prefix": "EmoFeedback2/loop_trajectory"},
                  title="V-A trajectory plot"),
-            Node(7, "PreviewImage", (1000, 960), (400, 300), title="All candidates"),
-            Node(8, "PreviewAny", (1500, 800), (420, 160), title="Final prompt"),
-            Node(9, "PreviewAny", (1500, 1000), (420, 200), title="History (JSON)"),
+            Node(7, "PreviewImage", (1040, 1320), (400, 300), title="All candidates"),
+            Node(8, "PreviewAny", (1040, 1690), (420, 160), title="Final prompt"),
+            Node(9, "PreviewAny", (1040, 1920), (420, 200), title="History (JSON)"),
         ],  # fmt: skip
         [
             (2, "MODEL", 4, "model"), (2, "CLIP", 4, "clip"), (2, "VAE", 4, "vae"), (3, "lvlm", 4, "lvlm"),
