@@ -37,8 +37,8 @@ from .progress import ProgressCallback, report
 from .scoring import EmotionReading
 from .text_safety import sanitize_model_text
 from .errors import UserError
-
-ATTENTION_CHOICES = ("sdpa", "eager", "flash_attention_2")
+from .lvlm_options import ATTENTION_CHOICES, QUANTIZATION_CHOICES, check_attention, is_quantized, quantization_kwargs
+from .lvlm_residency import LocalResidency, Residency
 MODELS_LLM_HINT = "ComfyUI users: put the model folder under ComfyUI/models/LLM/<name> and pick <name> in the LVLM loader node"
 
 #: The rating scale the questions ask for; digits map linearly to [-3, 3] (5 → 0).
@@ -78,8 +78,11 @@ class LVLMConfig:
     dtype: str = "auto"
     #: "auto" (cuda, then mps, then cpu), or a torch device string such as "cuda:1" or "cpu"
     device: str = "auto"
-    #: None = transformers' default; or "sdpa", "eager", "flash_attention_2"
+    #: None = transformers' default; or "sdpa", "eager", "flash_attention_2" (CUDA + flash-attn only)
     attn_implementation: Optional[str] = None
+    #: "none", "8bit" or "4bit": bitsandbytes weight quantisation (needs bitsandbytes; CUDA in practice).
+    #: A quantised model cannot be moved between devices: offloading frees it and it reloads when needed.
+    quantization: str = "none"
     #: a peft LoRA adapter folder (adapter_config.json + adapter_model.safetensors), e.g. from training
     adapter: Optional[str] = None
     #: allow model code from the model folder/hub repo to run; off unless you trust the source
@@ -221,9 +224,13 @@ def _load_adapter(model: Any, adapter: str) -> Any:
         raise LVLMLoadError(f"could not apply the LoRA adapter in {folder} to this model: {exc}") from exc
 
 
-def load_lvlm(config: LVLMConfig) -> "LVLMScorer":
-    """Load the model, processor and optional adapter described by ``config``."""
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+def load_lvlm(config: LVLMConfig, residency: Optional[Residency] = None) -> "LVLMScorer":
+    """Load the model, processor and optional adapter described by ``config``.
+
+    ``residency`` decides where the weights live between calls (default :class:`LocalResidency`:
+    on the device, or moved to ``offload_device`` after each call when ``offload_after_use``).
+    """
+    from transformers import AutoConfig, AutoProcessor
 
     if config.attn_implementation not in (None, *ATTENTION_CHOICES):
         raise LVLMLoadError(
@@ -234,6 +241,8 @@ def load_lvlm(config: LVLMConfig) -> "LVLMScorer":
     source, is_local = resolve_model_source(config.model)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
+    check_attention(config.attn_implementation, device)
+    quantization_kwargs(config.quantization, device, dtype)  # fail before reading weights
     common = {"trust_remote_code": config.trust_remote_code}
     try:
         hf_config = AutoConfig.from_pretrained(source, **common)
@@ -244,29 +253,41 @@ def load_lvlm(config: LVLMConfig) -> "LVLMScorer":
             f"pass that folder. {MODELS_LLM_HINT}."
         ) from exc
     _check_image_text_model(hf_config, source)
-    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True, **common}
-    if config.attn_implementation:
-        kwargs["attn_implementation"] = config.attn_implementation
+    model = load_lvlm_weights(config, source, device, dtype)
     try:
-        model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
         processor = AutoProcessor.from_pretrained(source, **common)
     except (OSError, ValueError, ImportError, SafetensorError) as exc:  # SafetensorError: a corrupt weights file
         raise LVLMLoadError(
-            f"could not load the model/processor from {source}: {exc}. The folder needs *.safetensors weights "
-            f"(no .bin), config.json, tokenizer and processor files. {MODELS_LLM_HINT}."
+            f"could not load the processor from {source}: {exc}. The folder needs config.json, tokenizer and "
+            f"processor files. {MODELS_LLM_HINT}."
         ) from exc
     if getattr(processor, "image_processor", None) is None or getattr(processor, "tokenizer", None) is None:
         raise LVLMLoadError(f"{source} has no image processor and tokenizer; it is not a vision-language model folder.")
     _apply_pixel_limits(processor, config.min_pixels, config.max_pixels)
+    scorer = LVLMScorer(model, processor, config, device=device, dtype=dtype, source=source, residency=residency)
+    scorer.residency.place(scorer)
+    return scorer
+
+
+def load_lvlm_weights(config: LVLMConfig, source: str, device: torch.device, dtype: torch.dtype) -> Any:
+    """The model (with its adapter) in eval mode; quantised models are placed on ``device`` here."""
+    from transformers import AutoModelForImageTextToText
+
+    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True, "trust_remote_code": config.trust_remote_code}
+    if config.attn_implementation:
+        kwargs["attn_implementation"] = config.attn_implementation
+    kwargs.update(quantization_kwargs(config.quantization, device, dtype))
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, ImportError) as exc:
+        raise LVLMLoadError(
+            f"could not load the model from {source}: {exc}. The folder needs *.safetensors weights "
+            f"(no .bin), config.json, tokenizer and processor files. {MODELS_LLM_HINT}."
+        ) from exc
     if config.adapter:
         model = _load_adapter(model, config.adapter)
     model.eval()
-    scorer = LVLMScorer(model, processor, config, device=device, dtype=dtype)
-    if not config.offload_after_use:
-        scorer.to(device)
-    else:
-        scorer.to(torch.device(config.offload_device))
-    return scorer
+    return model
 
 
 # --- scoring -----------------------------------------------------------------------------------
@@ -277,8 +298,16 @@ class LVLMScorer:
 
     is_heuristic = False
 
-    def __init__(self, model: Any, processor: Any, config: LVLMConfig, device: torch.device, dtype: torch.dtype):
+    def __init__(
+        self, model: Any, processor: Any, config: LVLMConfig, device: torch.device, dtype: torch.dtype,
+        source: Optional[str] = None, residency: Optional[Residency] = None,
+    ):
         self.model = model
+        self.source = source or config.model
+        self.residency: Residency = residency or LocalResidency()
+        self.quantized = is_quantized(model)
+        self._weight_bytes = _module_bytes(model)
+        self._emptied_model: Any = None
         self.processor = processor
         self.config = config
         self.device = device
@@ -308,25 +337,73 @@ class LVLMScorer:
             ids.append(encoded[0])
         return ids
 
-    # -- device lifecycle --
+    # -- device lifecycle (where the weights live is the residency's decision) --
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of the weights (parameters + buffers), also while they are dropped."""
+        return self._weight_bytes
+
+    @property
+    def weights_loaded(self) -> bool:
+        return self.model is not None
+
+    @property
+    def current_device(self) -> Optional[torch.device]:
+        """Where the weights are now (None while dropped)."""
+        return self._current_device if self.model is not None else None
 
     def to(self, device: Union[str, torch.device]) -> "LVLMScorer":
         device = torch.device(device)
+        self.ensure_weights()
+        if self.quantized:  # bitsandbytes weights stay where they were loaded
+            return self
         if device != self._current_device or next(self.model.parameters()).device != device:
             self.model.to(device)
             self._current_device = device
         return self
 
+    def ensure_weights(self) -> None:
+        """Load the weights again if :meth:`drop_weights` freed them."""
+        if self.model is None:
+            self.model = load_lvlm_weights(self.config, self.source, self.device, self.dtype)
+            self._current_device = self.device if self.quantized else torch.device("cpu")
+            self._emptied_model = None
+
+    def drop_weights(self) -> None:
+        """Free the weights (the way to free a quantised model); they reload from disk on next use.
+
+        The tensors are released but the emptied module object is kept until the reload: a memory
+        manager that watches the model object for garbage collection (ComfyUI does) must not see it
+        vanish in the middle of its own unloading loop.
+        """
+        if self.model is None:
+            return
+        emptied, self.model = self.model, None
+        for tensor in list(emptied.parameters()) + list(emptied.buffers()):
+            tensor.data = torch.empty(0, dtype=tensor.dtype)
+        self._emptied_model = emptied
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def offload(self) -> None:
+        """Free the work device: move the weights to ``offload_device`` (a quantised model is dropped)."""
+        if self.model is None:
+            return
+        if self.quantized:
+            self.drop_weights()
+            return
+        self.to(self.config.offload_device)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     @contextmanager
     def _on_device(self) -> Iterator[None]:
-        self.to(self.device)
+        self.residency.acquire(self)
         try:
             yield
         finally:
-            if self.config.offload_after_use:
-                self.to(self.config.offload_device)
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
+            self.residency.release(self)
 
     # -- prompts --
 
@@ -568,6 +645,11 @@ class LVLMScorer:
         return answers
 
 
+def _module_bytes(model: Any) -> int:
+    tensors = list(model.parameters()) + list(model.buffers())
+    return sum(t.nelement() * t.element_size() for t in tensors)
+
+
 def check_images_for_scoring(images: ImageBatch) -> None:
     """Raise :class:`ImageBatchError` early for an empty/NaN/odd-shaped batch (nodes call this first)."""
     to_pil_list(images)
@@ -576,6 +658,7 @@ def check_images_for_scoring(images: ImageBatch) -> None:
 __all__ = [
     "LVLMConfig",
     "LVLMLoadError",
+    "QUANTIZATION_CHOICES",
     "LVLMScorer",
     "ScoreDetails",
     "ScoringPrompts",

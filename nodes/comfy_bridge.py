@@ -54,6 +54,26 @@ def soft_empty_cache() -> None:
     mm.soft_empty_cache()
 
 
+def load_models_gpu(models: list) -> None:
+    """Load ``models`` onto their devices through ComfyUI, which first evicts others if memory is short."""
+    import comfy.model_management as mm
+
+    mm.load_models_gpu(models)
+
+
+def unload_model(model: object) -> bool:
+    """Unload one managed model now and drop it from ComfyUI's list (there is no public call for one model)."""
+    import comfy.model_management as mm
+
+    for index in range(len(mm.current_loaded_models) - 1, -1, -1):
+        loaded = mm.current_loaded_models[index]
+        if loaded.model is model:
+            loaded.model_unload()
+            mm.current_loaded_models.pop(index)
+            return True
+    return False
+
+
 def ensure_model_folder(name: str) -> list[str]:
     """Register ``models/<name>`` with ComfyUI, keeping paths from extra_model_paths.yaml.
 
@@ -72,6 +92,13 @@ def filename_list(name: str) -> list[str]:
     import folder_paths
 
     return list(folder_paths.get_filename_list(name))
+
+
+def full_path(folder: str, filename: str):
+    """Full path of a listed file, or None."""
+    import folder_paths
+
+    return folder_paths.get_full_path(folder, filename)
 
 
 def full_path_or_raise(folder: str, filename: str) -> str:

@@ -22,3 +22,35 @@ def valence_widget(default: float = 0.0, tooltip: str = VALENCE_TOOLTIP) -> tupl
 
 def arousal_widget(default: float = 0.0, tooltip: str = AROUSAL_TOOLTIP) -> tuple:
     return ("FLOAT", {"default": default, "min": VA_MIN, "max": VA_MAX, "step": 0.1, "tooltip": tooltip})
+
+
+# --- sampling widgets shared with the core KSampler / EmptyLatentImage nodes ----------------------
+
+#: ComfyUI's nodes.MAX_RESOLUTION
+MAX_RESOLUTION = 16384
+#: one negative prompt default for every node that takes one (and the shipped workflows)
+NEGATIVE_DEFAULT = "blurry, low quality, watermark, text"
+
+
+def steps_widget(tooltip: str = "Sampling steps per image, as in KSampler.") -> tuple:
+    return ("INT", {"default": 20, "min": 1, "max": 10000, "tooltip": tooltip})
+
+
+def cfg_widget(tooltip: str = "Classifier-free guidance scale, as in KSampler.") -> tuple:
+    return ("FLOAT", {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01, "tooltip": tooltip})
+
+
+def size_widget(what: str) -> tuple:
+    """Width/height exactly like EmptyLatentImage's (step 8; other values are floored to a multiple of 8)."""
+    return ("INT", {"default": 512, "min": 16, "max": MAX_RESOLUTION, "step": 8,
+                    "tooltip": f"{what} in pixels; like EmptyLatentImage, a value that is not a multiple of 8 "
+                               "is rounded down to one."})  # fmt: skip
+
+
+def negative_widget(tooltip: str) -> tuple:
+    return ("STRING", {"multiline": True, "default": NEGATIVE_DEFAULT, "tooltip": tooltip})
+
+
+def latent_multiple(pixels: int) -> int:
+    """EmptyLatentImage's rounding: the latent is ``pixels // 8`` wide, so the image is that × 8."""
+    return (int(pixels) // 8) * 8

@@ -11,15 +11,18 @@ call CLIPTextEncode makes on the unchanged text, so its CONDITIONING is identica
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Optional
 
 from ..engines.comfy_backend import apply_adapter_to_conditioning, encode_text
 from ..engines.descriptors import emotional_prompt
 from ..engines.emotion_adapter import EmotionAdapter
 from ..engines.emotion_space import VA
+from .errors import clean_errors
 from .common import CATEGORY, arousal_widget, valence_widget
 
 EMOTION_ADAPTER_TYPE = "EMOTION_ADAPTER"
+_LOG = logging.getLogger("EmoFeedback2")
 
 TEXT_STRENGTH_TOOLTIP = (
     "How strongly emotion words are woven into the prompt, 0-2. 0 = the prompt is encoded unchanged "
@@ -83,6 +86,7 @@ class EmotionConditioner:
             },
         }
 
+    @clean_errors
     def encode(
         self,
         clip: Any,
@@ -101,19 +105,35 @@ class EmotionConditioner:
         return (conditioning, encoded)
 
 
+NO_ADAPTER_NOTE = (
+    "no emotion adapter connected: the conditioning passed through unchanged. This node needs an adapter "
+    "trained by EmoFeedback2 (pick it in Emotion Weights Loader's adapter_name); without one, use Emotion "
+    "Conditioner's text route (text_strength) instead."
+)
+FROM_CONDITIONING_ADAPTER_TOOLTIP = (
+    "Required for any effect: a trained emotion adapter from the Emotion Weights Loader (EmoFeedback2), made "
+    "for this model family (SD1.5 / SDXL / SD3.x). Unconnected (or 'none' in the loader), the conditioning "
+    "passes through unchanged and the note output says so."
+)
+
+
 class EmotionConditionerFromConditioning:
     """CONDITIONING + target emotion + EMOTION_ADAPTER → CONDITIONING (for prompts encoded elsewhere)."""
 
     CATEGORY = f"{CATEGORY}/conditioning"
     FUNCTION = "apply"
-    RETURN_TYPES = ("CONDITIONING",)
-    RETURN_NAMES = ("conditioning",)
-    OUTPUT_TOOLTIPS = ("The input conditioning moved toward the target valence/arousal by the adapter.",)
+    RETURN_TYPES = ("CONDITIONING", "STRING")
+    RETURN_NAMES = ("conditioning", "note")
+    OUTPUT_TOOLTIPS = (
+        "The input conditioning moved toward the target valence/arousal by the adapter (unchanged without one).",
+        "What happened: the adapter applied and its strength, or why the conditioning passed through unchanged.",
+    )
     DESCRIPTION = (
         "Applies a trained emotion adapter to conditioning from any text encoder node (CLIPTextEncode, "
         "SDXL/SD3 encoders, combined or scheduled conditioning): every entry's tensors are moved toward the "
-        "target valence (unpleasant -3 … +3 pleasant) and arousal (calm -3 … +3 excited). Strength 0 "
-        "passes the conditioning through untouched."
+        "target valence (unpleasant -3 … +3 pleasant) and arousal (calm -3 … +3 excited). Needs an emotion "
+        "adapter trained by EmoFeedback2; without one (or at strength 0) the conditioning passes through "
+        "untouched and the note output says so."
     )
 
     @classmethod
@@ -121,24 +141,27 @@ class EmotionConditionerFromConditioning:
         return {
             "required": {
                 "conditioning": ("CONDITIONING", {"tooltip": "Conditioning from a text encoder node."}),
-                "emotion_adapter": (EMOTION_ADAPTER_TYPE, {"tooltip": ADAPTER_INPUT_TOOLTIP}),
                 "valence": valence_widget(),
                 "arousal": arousal_widget(),
                 "adapter_strength": _strength_widget(1.0, ADAPTER_STRENGTH_TOOLTIP),
-            }
+            },
+            "optional": {
+                "emotion_adapter": (EMOTION_ADAPTER_TYPE, {"tooltip": FROM_CONDITIONING_ADAPTER_TOOLTIP}),
+            },
         }
 
+    @clean_errors
     def apply(
-        self, conditioning: list, emotion_adapter: Optional[EmotionAdapter], valence: float, arousal: float,
-        adapter_strength: float = 1.0,
-    ) -> tuple[list]:
-        if emotion_adapter is None:
-            raise ValueError(
-                "no emotion adapter connected: pick an adapter file in the Emotion Weights Loader (EmoFeedback2) "
-                "or use EmotionConditioner's text route"
-            )
+        self, conditioning: list, emotion_adapter: Optional[EmotionAdapter] = None, valence: float = 0.0,
+        arousal: float = 0.0, adapter_strength: float = 1.0,
+    ) -> tuple[list, str]:
         target = VA(valence, arousal)
-        return (apply_adapter_to_conditioning(conditioning, emotion_adapter, target, float(adapter_strength)),)
+        if emotion_adapter is None:
+            _LOG.warning("[EmoFeedback2] Emotion from Conditioning: %s", NO_ADAPTER_NOTE)
+            return (conditioning, NO_ADAPTER_NOTE)
+        moved = apply_adapter_to_conditioning(conditioning, emotion_adapter, target, float(adapter_strength))
+        note = f"emotion adapter ({emotion_adapter.arch}) applied at strength {float(adapter_strength):g} toward {target}"
+        return (moved, note)
 
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {
@@ -147,5 +170,5 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
 }
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "EmotionConditioner": "Emotion Conditioner (EmoFeedback2)",
-    "EmotionConditionerFromConditioning": "Emotion Conditioner from Conditioning (EmoFeedback2)",
+    "EmotionConditionerFromConditioning": "Emotion from Conditioning (EmoFeedback2)",
 }

@@ -13,10 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from ..engines.color_scorer import ColorHeuristicScorer
+from ..engines.lvlm_options import QUANTIZATION_CHOICES
 from ..engines.lvlm_scorer import LVLMConfig, LVLMLoadError, load_lvlm
 from ..engines.scoring import EmotionScorer
 from . import comfy_bridge
+from .errors import clean_errors
 from .common import CATEGORY
+from .lvlm_memory import ComfyResidency
 
 LVLM_TYPE = "LVLM"
 
@@ -26,6 +29,8 @@ def require_lvlm(lvlm: Any) -> EmotionScorer:
     if not isinstance(lvlm, EmotionScorer):
         raise TypeError(f"lvlm must come from the 'LVLM Loader (EmoFeedback2)' node, got {type(lvlm).__name__}")
     return lvlm
+
+
 LLM_FOLDER = "LLM"
 COLOUR_OPTION = "colour heuristic (no model)"
 NO_ADAPTER = "none"
@@ -123,13 +128,16 @@ class LVLMLoader:
                 ),
                 "attention": (
                     ["auto", "sdpa", "eager", "flash_attention_2"],
-                    {"default": "auto", "tooltip": "Attention kernel. auto = transformers' default (sdpa); "
-                                                   "flash_attention_2 needs the flash-attn package."},
+                    {"default": "auto", "tooltip": "Attention kernel. auto = transformers' default (sdpa, fast on "
+                                                   "every device); eager = plain PyTorch; flash_attention_2 needs a "
+                                                   "CUDA GPU and the flash-attn package."},
                 ),
                 "keep_loaded": (
                     "BOOLEAN",
-                    {"default": True, "tooltip": "Keep the model on the device between runs (fast). Off = move it to "
-                                                 "RAM after every use to free VRAM for the diffusion model."},
+                    {"default": True, "tooltip": "On: the model stays on the device between runs (fast), managed by "
+                                                 "ComfyUI like its own models: it is unloaded when the diffusion model "
+                                                 "needs the memory or on 'Unload Models', and loaded back when next "
+                                                 "needed. Off: moved to RAM right after every use."},
                 ),
             },
             "optional": {
@@ -149,9 +157,16 @@ class LVLMLoader:
                     {"default": False, "tooltip": "Run Python code shipped inside the model folder. Only for models "
                                                   "you trust; Qwen-VL models do not need it."},
                 ),
+                "quantization": (
+                    list(QUANTIZATION_CHOICES),
+                    {"default": "none", "tooltip": "Load the weights in 8-bit or 4-bit (bitsandbytes, CUDA GPU) to "
+                                                   "fit a 7B judge beside the diffusion model: about 1/2 or 1/4 of "
+                                                   "the bfloat16 memory. Needs the bitsandbytes package."},
+                ),
             },
         }
 
+    @clean_errors
     def load(
         self,
         model: str,
@@ -162,6 +177,7 @@ class LVLMLoader:
         adapter: str = NO_ADAPTER,
         max_pixels: int = 401408,
         trust_remote_code: bool = False,
+        quantization: str = "none",
     ):
         if model == COLOUR_OPTION:
             return (ColorHeuristicScorer(),)
@@ -179,10 +195,12 @@ class LVLMLoader:
             max_pixels=int(max_pixels) or None,
             offload_after_use=not keep_loaded,
             offload_device=str(comfy_bridge.offload_device()),
+            quantization=quantization,
         )
-        if not keep_loaded:
-            comfy_bridge.soft_empty_cache()
-        return (load_lvlm(config),)
+        residency = ComfyResidency(keep_loaded=bool(keep_loaded))
+        scorer = load_lvlm(config, residency=residency)
+        comfy_bridge.soft_empty_cache()
+        return (scorer,)
 
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {"EmoLVLMLoader": LVLMLoader}

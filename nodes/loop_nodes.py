@@ -18,7 +18,10 @@ from ..engines.refiner import make_refiner
 from ..engines.scoring import EmotionScorer
 from ..engines.trajectory_plot import plot_to_tensor, plot_trajectory
 from . import comfy_bridge
-from .common import CATEGORY, arousal_widget, valence_widget
+from .errors import clean_errors
+from .common import (
+    CATEGORY, arousal_widget, cfg_widget, latent_multiple, negative_widget, size_widget, steps_widget, valence_widget,
+)
 from .conditioner_nodes import EMOTION_ADAPTER_TYPE
 from .loader_nodes import LVLM_TYPE, require_lvlm
 
@@ -71,6 +74,7 @@ class FeedbackPromptRefiner:
             },
         }
 
+    @clean_errors
     def refine(
         self,
         lvlm: EmotionScorer,
@@ -106,7 +110,7 @@ class FeedbackPromptRefiner:
 class EmoRewardLoop:
     """The whole feedback loop inside one node: rounds × candidates, LVLM judge, prompt rewriting."""
 
-    CATEGORY = CATEGORY
+    CATEGORY = f"{CATEGORY}/sampling"
     FUNCTION = "run"
     RETURN_TYPES = ("IMAGE", "IMAGE", "STRING", "STRING", "IMAGE")
     RETURN_NAMES = ("best_image", "all_candidates", "final_prompt", "history_json", "trajectory_plot")
@@ -138,7 +142,7 @@ class EmoRewardLoop:
                 "prompt": ("STRING", {"multiline": True, "default": "a lighthouse on a rocky coast, wide shot",
                                       "tooltip": "What to draw. Subject and composition words are kept in every round; "
                                                  "emotional content is rewritten."}),
-                "negative": ("STRING", {"multiline": True, "default": "", "tooltip": "Negative prompt, the same in every round."}),
+                "negative": negative_widget("Negative prompt, the same in every round."),
                 "target_valence": valence_widget(1.5),
                 "target_arousal": arousal_widget(1.0),
                 "rounds": ("INT", {"default": _DEFAULTS.rounds, "min": 1, "max": 10,
@@ -153,12 +157,12 @@ class EmoRewardLoop:
                                                          "reading this much closer. 0 = always run every round."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
                                  "tooltip": "Seed of the first candidate; candidate k of the run uses seed + k."}),
-                "steps": ("INT", {"default": 20, "min": 1, "max": 200, "tooltip": "Sampling steps per image."}),
-                "cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip": "Classifier-free guidance scale."}),
+                "steps": steps_widget(),
+                "cfg": cfg_widget(),
                 "sampler_name": (samplers, {"tooltip": "Sampler, as in KSampler."}),
                 "scheduler": (schedulers, {"tooltip": "Noise schedule, as in KSampler."}),
-                "width": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 8, "tooltip": "Image width in pixels (multiple of 8)."}),
-                "height": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 8, "tooltip": "Image height in pixels (multiple of 8)."}),
+                "width": size_widget("Image width"),
+                "height": size_widget("Image height"),
             },
             "optional": {
                 "emotion_adapter": (EMOTION_ADAPTER_TYPE, {"tooltip": "Optional trained emotion adapter: moves the prompt "
@@ -168,6 +172,7 @@ class EmoRewardLoop:
             },
         }
 
+    @clean_errors
     def run(
         self,
         model: Any,
@@ -199,7 +204,7 @@ class EmoRewardLoop:
         config = LoopConfig(
             rounds=int(rounds), candidates=int(candidates), tolerance=float(tolerance),
             min_improvement=float(min_improvement), seed=int(seed), steps=int(steps), cfg=float(cfg),
-            width=int(width), height=int(height), negative_prompt=negative or "",
+            width=latent_multiple(width), height=latent_multiple(height), negative_prompt=negative or "",
             adapter_strength=float(adapter_strength) if emotion_adapter is not None else 0.0,
         )
         generator = ComfyGenerator(model, clip, vae, sampler_name=sampler_name, scheduler=scheduler, adapter=emotion_adapter)

@@ -16,6 +16,7 @@ from ..engines.emotion_space import VA
 from ..engines.images import check_image_tensor
 from ..engines.scoring import EmotionScorer, reading_rows
 from . import comfy_bridge
+from .errors import clean_errors
 from .common import CATEGORY, arousal_widget, valence_widget
 from .loader_nodes import LVLM_TYPE, require_lvlm
 
@@ -62,6 +63,7 @@ class LVLMEmotionScorer:
             }
         }
 
+    @clean_errors
     def score(
         self,
         lvlm: EmotionScorer,

@@ -15,7 +15,8 @@ from ..engines.comfy_backend import ComfyGenerator
 from ..engines.emotion_adapter import EmotionAdapter
 from ..engines.sweep import DEFAULT_AXIS_VALUES, SweepLayout, labelled_grid, parse_axis_values, run_sweep
 from . import comfy_bridge
-from .common import CATEGORY
+from .errors import clean_errors
+from .common import CATEGORY, cfg_widget, latent_multiple, negative_widget, size_widget, steps_widget
 
 AXIS_TOOLTIP = (
     "Comma-separated {axis} values in [-3, 3], one grid {line} each (at most 9), e.g. '-3, -1.5, 0, 1.5, 3'."
@@ -50,21 +51,19 @@ class EmotionSweepGrid:
                 "vae": ("VAE", {"tooltip": "The VAE that decodes the samples."}),
                 "text": ("STRING", {"multiline": True, "default": "a quiet harbour town at dusk",
                                     "tooltip": "The prompt shared by every cell."}),
-                "negative": ("STRING", {"multiline": True, "default": "blurry, low quality",
-                                        "tooltip": "Negative prompt shared by every cell."}),
+                "negative": negative_widget("Negative prompt shared by every cell."),
                 "valences": ("STRING", {"default": DEFAULT_AXIS_VALUES,
                                         "tooltip": AXIS_TOOLTIP.format(axis="valence", line="column")}),
                 "arousals": ("STRING", {"default": DEFAULT_AXIS_VALUES,
                                         "tooltip": AXIS_TOOLTIP.format(axis="arousal", line="row")}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
                                  "tooltip": "The one seed every cell uses, so only the target changes."}),
-                "steps": ("INT", {"default": 20, "min": 1, "max": 10000, "tooltip": "Sampling steps per cell."}),
-                "cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
-                                  "tooltip": "Classifier-free guidance scale, as in KSampler."}),
+                "steps": steps_widget("Sampling steps per cell, as in KSampler."),
+                "cfg": cfg_widget(),
                 "sampler_name": (samplers, {"tooltip": "Sampler, as in KSampler."}),
                 "scheduler": (schedulers, {"tooltip": "Noise schedule, as in KSampler."}),
-                "width": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 8, "tooltip": "Cell width in pixels."}),
-                "height": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 8, "tooltip": "Cell height in pixels."}),
+                "width": size_widget("Cell width"),
+                "height": size_widget("Cell height"),
                 "text_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
                                             "tooltip": "Emotion words woven into the prompt, as in EmotionConditioner (0 = none)."}),
             },
@@ -75,6 +74,7 @@ class EmotionSweepGrid:
             },
         }  # fmt: skip
 
+    @clean_errors
     def sweep(
         self, model: Any, clip: Any, vae: Any, text: str, negative: str, valences: str, arousals: str,
         seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str, width: int, height: int,
@@ -87,7 +87,7 @@ class EmotionSweepGrid:
         )  # fmt: skip
         cells = layout.rows * layout.cols
         images = run_sweep(
-            generator, layout, text, seed, negative_prompt=negative, width=width, height=height, steps=steps,
+            generator, layout, text, seed, negative_prompt=negative, width=latent_multiple(width), height=latent_multiple(height), steps=steps,
             cfg=cfg, adapter_strength=float(adapter_strength), progress=comfy_bridge.make_progress(cells * steps),
         )  # fmt: skip
         grid = labelled_grid(images, layout, title=text.strip().splitlines()[0] if text.strip() else "")

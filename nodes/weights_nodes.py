@@ -13,11 +13,17 @@ extra_model_paths.yaml) and, prefixed ``loras/``, in the ``loras`` folder.
 
 from __future__ import annotations
 
+import logging
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from ..engines.emotion_adapter import ARCH_NAMES, AdapterArchitectureError, load_emotion_adapter, read_adapter_metadata
+from ..engines.emotion_adapter import (
+    ARCH_NAMES, AdapterArchitectureError, is_emotion_adapter_file, load_emotion_adapter, read_adapter_metadata,
+)
 from . import comfy_bridge
+from .errors import clean_errors
 from .common import CATEGORY
 from .conditioner_nodes import EMOTION_ADAPTER_TYPE
 from ..engines.errors import UserError
@@ -29,6 +35,8 @@ NONE = "none"
 
 # ComfyUI supported_models class names → our architecture names.
 COMFY_MODEL_ARCH = {"SD15": "sd15", "SDXL": "sdxl", "SD3": "sd3"}
+TEXT_ENCODER_PREFIXES = ("lora_te", "text_encoder", "lora_clip", "text_encoders.")
+_LOG = logging.getLogger("EmoFeedback2")
 _LORA_SUFFIXES = (
     ".lora_down.weight", ".lora_up.weight", ".alpha", ".dora_scale", ".lora_A.weight", ".lora_B.weight",
     ".lora.down.weight", ".lora.up.weight", ".lora_mid.weight",
@@ -48,8 +56,42 @@ def _list(folder: str) -> list[str]:
         return []
 
 
+_ADAPTER_CHECKS: dict[tuple[str, int, int], bool] = {}
+
+
+def _is_adapter(path: str) -> bool:
+    """Whether the file's safetensors metadata says emotion adapter (header only; cached per mtime/size)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return False
+    key = (os.path.realpath(path), stat.st_mtime_ns, stat.st_size)
+    if key not in _ADAPTER_CHECKS:
+        _ADAPTER_CHECKS[key] = is_emotion_adapter_file(path)
+    return _ADAPTER_CHECKS[key]
+
+
 def adapter_choices() -> list[str]:
-    return [NONE] + _list(ADAPTER_FOLDER) + [LORA_PREFIX + f for f in _list(LORA_FOLDER)]
+    """``none``, then every emotion adapter file once: ``models/emotion_adapters`` first, then ``loras/…``.
+
+    Only files whose metadata marks them as emotion adapters are listed (ordinary LoRAs in
+    ``models/loras`` are not); a file reachable from both folders appears once.
+    """
+    choices, seen = [NONE], set()
+    for folder, prefix in ((ADAPTER_FOLDER, ""), (LORA_FOLDER, LORA_PREFIX)):
+        for name in _list(folder):
+            try:
+                path = comfy_bridge.full_path(folder, name)
+            except (ImportError, KeyError):
+                path = None
+            if path is None or not _is_adapter(path):
+                continue
+            real = os.path.realpath(path)
+            if real in seen:
+                continue
+            seen.add(real)
+            choices.append(prefix + name)
+    return choices
 
 
 def resolve_adapter_path(name: str) -> str:
@@ -83,8 +125,34 @@ def lora_layer_names(lora: dict) -> set[str]:
     return names
 
 
-def check_lora_fits(lora: dict, model: Any, clip: Any, lora_name: str) -> int:
-    """Raise :class:`LoraMismatchError` unless every LoRA layer maps onto MODEL (or CLIP); return the count."""
+@dataclass
+class LoraFit:
+    """What of a LoRA file applies: the layers ComfyUI maps, and text-encoder layers left out."""
+
+    layers: int
+    skipped_text_layers: list[str] = field(default_factory=list)
+
+    def model_part(self, lora: dict) -> dict:
+        """``lora`` without the skipped text-encoder layers (so ComfyUI logs no unloaded keys)."""
+        if not self.skipped_text_layers:
+            return lora
+        skipped = set(self.skipped_text_layers)
+        return {k: v for k, v in lora.items() if _layer_of(k) not in skipped}
+
+
+def _layer_of(key: str) -> str:
+    for suffix in _LORA_SUFFIXES:
+        if key.endswith(suffix):
+            return key[: -len(suffix)]
+    return key
+
+
+def check_lora_fits(lora: dict, model: Any, clip: Any, lora_name: str) -> LoraFit:
+    """Raise :class:`LoraMismatchError` unless every LoRA layer maps onto MODEL (or CLIP).
+
+    Without a CLIP input the text-encoder layers cannot apply: like the stock LoraLoaderModelOnly,
+    the model part is applied and those layers are reported as skipped (``LoraFit.skipped_text_layers``).
+    """
     import comfy.lora
     import comfy.lora_convert
 
@@ -99,12 +167,10 @@ def check_lora_fits(lora: dict, model: Any, clip: Any, lora_name: str) -> int:
             "choose it under adapter_name instead."
         )
     unmapped = sorted(layer for layer in layers if layer not in key_map)
+    text_layers = [u for u in unmapped if u.startswith(TEXT_ENCODER_PREFIXES)]
+    if clip is None and text_layers and len(text_layers) == len(unmapped):
+        return LoraFit(layers=len(layers) - len(text_layers), skipped_text_layers=text_layers)
     if unmapped:
-        text_layers = [u for u in unmapped if u.startswith(("lora_te", "text_encoder"))]
-        if clip is None and text_layers and len(text_layers) == len(unmapped):
-            raise LoraMismatchError(
-                f"{lora_name} also patches the text encoder ({len(text_layers)} layers): connect the CLIP input too"
-            )
         arch = model_arch(model)
         family = ARCH_NAMES.get(arch, "this") if arch else "this"
         hint = (
@@ -117,7 +183,7 @@ def check_lora_fits(lora: dict, model: Any, clip: Any, lora_name: str) -> int:
             f"{lora_name}: {len(unmapped)} of {len(layers)} LoRA layers do not exist in {family} model "
             f"(e.g. {', '.join(unmapped[:3])}). Refusing a partial load.{hint}"
         )
-    return len(layers)
+    return LoraFit(layers=len(layers))
 
 
 class EmotionWeightsLoader:
@@ -125,17 +191,19 @@ class EmotionWeightsLoader:
 
     CATEGORY = f"{CATEGORY}/loaders"
     FUNCTION = "load"
-    RETURN_TYPES = ("MODEL", "CLIP", EMOTION_ADAPTER_TYPE)
-    RETURN_NAMES = ("model", "clip", "emotion_adapter")
+    RETURN_TYPES = ("MODEL", "CLIP", EMOTION_ADAPTER_TYPE, "STRING")
+    RETURN_NAMES = ("model", "clip", "emotion_adapter", "report")
     OUTPUT_TOOLTIPS = (
         "The model with the emotion LoRA applied (unchanged if lora_name is none).",
         "The CLIP with the LoRA's text-encoder layers applied (None if no CLIP was connected).",
         "The emotion adapter for EmotionConditioner (None if adapter_name is none).",
+        "What was loaded: LoRA layers applied, text-encoder layers skipped for want of a CLIP input, the adapter.",
     )
     DESCRIPTION = (
         "Loads the generator weights trained by EmoFeedback2: a LoRA (from models/loras, kohya keys, applied "
-        "through ComfyUI's LoRA loader) and an emotion adapter (from models/emotion_adapters). A LoRA whose "
-        "layers do not all match this model is refused with an explanation instead of loading partially."
+        "through ComfyUI's LoRA loader) and an emotion adapter (from models/emotion_adapters). Without a CLIP "
+        "input only the LoRA's diffusion-model part is applied (like LoraLoaderModelOnly) and the report says "
+        "so. A LoRA whose layers do not match this model is refused with an explanation instead of loading partially."
     )
 
     @classmethod
@@ -148,31 +216,50 @@ class EmotionWeightsLoader:
                 "strength_model": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
                                              "tooltip": "LoRA strength on the diffusion model (1 = as trained)."}),
                 "adapter_name": (adapter_choices(), {
-                    "tooltip": "Emotion adapter file from models/emotion_adapters (entries starting loras/ are in "
-                               "models/loras). none = no adapter."}),
+                    "tooltip": "Emotion adapter file trained by EmoFeedback2, from models/emotion_adapters (entries "
+                               "starting loras/ are adapter files in models/loras; ordinary LoRAs are not listed). "
+                               "none = no adapter."}),
             },
             "optional": {
-                "clip": ("CLIP", {"tooltip": "Connect to also apply the LoRA's text-encoder layers (if any)."}),
+                "clip": ("CLIP", {"tooltip": "Connect to also apply the LoRA's text-encoder layers (if any). Left "
+                                            "unconnected, only the diffusion-model part is applied."}),
                 "strength_clip": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
                                             "tooltip": "LoRA strength on the text encoder (1 = as trained)."}),
             },
         }
 
+    @clean_errors
     def load(
         self, model: Any, lora_name: str, strength_model: float, adapter_name: str,
         clip: Any = None, strength_clip: float = 1.0,
     ):
         if model is None:
             raise ValueError("the model input is empty: connect your checkpoint loader's MODEL output")
+        notes: list[str] = []
         if lora_name and lora_name != NONE:
             import comfy.sd
             import comfy.utils
 
             path = comfy_bridge.full_path_or_raise(LORA_FOLDER, lora_name)
             lora = comfy.utils.load_torch_file(path, safe_load=True)
-            check_lora_fits(lora, model, clip, lora_name)
+            fit = check_lora_fits(lora, model, clip, lora_name)
+            if fit.skipped_text_layers:
+                import comfy.lora_convert
+
+                lora = fit.model_part(comfy.lora_convert.convert_lora(lora))
+                note = (
+                    f"{lora_name}: applied {fit.layers} diffusion-model LoRA layers; skipped its "
+                    f"{len(fit.skipped_text_layers)} text-encoder layers because no CLIP is connected "
+                    "(connect CLIP to apply them too)"
+                )
+                _LOG.warning("[EmoFeedback2] %s", note)
+                notes.append(note)
+            else:
+                notes.append(f"{lora_name}: applied {fit.layers} LoRA layers")
             if strength_model != 0 or (clip is not None and strength_clip != 0):
                 model, clip = comfy.sd.load_lora_for_models(model, clip, lora, strength_model, strength_clip)
+        else:
+            notes.append("no LoRA")
         adapter = None
         if adapter_name and adapter_name != NONE:
             path = resolve_adapter_path(adapter_name)
@@ -184,7 +271,10 @@ class EmotionWeightsLoader:
                     f"but the connected model is {ARCH_NAMES[arch]}. Pick the adapter trained for this base model."
                 )
             adapter = load_emotion_adapter(path, expected_arch=arch)
-        return (model, clip, adapter)
+            notes.append(f"emotion adapter {adapter_name} ({ARCH_NAMES.get(meta.get('architecture'), '?')})")
+        else:
+            notes.append("no emotion adapter")
+        return (model, clip, adapter, "; ".join(notes))
 
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {"EmotionWeightsLoader": EmotionWeightsLoader}

@@ -9,6 +9,14 @@ Installs ``comfy`` (package), ``comfy.utils``, ``comfy.model_management`` and ``
 - ``comfy.model_management``: ``InterruptProcessingException``, ``interrupt_current_processing(value=True)``,
   ``processing_interrupted()``, ``throw_exception_if_processing_interrupted()`` (clears the flag and
   raises), ``get_torch_device()``, ``unet_offload_device()``, ``soft_empty_cache(force=False)``;
+  the model registry: ``current_loaded_models`` of ``LoadedModel`` wrappers (which ask the managed
+  object the same questions as v0.3.64's LoadedModel: ``model_size``, ``loaded_size``,
+  ``current_loaded_device``, ``partially_load``, ``partially_unload``, ``detach``, ``is_clone`` …),
+  ``load_models_gpu(models, memory_required=0, force_patch_weights=False, minimum_memory_required=None,
+  force_full_load=False)``, ``free_memory(memory_required, device, keep_loaded=[])``,
+  ``unload_all_models()``, ``loaded_models(only_currently_used=False)`` and ``get_free_memory(dev=None)``.
+  One simplification: the memory budget (``FakeComfy.device_memory`` bytes) applies to every device,
+  so eviction can be exercised on a CPU-only machine (real ComfyUI never evicts for the CPU);
 - ``folder_paths`` rooted at a temporary ``base_path`` with ``models_dir``,
   ``folder_names_and_paths``, ``add_model_folder_path(folder_name, full_folder_path, is_default=False)``,
   ``get_folder_paths``, ``get_filename_list``, ``get_full_path``, ``get_full_path_or_raise``.
@@ -24,6 +32,7 @@ import os
 import sys
 import threading
 import types
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -45,6 +54,7 @@ class FakeComfy:
     folder_paths: types.ModuleType
     progress_updates: list = field(default_factory=list)  # (value, total) per update, in order
     empty_cache_calls: int = 0
+    device_memory: float = 80e9  # the simulated device's capacity in bytes (an 80 GB card)
     _interrupt_after: Optional[int] = None
 
     @property
@@ -95,6 +105,126 @@ def _make_model_management(state: FakeComfy) -> types.ModuleType:
     def soft_empty_cache(force=False):
         state.empty_cache_calls += 1
 
+    current_loaded_models: list = []
+
+    class LoadedModel:
+        def __init__(self, model):
+            self._model = weakref.ref(model)
+            self.device = model.load_device
+            self.currently_used = True
+            self.real_model = None
+
+        @property
+        def model(self):
+            return self._model()
+
+        def model_memory(self):
+            return self.model.model_size()
+
+        def model_loaded_memory(self):
+            return self.model.loaded_size()
+
+        def model_offloaded_memory(self):
+            return self.model.model_size() - self.model.loaded_size()
+
+        def model_memory_required(self, device):
+            if device == self.model.current_loaded_device():
+                return self.model_offloaded_memory()
+            return self.model_memory()
+
+        def model_load(self, lowvram_model_memory=0, force_patch_weights=False):
+            self.model.model_patches_to(self.device)
+            self.model.model_patches_to(self.model.model_dtype())
+            extra = lowvram_model_memory or 1e32
+            self.model.partially_load(self.device, extra, force_patch_weights=force_patch_weights)
+            real_model = self.model.model
+            self.real_model = weakref.ref(real_model)
+            self.model_finalizer = weakref.finalize(real_model, cleanup_models)  # as ComfyUI does
+            return real_model
+
+        def model_unload(self, memory_to_free=None, unpatch_weights=True):
+            if memory_to_free is not None and memory_to_free < self.model.loaded_size():
+                freed = self.model.partially_unload(self.model.offload_device, memory_to_free)
+                if freed >= memory_to_free:
+                    return False
+            self.model.detach(unpatch_weights)
+            if getattr(self, "model_finalizer", None) is not None:
+                self.model_finalizer.detach()
+            self.model_finalizer = None
+            self.real_model = None
+            return True
+
+        def __eq__(self, other):
+            return self.model is other.model
+
+        def is_dead(self):
+            return self.real_model is not None and self.real_model() is not None and self.model is None
+
+    def cleanup_models():
+        for i in range(len(current_loaded_models) - 1, -1, -1):
+            real = current_loaded_models[i].real_model
+            if real is not None and real() is None:
+                current_loaded_models.pop(i)
+
+    def get_free_memory(dev=None, torch_free_too=False):
+        used = sum(m.model_loaded_memory() for m in current_loaded_models if m.model is not None)
+        free = state.device_memory - used
+        return (free, free) if torch_free_too else free
+
+    def free_memory(memory_required, device, keep_loaded=[]):
+        candidates = []
+        for i in range(len(current_loaded_models) - 1, -1, -1):
+            shift = current_loaded_models[i]
+            if shift.device == device and shift not in keep_loaded and not shift.is_dead():
+                candidates.append((-shift.model_offloaded_memory(), shift.model_memory(), i))
+                shift.currently_used = False
+        unloaded = []
+        for *_, i in sorted(candidates):
+            free = get_free_memory(device)
+            if free > memory_required:
+                break
+            if current_loaded_models[i].model_unload(memory_required - free):
+                unloaded.append(i)
+        removed = [current_loaded_models.pop(i) for i in sorted(unloaded, reverse=True)]
+        if removed:
+            soft_empty_cache()
+        return removed
+
+    def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimum_memory_required=None,
+                        force_full_load=False):
+        to_load = []
+        for x in set(models) | {m for x in models for m in x.model_patches_models()}:
+            candidate = LoadedModel(x)
+            if candidate in current_loaded_models:
+                loaded = current_loaded_models[current_loaded_models.index(candidate)]
+                loaded.currently_used = True
+                to_load.append(loaded)
+            else:
+                to_load.append(candidate)
+        needed: dict = {}
+        for loaded in to_load:
+            needed[loaded.device] = needed.get(loaded.device, 0) + loaded.model_memory_required(loaded.device)
+        for device, amount in needed.items():
+            free_memory(amount * 1.1 + memory_required, device)
+        for loaded in to_load:
+            loaded.model_load(0, force_patch_weights=force_patch_weights)
+            if loaded in current_loaded_models:
+                current_loaded_models.remove(loaded)
+            current_loaded_models.insert(0, loaded)
+
+    def unload_all_models():
+        free_memory(1e30, get_torch_device())
+
+    def loaded_models(only_currently_used=False):
+        return [m.model for m in current_loaded_models if m.currently_used or not only_currently_used]
+
+    mm.current_loaded_models = current_loaded_models
+    mm.LoadedModel = LoadedModel
+    mm.get_free_memory = get_free_memory
+    mm.free_memory = free_memory
+    mm.load_models_gpu = load_models_gpu
+    mm.unload_all_models = unload_all_models
+    mm.loaded_models = loaded_models
     mm.InterruptProcessingException = InterruptProcessingException
     mm.interrupt_current_processing = interrupt_current_processing
     mm.processing_interrupted = processing_interrupted

@@ -77,8 +77,20 @@ def test_from_conditioning_variant(comfy_sampling):
     moved = node.apply(base, adapter, 1.0, 1.0, 1.0)[0]
     via_encoder, _ = EmotionConditioner().encode(clip, "a field", 1.0, 1.0, 0.0, adapter, 1.0)
     _same(moved, via_encoder)
-    with pytest.raises(ValueError, match="Emotion Weights Loader"):
-        node.apply(base, None, 1.0, 1.0, 1.0)
+    assert "applied at strength 1" in node.apply(base, adapter, 1.0, 1.0, 1.0)[1]
+
+
+def test_from_conditioning_without_adapter_passes_through_with_a_note(comfy_sampling, caplog):
+    """A fresh install has no adapter: the node runs, leaves the conditioning alone and says why."""
+    base = _clip_text_encode(comfy_sampling.clip(), "a field")[0]
+    spec = EmotionConditionerFromConditioning.INPUT_TYPES()
+    assert "emotion_adapter" in spec["optional"] and "emotion_adapter" not in spec["required"]
+    assert spec["optional"]["emotion_adapter"][1]["tooltip"].startswith("Required for any effect")
+    with caplog.at_level("WARNING"):
+        conditioning, note = EmotionConditionerFromConditioning().apply(base, valence=2.0, arousal=-1.0)
+    assert conditioning is base
+    assert "passed through unchanged" in note and "Emotion Weights Loader" in note
+    assert any("passed through unchanged" in r.getMessage() for r in caplog.records)
 
 
 def test_bad_values_and_wrong_adapter_give_clear_errors(comfy_sampling):

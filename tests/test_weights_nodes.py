@@ -40,7 +40,8 @@ def test_kohya_lora_applies_to_model_and_clip(comfy_sampling):
     loras = cs.fake.models_dir / "loras"
     name = _write(loras, "emo.safetensors", _kohya([KOHYA_UNET, KOHYA_UNET_2, KOHYA_TE]))
     model, clip = cs.model(), cs.clip()
-    new_model, new_clip, adapter = EmotionWeightsLoader().load(model, name, 0.8, "none", clip=clip, strength_clip=0.5)
+    new_model, new_clip, adapter, report = EmotionWeightsLoader().load(model, name, 0.8, "none", clip=clip, strength_clip=0.5)
+    assert "applied 3 LoRA layers" in report and "skipped" not in report
     assert adapter is None and new_model is not model and new_clip is not clip
     assert len(new_model.patches) == 2 and all(e[0][0] == 0.8 for e in new_model.patches.values())
     assert len(new_clip.patches) == 1 and model.patches == {}  # the input MODEL is left untouched
@@ -65,11 +66,46 @@ def test_peft_format_lora_is_refused_with_export_hint(comfy_sampling):
         EmotionWeightsLoader().load(cs.model(), name, 1.0, "none")
 
 
-def test_text_encoder_layers_need_the_clip_input(comfy_sampling):
+def test_without_clip_the_model_part_applies_and_the_skip_is_reported(comfy_sampling, caplog):
+    """Like LoraLoaderModelOnly: a LoRA with text-encoder layers and no CLIP wired still loads."""
     cs = comfy_sampling
-    name = _write(cs.fake.models_dir / "loras", "te.safetensors", _kohya([KOHYA_UNET, KOHYA_TE]))
-    with pytest.raises(LoraMismatchError, match="connect the CLIP input"):
+    name = _write(cs.fake.models_dir / "loras", "te.safetensors", _kohya([KOHYA_UNET, KOHYA_UNET_2, KOHYA_TE]))
+    model = cs.model()
+    with caplog.at_level("WARNING"):
+        new_model, new_clip, adapter, report = EmotionWeightsLoader().load(model, name, 0.7, "none")
+    assert new_clip is None and adapter is None
+    assert len(new_model.patches) == 2 and all(e[0][0] == 0.7 for e in new_model.patches.values())
+    assert "applied 2 diffusion-model LoRA layers" in report and "skipped its 1 text-encoder layers" in report
+    assert "connect CLIP" in report
+    assert any("skipped its 1 text-encoder layers" in r.getMessage() for r in caplog.records)  # console too
+    assert not any("lora key not loaded" in r.getMessage() for r in caplog.records)  # nothing silently dropped
+    # the same LoRA with CLIP connected applies everything
+    _, with_clip, _, report = EmotionWeightsLoader().load(model, name, 0.7, "none", clip=cs.clip())
+    assert len(with_clip.patches) == 1 and "skipped" not in report
+
+
+def test_without_clip_a_foreign_unet_layer_is_still_refused(comfy_sampling):
+    cs = comfy_sampling
+    name = _write(cs.fake.models_dir / "loras", "mixed.safetensors",
+                  _kohya([KOHYA_UNET, KOHYA_TE, "lora_unet_no_such_block_attn1_to_q"]))
+    with pytest.raises(LoraMismatchError, match="no_such_block.*Refusing a partial load"):
         EmotionWeightsLoader().load(cs.model(), name, 1.0, "none")
+
+
+def test_adapter_list_holds_only_emotion_adapters_each_once(comfy_sampling):
+    cs = comfy_sampling
+    adapter = EmotionAdapter(EmotionAdapterConfig.for_arch("sd15", hidden_dim=8))
+    models = cs.fake.models_dir
+    save_emotion_adapter(adapter, models / "emotion_adapters" / "calm.safetensors")
+    save_emotion_adapter(adapter, models / "loras" / "in_loras_adapter.safetensors")
+    _write(models / "loras", "style_lora.safetensors", _kohya([KOHYA_UNET]))
+    (models / "loras" / "broken.safetensors").write_bytes(b"not a safetensors file")
+    # the same folder registered twice (extra_model_paths.yaml pointing loras at emotion_adapters)
+    cs.fake.folder_paths.add_model_folder_path("loras", str(models / "emotion_adapters"))
+    choices = adapter_choices()
+    assert choices == ["none", "calm.safetensors", "loras/in_loras_adapter.safetensors"]
+    lora_choices = EmotionWeightsLoader.INPUT_TYPES()["required"]["lora_name"][0]
+    assert "style_lora.safetensors" in lora_choices  # ordinary LoRAs stay in the LoRA list
 
 
 def test_adapter_file_loads_from_its_folder_and_from_loras(comfy_sampling):
@@ -82,7 +118,8 @@ def test_adapter_file_loads_from_its_folder_and_from_loras(comfy_sampling):
     assert EmotionWeightsLoader.INPUT_TYPES()["required"]["adapter_name"][0] == choices
     model = cs.model()
     for name in ("happy.safetensors", "loras/bundle_adapter.safetensors"):
-        out_model, out_clip, loaded = EmotionWeightsLoader().load(model, "none", 1.0, name)
+        out_model, out_clip, loaded, report = EmotionWeightsLoader().load(model, "none", 1.0, name)
+        assert "emotion adapter" in report and "SD1.5" in report
         assert out_model is model and out_clip is None
         assert loaded.arch == "sd15"
         for k, v in adapter.state_dict().items():

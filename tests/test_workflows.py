@@ -293,3 +293,122 @@ def test_shipped_files_are_what_the_builder_writes_from_the_current_nodes():
         ui, api = builder.build(graph, specs)
         assert load(UI_DIR / f"{graph.name}.json") == ui, f"workflows/{graph.name}.json is stale"
         assert load(API_DIR / f"{graph.name}.json") == api, f"workflows/api/{graph.name}.json is stale"
+
+
+# --- layout: what a user sees on opening the file ---------------------------------------------------
+# LiteGraph geometry (the front end's canvas): a node's title bar sits above ``pos``; input socket k
+# is at (x, y + (k + 0.7) · 20) on the left edge, output k at the same height on the right edge; a
+# link is a cubic Bézier from the output to the input with control points a quarter of the distance
+# straight out of each socket.
+
+TITLE_HEIGHT, SLOT_HEIGHT, WIDGET_HEIGHT = 30, 20, 24
+GAP = 20  # the least free space kept between two nodes
+
+
+def node_box(node: dict) -> tuple[float, float, float, float]:
+    x, y = node["pos"]
+    w, h = node["size"]
+    return (x, y - TITLE_HEIGHT, x + w, y + h)
+
+
+def _socket(node: dict, index: int, output: bool) -> tuple[float, float]:
+    x, y = node["pos"]
+    return (x + (node["size"][0] if output else 0), y + (index + 0.7) * SLOT_HEIGHT)
+
+
+def link_points(ui: dict, link: list, samples: int = 40) -> list[tuple[float, float]]:
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    _, src, slot, dst, dst_slot, _ = link
+    (ax, ay), (bx, by) = _socket(nodes[src], slot, True), _socket(nodes[dst], dst_slot, False)
+    reach = ((bx - ax) ** 2 + (by - ay) ** 2) ** 0.5 * 0.25
+    c1, c2 = (ax + reach, ay), (bx - reach, by)
+    points = []
+    for k in range(1, samples):
+        t = k / samples
+        u = 1 - t
+        points.append((
+            u**3 * ax + 3 * u * u * t * c1[0] + 3 * u * t * t * c2[0] + t**3 * bx,
+            u**3 * ay + 3 * u * u * t * c1[1] + 3 * u * t * t * c2[1] + t**3 * by,
+        ))  # fmt: skip
+    return points
+
+
+def layout_errors(ui: dict) -> list[str]:
+    """Nodes that overlap (title bars included, with a small gap) and links drawn behind a node."""
+    errors = []
+    nodes = ui["nodes"]
+    for i, a in enumerate(nodes):
+        ax0, ay0, ax1, ay1 = node_box(a)
+        for b in nodes[i + 1:]:
+            bx0, by0, bx1, by1 = node_box(b)
+            if ax0 < bx1 + GAP and bx0 < ax1 + GAP and ay0 < by1 + GAP and by0 < ay1 + GAP:
+                errors.append(f"node {a['id']} ({a['type']}) overlaps node {b['id']} ({b['type']})")
+    for link in ui["links"]:
+        for node in nodes:
+            if node["id"] in (link[1], link[3]):
+                continue
+            x0, y0, x1, y1 = node_box(node)
+            if any(x0 < x < x1 and y0 < y < y1 for x, y in link_points(ui, link)):
+                errors.append(f"link {link[0]} ({link[5]}) runs behind node {node['id']} ({node['type']})")
+    return errors
+
+
+def min_node_height(node: dict) -> int:
+    """What the front end needs to draw a node's sockets and widgets (it enlarges smaller nodes)."""
+    sockets = max(len(node.get("inputs", [])), len(node.get("outputs", [])))
+    widgets = len(node.get("widgets_values", []))
+    return sockets * SLOT_HEIGHT + widgets * WIDGET_HEIGHT
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_layout_has_no_overlapping_nodes_and_no_link_behind_a_node(path):
+    ui = load(path)
+    assert layout_errors(ui) == []
+    for node in ui["nodes"]:
+        if node["type"] != "Note":
+            assert node["size"][1] >= min_node_height(node), (node["id"], node["type"], node["size"])
+
+
+def test_layout_check_catches_an_overlap_and_a_hidden_link():
+    ui = copy.deepcopy(_text_to_image()[0])
+    checkpoint, note = _node(ui, "CheckpointLoaderSimple"), _node(ui, "Note")
+    checkpoint["pos"] = [note["pos"][0] + 10, note["pos"][1] + note["size"][1] - 10]
+    assert any("overlaps" in e for e in layout_errors(ui))
+    ui = copy.deepcopy(_text_to_image()[0])
+    decode, sampler = _node(ui, "VAEDecode"), _node(ui, "KSampler")
+    save = _node(ui, "SaveImage")
+    # put the sampler squarely between the decoder and the image it feeds
+    decode["pos"] = [sampler["pos"][0] - 400, sampler["pos"][1] + 60]
+    save["pos"] = [sampler["pos"][0] + sampler["size"][0] + 400, sampler["pos"][1] + 60]
+    assert any("behind node" in e for e in layout_errors(ui))
+
+
+def test_api_twin_titles_are_the_display_names():
+    from emofeedback2.nodes import NODE_DISPLAY_NAME_MAPPINGS
+
+    core_titles = {name: entry.get("display_name", name) for name, entry in CORE.items()}
+    for path in UI_FILES:
+        ui, api = load(path), load(API_DIR / path.name)
+        titled = {str(n["id"]): n.get("title") for n in ui["nodes"]}
+        for node_id, node in api.items():
+            expected = titled[node_id] or NODE_DISPLAY_NAME_MAPPINGS.get(node["class_type"]) or core_titles[node["class_type"]]
+            assert node["_meta"]["title"] == expected, (path.name, node_id)
+            assert node["_meta"]["title"] != node["class_type"] or node["class_type"] in ("KSampler", "VAEDecode")
+
+
+def test_seeds_the_workflow_relies_on_are_fixed():
+    """score_and_refine compares two rounds at one seed; the sweep's cells share one seed."""
+    for name in ("score_and_refine", "emotion_sweep_grid", "emotion_text_to_image", "emo_reward_loop"):
+        ui = load(UI_DIR / f"{name}.json")
+        for node in ui["nodes"]:
+            described = node_inputs(node["type"])
+            values = list(node["widgets_values"])
+            for spec in described[0]:
+                if not is_widget(spec):
+                    continue
+                values.pop(0)
+                if has_control(spec):
+                    assert values.pop(0) == "fixed", (name, node["type"], spec["name"])
+    refine = load(API_DIR / "score_and_refine.json")
+    seeds = {v["inputs"]["seed"] for v in refine.values() if v["class_type"] == "KSampler"}
+    assert len(seeds) == 1

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from emofeedback2.nodes.common import NEGATIVE_DEFAULT as NEGATIVE
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT_UI = ROOT / "workflows"
 OUT_API = ROOT / "workflows" / "api"
@@ -27,7 +29,8 @@ WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 LVLM = "Qwen2.5-VL-7B-Instruct"
-NEGATIVE = "blurry, low quality, watermark, text"
+# LiteGraph's drawing sizes: the front end enlarges a node smaller than its sockets and widgets need.
+SLOT_HEIGHT, WIDGET_HEIGHT = 20, 24
 
 
 @dataclass
@@ -53,6 +56,14 @@ class InputSpec:
                 raise KeyError(f"give a value for the model-list input {self.name!r}")
             return self.options["choices"][0]
         return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}[self.type]
+
+
+def display_names() -> dict[str, str]:
+    """What the front end shows as each node's title: our display names and the core ones."""
+    import emofeedback2.nodes as ours
+
+    core = json.loads(CORE_NODES.read_text(encoding="utf-8"))["nodes"]
+    return {**{name: entry.get("display_name", name) for name, entry in core.items()}, **ours.NODE_DISPLAY_NAME_MAPPINGS}
 
 
 def node_specs() -> dict[str, tuple[list[InputSpec], list[tuple[str, str]], bool]]:
@@ -99,6 +110,7 @@ class Graph:
 def build(graph: Graph, specs) -> tuple[dict, dict]:
     """(UI workflow, API prompt) for one graph."""
     by_id = {n.id: n for n in graph.nodes}
+    titles = display_names()
     ui_links, link_ids_out, link_into = [], {}, {}
     for link_id, (src, out_name, dst, in_name) in enumerate(graph.links, start=1):
         outputs = specs[by_id[src].type][1]
@@ -138,8 +150,9 @@ def build(graph: Graph, specs) -> tuple[dict, dict]:
             {"name": name, "type": kind, "links": link_ids_out.get((node.id, slot), []), "slot_index": slot}
             for slot, (name, kind) in enumerate(outputs)
         ]
+        height = max(node.size[1], max(len(ui_inputs), len(ui_outputs)) * SLOT_HEIGHT + len(widgets_values) * WIDGET_HEIGHT)
         ui_node = {
-            "id": node.id, "type": node.type, "pos": list(node.pos), "size": list(node.size), "flags": {},
+            "id": node.id, "type": node.type, "pos": list(node.pos), "size": [node.size[0], height], "flags": {},
             "order": order, "mode": 0, "inputs": ui_inputs, "outputs": ui_outputs,
             "properties": {"Node name for S&R": node.type}, "widgets_values": widgets_values,
         }  # fmt: skip
@@ -149,7 +162,8 @@ def build(graph: Graph, specs) -> tuple[dict, dict]:
             ui_node["color"], ui_node["bgcolor"] = "#432", "#653"
         ui_nodes.append(ui_node)
         if not ui_only:
-            api[str(node.id)] = {"class_type": node.type, "inputs": api_inputs, "_meta": {"title": node.title or node.type}}
+            title = node.title or titles.get(node.type, node.type)
+            api[str(node.id)] = {"class_type": node.type, "inputs": api_inputs, "_meta": {"title": title}}
     node_inputs = {n["id"]: [i["name"] for i in n["inputs"]] for n in ui_nodes}
     for link in ui_links:  # the front end's schema wants the target *slot index* here
         link[4] = node_inputs[link[3]].index(link[4])
@@ -163,8 +177,13 @@ def build(graph: Graph, specs) -> tuple[dict, dict]:
     return ui, api
 
 
-def _note(text: str, pos=(20, 20), size=(420, 330)) -> Node:
-    return Node(1, "Note", pos, size, {"text": text.strip()}, title="Read me: what to load where")
+def _note(text: str, width: int = 1400, height: int = 230) -> Node:
+    """The read-me as a banner above the graph, so no node or link sits under it."""
+    return Node(1, "Note", (20, 20), (width, height), {"text": text.strip()}, title="Read me: what to load where")
+
+
+#: top of the graph below the Note banner (title bars included)
+TOP = 340
 
 
 MODELS_NOTE = f"""
@@ -187,18 +206,18 @@ def graphs() -> list[Graph]:
                 "- Emotion Weights Loader (optional): a LoRA trained by `emofeedback2 train` in models/loras and/or "
                 "an emotion adapter (.safetensors) in models/emotion_adapters; 'none' keeps the model unchanged."
             ),
-            Node(2, "CheckpointLoaderSimple", (20, 380), (320, 100), {"ckpt_name": CHECKPOINT}),
-            Node(3, "EmotionWeightsLoader", (380, 380), (320, 170), {"lora_name": "none", "adapter_name": "none"}),
-            Node(4, "EmotionConditioner", (760, 20), (400, 280), {
+            Node(2, "CheckpointLoaderSimple", (20, 940), (320, 100), {"ckpt_name": CHECKPOINT}),
+            Node(3, "EmotionWeightsLoader", (380, 340), (320, 170), {"lora_name": "none", "adapter_name": "none"}),
+            Node(4, "EmotionConditioner", (740, 390), (400, 280), {
                 "text": "a lighthouse on a rocky coast at dusk, wide shot", "valence": 2.0, "arousal": -1.5,
                 "text_strength": 1.0, "adapter_strength": 1.0}),
-            Node(5, "CLIPTextEncode", (760, 380), (400, 130), {"text": NEGATIVE}, title="Negative prompt"),
-            Node(6, "EmptyLatentImage", (760, 560), (320, 110), {"width": 512, "height": 512, "batch_size": 1}),
-            Node(7, "KSampler", (1200, 20), (320, 270), {
+            Node(5, "CLIPTextEncode", (760, 730), (400, 130), {"text": NEGATIVE}, title="Negative prompt"),
+            Node(6, "EmptyLatentImage", (800, 920), (320, 110), {"width": 512, "height": 512, "batch_size": 1}),
+            Node(7, "KSampler", (1220, 340), (320, 270), {
                 "seed": 42, "steps": 25, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}),
-            Node(8, "VAEDecode", (1200, 330), (220, 50)),
-            Node(9, "SaveImage", (1560, 20), (420, 460), {"filename_prefix": "EmoFeedback2/text_to_image"}),
-            Node(10, "PreviewAny", (1200, 430), (320, 160), title="Encoded prompt"),
+            Node(8, "VAEDecode", (1580, 1080), (220, 50)),
+            Node(9, "SaveImage", (1840, 340), (420, 460), {"filename_prefix": "EmoFeedback2/text_to_image"}),
+            Node(10, "PreviewAny", (1200, 670), (320, 160), title="Encoded prompt"),
         ],  # fmt: skip
         [
             (2, "MODEL", 3, "model"), (2, "CLIP", 3, "clip"),
@@ -223,27 +242,27 @@ def graphs() -> list[Graph]:
                 "conditioner encodes the refined prompt as is (text_strength 0: it already carries the emotion words).\n"
                 + MODELS_NOTE + LVLM_NOTE
             ),
-            Node(2, "CheckpointLoaderSimple", (20, 380), (320, 100), {"ckpt_name": CHECKPOINT}),
-            Node(3, "EmoLVLMLoader", (20, 520), (320, 250), {"model": LVLM}),
-            Node(4, "EmotionConditioner", (480, 20), (380, 260), {"text": prompt, **target, "text_strength": 1.0}),
-            Node(5, "CLIPTextEncode", (480, 360), (380, 120), {"text": NEGATIVE}, title="Negative prompt"),
-            Node(6, "EmptyLatentImage", (480, 540), (320, 110), {"width": 512, "height": 512, "batch_size": 1}),
-            Node(7, "KSampler", (900, 20), (320, 270), {"seed": 7, "steps": 25, "cfg": 7.0, "scheduler": "normal"}, title="KSampler (round 1)"),
-            Node(8, "VAEDecode", (900, 330), (220, 50)),
-            Node(9, "SaveImage", (1260, 20), (360, 400), {"filename_prefix": "EmoFeedback2/refine_round1"}),
-            Node(10, "LVLMEmotionScorer", (900, 420), (340, 230), {
+            Node(2, "CheckpointLoaderSimple", (80, 3180), (320, 100), {"ckpt_name": CHECKPOINT}),
+            Node(3, "EmoLVLMLoader", (20, 2660), (320, 250), {"model": LVLM}),
+            Node(4, "EmotionConditioner", (720, 580), (380, 260), {"text": prompt, **target, "text_strength": 1.0}),
+            Node(5, "CLIPTextEncode", (580, 340), (380, 120), {"text": NEGATIVE}, title="Negative prompt"),
+            Node(6, "EmptyLatentImage", (40, 1880), (320, 110), {"width": 512, "height": 512, "batch_size": 1}),
+            Node(7, "KSampler", (1160, 2020), (320, 270), {"seed": 7, "steps": 25, "cfg": 7.0, "scheduler": "normal"}, title="KSampler (round 1)"),
+            Node(8, "VAEDecode", (1520, 700), (220, 50)),
+            Node(9, "SaveImage", (1880, 1520), (360, 400), {"filename_prefix": "EmoFeedback2/refine_round1"}),
+            Node(10, "LVLMEmotionScorer", (2000, 2140), (340, 230), {
                 "use_target": True, "target_valence": target["valence"], "target_arousal": target["arousal"],
                 "analysis": True}),
-            Node(11, "FeedbackPromptRefiner", (1260, 460), (360, 250), {
+            Node(11, "FeedbackPromptRefiner", (2540, 480), (360, 250), {
                 "subject": prompt, "target_valence": target["valence"], "target_arousal": target["arousal"]}),
-            Node(12, "EmotionConditioner", (1660, 20), (380, 260), {"text": prompt, **target, "text_strength": 0.0},
+            Node(12, "EmotionConditioner", (3320, 3720), (380, 260), {"text": prompt, **target, "text_strength": 0.0},
                  title="Emotion Conditioner (refined prompt)"),
-            Node(13, "KSampler", (2080, 20), (320, 270), {"seed": 7, "steps": 25, "cfg": 7.0, "scheduler": "normal"}, title="KSampler (round 2)"),
-            Node(14, "VAEDecode", (2080, 330), (220, 50)),
-            Node(15, "SaveImage", (2440, 20), (360, 400), {"filename_prefix": "EmoFeedback2/refine_round2"}),
-            Node(16, "PreviewAny", (900, 700), (340, 180), title="Scorer analysis"),
-            Node(17, "PreviewAny", (1660, 460), (380, 180), title="Refiner feedback"),
-            Node(18, "PreviewAny", (1660, 680), (380, 180), title="Refined prompt"),
+            Node(13, "KSampler", (4420, 380), (320, 270), {"seed": 7, "steps": 25, "cfg": 7.0, "scheduler": "normal"}, title="KSampler (round 2)"),
+            Node(14, "VAEDecode", (5680, 620), (220, 50)),
+            Node(15, "SaveImage", (5940, 2960), (360, 400), {"filename_prefix": "EmoFeedback2/refine_round2"}),
+            Node(16, "PreviewAny", (4120, 3860), (340, 180), title="Scorer analysis"),
+            Node(17, "PreviewAny", (4880, 3720), (380, 180), title="Refiner feedback"),
+            Node(18, "PreviewAny", (5240, 1420), (380, 180), title="Refined prompt"),
         ],  # fmt: skip
         [
             (2, "CLIP", 4, "clip"), (2, "CLIP", 5, "clip"), (2, "MODEL", 7, "model"),
@@ -271,18 +290,18 @@ def graphs() -> list[Graph]:
                 + MODELS_NOTE + LVLM_NOTE +
                 "- Optional: connect an emotion adapter from an Emotion Weights Loader."
             ),
-            Node(2, "CheckpointLoaderSimple", (20, 380), (320, 100), {"ckpt_name": CHECKPOINT}),
-            Node(3, "EmoLVLMLoader", (20, 520), (320, 250), {"model": LVLM}),
-            Node(4, "EmoRewardLoop", (480, 20), (400, 620), {
+            Node(2, "CheckpointLoaderSimple", (20, 340), (320, 100), {"ckpt_name": CHECKPOINT}),
+            Node(3, "EmoLVLMLoader", (20, 510), (320, 250), {"model": LVLM}),
+            Node(4, "EmoRewardLoop", (440, 340), (400, 620), {
                 "prompt": "a lighthouse on a rocky coast, wide shot", "negative": NEGATIVE,
                 "target_valence": 1.5, "target_arousal": 1.0, "rounds": 3, "candidates": 4, "seed": 0,
                 "steps": 20, "cfg": 7.0, "width": 512, "height": 512}),
-            Node(5, "SaveImage", (920, 20), (400, 420), {"filename_prefix": "EmoFeedback2/loop_best"}, title="Best image"),
-            Node(6, "SaveImage", (1360, 20), (420, 420), {"filename_prefix": "EmoFeedback2/loop_trajectory"},
+            Node(5, "SaveImage", (1040, 340), (400, 420), {"filename_prefix": "EmoFeedback2/loop_best"}, title="Best image"),
+            Node(6, "SaveImage", (1040, 830), (420, 420), {"filename_prefix": "EmoFeedback2/loop_trajectory"},
                  title="V-A trajectory plot"),
-            Node(7, "PreviewImage", (920, 480), (400, 300), title="All candidates"),
-            Node(8, "PreviewAny", (1360, 480), (420, 160), title="Final prompt"),
-            Node(9, "PreviewAny", (1360, 680), (420, 200), title="History (JSON)"),
+            Node(7, "PreviewImage", (1040, 1320), (400, 300), title="All candidates"),
+            Node(8, "PreviewAny", (1040, 1690), (420, 160), title="Final prompt"),
+            Node(9, "PreviewAny", (1040, 1920), (420, 200), title="History (JSON)"),
         ],  # fmt: skip
         [
             (2, "MODEL", 4, "model"), (2, "CLIP", 4, "clip"), (2, "VAE", 4, "vae"), (3, "lvlm", 4, "lvlm"),
@@ -301,12 +320,12 @@ def graphs() -> list[Graph]:
                 "only (no adapter) with a trained emotion adapter connected from an Emotion Weights Loader.\n"
                 + MODELS_NOTE
             ),
-            Node(2, "CheckpointLoaderSimple", (20, 380), (320, 100), {"ckpt_name": CHECKPOINT}),
-            Node(3, "EmotionSweepGrid", (480, 20), (400, 560), {
+            Node(2, "CheckpointLoaderSimple", (20, 340), (320, 100), {"ckpt_name": CHECKPOINT}),
+            Node(3, "EmotionSweepGrid", (380, 340), (400, 560), {
                 "text": "a quiet harbour town at dusk", "negative": NEGATIVE,
                 "valences": "-3, -1.5, 0, 1.5, 3", "arousals": "-3, -1.5, 0, 1.5, 3", "seed": 1234,
                 "steps": 20, "cfg": 7.0, "width": 512, "height": 512, "text_strength": 1.0, "adapter_strength": 1.0}),
-            Node(4, "SaveImage", (920, 20), (620, 640), {"filename_prefix": "EmoFeedback2/sweep_grid"}, title="Labelled grid"),
+            Node(4, "SaveImage", (820, 340), (620, 640), {"filename_prefix": "EmoFeedback2/sweep_grid"}, title="Labelled grid"),
         ],  # fmt: skip
         [(2, "MODEL", 3, "model"), (2, "CLIP", 3, "clip"), (2, "VAE", 3, "vae"), (3, "grid", 4, "images")],
     )
