@@ -205,7 +205,7 @@ def test_on_round_sees_each_finished_round_with_its_refinement():
     seen = []
     result = run_feedback_loop(PromptResponsiveGenerator(), PixelScorer(), None, PROMPT, VA(1.5, 1.0),
                                LoopConfig(rounds=3, candidates=2, tolerance=0.0, **SMALL),
-                               on_round=lambda result, images: seen.append((result.rounds[-1].round, result.rounds[-1].refined_prompt))))
+                               on_round=lambda result, images: seen.append((result.rounds[-1].round, result.rounds[-1].refined_prompt)))
     assert [r for r, _ in seen] == [1, 2, 3]
     assert seen[0][1] == result.rounds[1].prompt and seen[-1][1] is None
 
