@@ -22,8 +22,8 @@ def test_zero_dim_tensors_and_numpy_scalars_are_accepted():
     assert point == VA(1.5, -2.0)
 
 
-def test_out_of_range_message_points_to_converters():
-    with pytest.raises(EmotionValueError, match="from_emotic"):
+def test_out_of_range_message_points_to_the_convert_scale_command():
+    with pytest.raises(EmotionValueError, match="emofeedback2 convert-scale --from"):
         VA(5.0, 0.0)
 
 
