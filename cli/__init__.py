@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from . import bench_commands, loop_commands, score_commands, train_commands
+from . import bench_commands, judge_commands, loop_commands, score_commands, train_commands
 from ..engines.errors import UserError
 
 
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Continuous valence/arousal emotion control with LVLM feedback (EmoFeedback²).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (loop_commands, score_commands, train_commands, bench_commands):
+    for module in (loop_commands, score_commands, train_commands, judge_commands, bench_commands):
         module.register(sub)
     return parser
 

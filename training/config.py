@@ -96,6 +96,7 @@ class RewardSpec:
     weight: float = _f(1.0, "weight in the summed reward")
     normalize: str = _f("none", "'none' or 'batch' (z-score over the step's samples before weighting)")
     path: str = _f("", "model folder / hub id: the LVLM for 'lvlm', a CLIPModel+processor for 'clip_quality'")
+    adapter: str = _f("", "'lvlm' only: a peft judge adapter folder from `emofeedback2 train-judge` ('' = none)")
     device: str = _f("", "device of the reward model ('' = the training device)")
     dtype: str = _f("float32", "dtype of the reward model")
     offload: bool = _f(False, "move the reward model to CPU between uses (saves GPU memory)")

@@ -58,10 +58,11 @@ class LVLMVAReward:
         self.scorer = scorer
 
     @classmethod
-    def from_path(cls, path: str, device: str = "", dtype: str = "float32", offload: bool = False) -> "LVLMVAReward":
+    def from_path(cls, path: str, device: str = "", dtype: str = "float32", offload: bool = False,
+                  adapter: str = "") -> "LVLMVAReward":
         from ..engines.lvlm_scorer import LVLMConfig, load_lvlm
 
-        kwargs = dict(model=path, dtype=dtype, offload_after_use=offload)
+        kwargs = dict(model=path, dtype=dtype, offload_after_use=offload, adapter=adapter or None)
         if device:
             kwargs["device"] = device
         return cls(load_lvlm(LVLMConfig(**kwargs)))
@@ -179,7 +180,7 @@ def build_reward(specs, device: str = "cpu") -> CompositeReward:
         elif spec.kind == "brightness":
             rewards.append(BrightnessReward())
         elif spec.kind == "lvlm":
-            rewards.append(LVLMVAReward.from_path(spec.path, dev, spec.dtype, spec.offload))
+            rewards.append(LVLMVAReward.from_path(spec.path, dev, spec.dtype, spec.offload, spec.adapter))
         elif spec.kind == "clip_quality":
             rewards.append(CLIPQualityReward(spec.path, dev, spec.dtype, spec.offload))
         else:
