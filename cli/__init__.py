@@ -16,7 +16,7 @@ import sys
 import traceback
 from typing import Optional, Sequence
 
-from . import bench_commands, eval_commands, loop_commands, scale_commands, score_commands, train_commands
+from . import bench_commands, eval_commands, judge_commands, loop_commands, scale_commands, score_commands, train_commands
 from .. import __version__
 from ..engines.errors import UserError
 
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"emofeedback2 {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (loop_commands, score_commands, train_commands, scale_commands, bench_commands):
+    for module in (loop_commands, score_commands, train_commands, judge_commands, scale_commands, bench_commands):
         module.register(sub)
     eval_commands.register(sub)
     _finish(parser, top=True)

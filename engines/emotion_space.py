@@ -159,3 +159,27 @@ def grid_targets(n_per_axis: int, lo: float = VA_MIN, hi: float = VA_MAX) -> lis
         return [VA(0.0, 0.0)]
     step = (hi - lo) / (n_per_axis - 1)
     return [VA(lo + i * step, lo + j * step) for i in range(n_per_axis) for j in range(n_per_axis)]
+
+
+def from_likert7(valence: float, arousal: float) -> VA:
+    """7-point ratings such as OASIS (1..7, 4 = neutral) → [-3, 3] (4 maps to 0)."""
+    return VA(_linear(valence, 1, 7, "valence", "1-7"), _linear(arousal, 1, 7, "arousal", "1-7"))
+
+
+#: Named rating scales a labelled data set can use, each with its explicit linear converter.
+SCALE_CONVERTERS = {
+    "va3": VA,  # already [-3, 3] (EmotiCrafter / EmoFeedback² convention)
+    "sam9": from_sam,  # SAM / IAPS / NAPS 1..9
+    "emotic10": from_emotic,  # EMOTIC 1..10
+    "findingemo": from_findingemo,  # FindingEmo V [-3, 3], A [0, 6]
+    "likert7": from_likert7,  # OASIS 1..7
+}
+
+
+def convert_scale(valence: float, arousal: float, scale: str = "va3") -> VA:
+    """Convert a rating on the named ``scale`` (see :data:`SCALE_CONVERTERS`) to a point in [-3, 3]²."""
+    try:
+        converter = SCALE_CONVERTERS[scale]
+    except KeyError:
+        raise EmotionValueError(f"unknown rating scale {scale!r}; use one of {', '.join(SCALE_CONVERTERS)}") from None
+    return converter(valence, arousal)

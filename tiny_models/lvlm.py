@@ -256,3 +256,21 @@ def build_tiny_lvlm(out_dir: str | Path, family: str = "qwen2_5_vl", seed: int =
     model.save_pretrained(str(out), safe_serialization=True)
     build_processor(family).save_pretrained(str(out))
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m emofeedback2.tiny_models.lvlm OUT [--family qwen2_5_vl] [--seed 0]``: build a tiny judge folder."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m emofeedback2.tiny_models.lvlm",
+                                     description="Build a tiny random Qwen-VL judge folder (config, safetensors, processor).")
+    parser.add_argument("out_dir", help="folder to write (created if missing)")
+    parser.add_argument("--family", choices=FAMILIES, default="qwen2_5_vl")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    print(build_tiny_lvlm(args.out_dir, family=args.family, seed=args.seed))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -105,6 +105,7 @@ class RewardSpec:
     normalize: str = _f("group", "one rule for ALL terms: 'group' (divide by the term's within-group std: weights "
                         "set shares), 'batch' (z-score over the step) or 'none' (raw scales)")
     path: str = _f("", "model folder / hub id: the LVLM for 'lvlm', a CLIPModel+processor for 'clip_quality'")
+    adapter: str = _f("", "'lvlm' only: a peft judge adapter folder from `emofeedback2 train-judge` ('' = none)")
     device: str = _f("", "device of the reward model ('' = the training device)")
     dtype: str = _f("float32", "dtype of the reward model")
     offload: bool = _f(False, "move the reward model to CPU between uses (saves GPU memory); with "

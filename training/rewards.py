@@ -60,11 +60,13 @@ class LVLMVAReward:
 
     @classmethod
     def from_path(cls, path: str, device: str = "", dtype: str = "float32", offload: bool = False,
-                  quantization: str = "none", images_per_pass: int = 0) -> "LVLMVAReward":
+                  quantization: str = "none", images_per_pass: int = 0, adapter: str = "") -> "LVLMVAReward":
         from ..engines.lvlm_scorer import load_lvlm
         from .judge_placement import judge_config
 
-        return cls(load_lvlm(judge_config(path, device, dtype, offload, quantization, images_per_pass)))
+        config = judge_config(path, device, dtype, offload, quantization, images_per_pass)
+        config.adapter = adapter or None  # a judge LoRA from ``emofeedback2 train-judge``
+        return cls(load_lvlm(config))
 
     def __call__(self, images, prompts, targets):
         readings = self.scorer.score(images.float().cpu())
@@ -233,7 +235,7 @@ def build_reward(specs, device: str = "cpu") -> CompositeReward:
             rewards.append(BrightnessReward())
         elif spec.kind == "lvlm":
             rewards.append(LVLMVAReward.from_path(spec.path, dev, spec.dtype, spec.offload, spec.quantization,
-                                                  spec.images_per_pass))
+                                                  spec.images_per_pass, spec.adapter))
         elif spec.kind == "clip_quality":
             rewards.append(CLIPQualityReward(spec.path, dev, spec.dtype, spec.offload))
         else:
