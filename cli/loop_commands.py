@@ -98,7 +98,7 @@ def _size(text: str) -> int:
 
 # The loop engine's defaults (LoopConfig), restated so `emofeedback2 --help` does not import torch;
 # tests/test_demo_cli.py pins them to LoopConfig().
-LOOP_DEFAULTS = argparse.Namespace(rounds=3, candidates=4, tolerance=0.25, min_improvement=0.0)
+LOOP_DEFAULTS = argparse.Namespace(rounds=6, candidates=2, tolerance=0.4, min_improvement=0.0)
 
 
 def _add_schedule_arguments(parser: argparse.ArgumentParser, steps: int, size: int) -> None:
