@@ -53,7 +53,10 @@ def test_emo_reward_loop_inputs_follow_comfyui_lists(comfy_sampling):
     spec = EmoRewardLoop.INPUT_TYPES()["required"]
     assert spec["sampler_name"][0] == list(comfy_sampling.samplers.KSampler.SAMPLERS)
     assert spec["scheduler"][0] == list(comfy_sampling.samplers.KSampler.SCHEDULERS)
-    assert spec["rounds"][1]["default"] == 3 and spec["candidates"][1]["default"] == 4
+    from emofeedback2.engines.feedback_loop import LoopConfig
+
+    defaults = LoopConfig()
+    assert spec["rounds"][1]["default"] == defaults.rounds and spec["candidates"][1]["default"] == defaults.candidates
 
 
 def test_emo_reward_loop_rejects_bad_values(comfy_sampling):

@@ -30,6 +30,9 @@ def _config(pipeline_dir, out) -> TrainConfig:
 def test_bf16_mixed_precision_clips_unscaled_gradients(tiny_pipeline_dir, tmp_path):
     from accelerate import Accelerator
 
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # an earlier test may have made a default one
     acc = Accelerator(cpu=True, mixed_precision="bf16")
     trainer = GRPOTrainer(_config(tiny_pipeline_dir, tmp_path), accelerator=acc, log=False)
     params = [p for _, p in trainer.trainable]

@@ -65,9 +65,9 @@ def test_gradient_checkpointing_and_a_trained_window_of_steps(tiny_pipeline_dir,
     seen = []
     original = trainer._timestep_loss
 
-    def spy(traj, j, adv, keep):
+    def spy(traj, j, adv, keep, **kwargs):
         seen.append(j)
-        return original(traj, j, adv, keep)
+        return original(traj, j, adv, keep, **kwargs)
 
     trainer._timestep_loss = spy
     metrics = trainer.train_step()
