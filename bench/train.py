@@ -31,16 +31,8 @@ import tempfile
 import time
 from types import SimpleNamespace
 
-SD35_MEDIUM = dict(
-    sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64, num_attention_heads=24,
-    joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048, out_channels=16,
-    pos_embed_max_size=384, dual_attention_layers=tuple(range(13)), qk_norm="rms_norm",
-)
-SD3_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=16, block_out_channels=[128, 256, 512, 512], layers_per_block=2,
-    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-    shift_factor=0.0609, scaling_factor=1.5305, use_quant_conv=False, use_post_quant_conv=False,
-)
+from ..training.real_configs import SD3_VAE, SD35_MEDIUM_TRANSFORMER as SD35_MEDIUM  # one copy of the real shapes
+
 TEXT_TOKENS = 77 + 256  # CLIP (77) and T5 (256) sequences concatenated, as SD3 pipelines do
 GIB = 1024**3
 
