@@ -14,20 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .loop_commands import _positive_int, _size
-
-
-def _strength(name: str):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number in [0, 2], got {text!r}") from None
-        if not 0.0 <= value <= 2.0:
-            raise argparse.ArgumentTypeError(f"{name} must be in [0, 2], got {value}")
-        return value
-
-    return parse
+from .loop_commands import _finite, _positive_int, _size
 
 
 def register(subparsers) -> None:
@@ -44,9 +31,9 @@ def register(subparsers) -> None:
     p.add_argument("--generator", default=None, help="diffusers pipeline folder (model_index.json) or hub id")
     p.add_argument("--lora", default=None, help="a trained generator LoRA (.safetensors) to apply")
     p.add_argument("--adapter", default=None, help="a trained emotion adapter (.safetensors) to apply")
-    p.add_argument("--text-strength", type=_strength("--text-strength"), default=None,
+    p.add_argument("--text-strength", type=_finite("--text-strength", 0.0, 2.0), default=None,
                    help="text route: weave each target's emotion words into the prompt, 0..2 (default 0; --demo: 1)")
-    p.add_argument("--adapter-strength", type=_strength("--adapter-strength"), default=1.0, help="emotion adapter strength, 0..2 (default 1)")
+    p.add_argument("--adapter-strength", type=_finite("--adapter-strength", 0.0, 2.0), default=1.0, help="emotion adapter strength, 0..2 (default 1)")
     p.add_argument("--lvlm", default=None, help="judge: Qwen-VL folder or hub id, or 'colour' for the colour heuristic (--demo: colour)")
     p.add_argument("--lvlm-adapter", default=None, help="a peft LoRA folder for the LVLM judge")
     p.add_argument("--prompts", default=None, help="prompts file, one per line (or a .csv with a 'prompt' column)")
