@@ -251,7 +251,7 @@ class NaNAfterFirstStep:
     def score_parts(self, images, prompts, va):
         self.calls += 1
         value = images.float().mean(dim=(1, 2, 3))
-        return {"nan": value * float("nan") if self.calls > 2 else value}  # 2 micro-batches per step
+        return {"nan": value * float("nan") if self.calls > 1 else value}  # one reward call per step
 
     def combine(self, parts, group_ids=None):
         return parts["nan"]
@@ -260,12 +260,12 @@ class NaNAfterFirstStep:
         return {}
 
 
-@pytest.mark.skip(reason="broken by the merge with issue 15 (one reward call per step): the fake reward turns NaN one step later; fix pending")
 def test_a_nan_loss_stops_the_run_before_it_is_saved(reference, tmp_path):
     from emofeedback2.training.rewards import CompositeReward
 
     out = tmp_path / "run"
     c = small_config(reference["dir"], out, max_steps=3)
+    assert c.reward_schedule == "step"  # the fake counts reward calls as steps
     reward = NaNAfterFirstStep()
     assert not isinstance(reward, CompositeReward)
     trainer = GRPOTrainer(c, log=False, reward=reward)
