@@ -1,27 +1,34 @@
-"""``emofeedback2 bench scorer``: expected-value scoring vs generate-then-parse, same model, same images.
+"""``emofeedback2 bench scorer``: the expected-value reading against generating and parsing an answer.
 
 Expected value (ours): the prompt and the B images in one left-padded pass, then the two answer
 prefixes (``"Valence: "``, ``"Arousal: "``) as 2·B short rows on its key/value cache, reading the
 digit-token distribution after each prefix.
 
-Two generate-then-parse baselines, same model, same images, greedy, batched, left-padded:
+Compared in the same run, same model, same images, greedy, batched, left-padded:
 
-* ``paper_format`` (the headline): the judge writes a short chain of thought and then its answer,
-  ``<think>…</think><answer>V, A</answer>``, which is the output format EmoFeedback²'s GRPO-tuned
-  judge is trained to follow (its format reward). ``--reasoning-tokens`` (default 64, a short
-  reasoning) tokens are generated per image.
-* ``bare_answer``: the most favourable case for generation: only ``"V, A"`` with two decimals, e.g.
-  ``"-1.25, 0.50"``; Qwen tokenises every digit, sign, point, comma and space alone, so that answer
-  plus the end token is 12 tokens (``--new-tokens``).
+* ``prefill`` (the physical floor): one forward pass of the same prompt and images with no answer
+  rows. ``ev_over_prefill`` = expected-value time / prefill time (1.0 is the floor; goal ≤ 1.1).
+* ``digits_answer`` (the like-for-like headline): the scorer's own question, its 1–9 scale and the
+  same image tokens; the model generates just the two digits' answer (``"7, 3"`` and the end token)
+  and the text is parsed. ``ev_vs_generate_speedup`` compares with this path.
+* ``labelled_answer``: the same question, with the answer labels the expected-value path feeds
+  (``"Valence: 7\nArousal: 3"``) written by the model; token counts depend on the tokenizer (the tiny
+  model's is byte-level, so this answer is longer there than with Qwen's). Printed, not a headline.
+* ``paper_format``: a short chain of thought and then ``<answer>V, A</answer>`` on [-3, 3] with two
+  decimals, the output format EmoFeedback²'s GRPO-tuned judge writes (``--reasoning-tokens``,
+  default 64). Another prompt and another scale: its ratio is the favourable framing and is
+  printed on the line before the headline, not as the headline.
 
-Each baseline generates exactly its token count (``min_new_tokens``), so a random model that never
-stops costs what a trained one answering in that format would.
+Each generating path produces exactly its token count (``min_new_tokens``), so a random model that
+never stops costs what a trained one answering in that format would. The expected-value reading's
+digit probability mass is reported (mean, and the readings below ``LOW_DIGIT_MASS``, which the
+score CLI and the scorer node flag); a random tiny model puts little mass on the digits.
 
 Default: the tiny random Qwen2.5-VL built locally (CPU). ``--real-size qwen2.5-vl-7b --device cuda
 --dtype bfloat16`` builds the real 7B architecture with random weights directly on the GPU (tiny
 byte tokenizer, real image processor patching) and also prints peak GPU memory per path.
-The last line is ``ev_vs_generate_speedup=<x>`` against the paper-format baseline (ratio of median
-images/s, all paths measured in this run); the line before gives the ratio against the bare answer.
+The last three lines: ``ev_over_prefill=<x>``, ``ev_vs_paper_format_speedup=<x>``,
+``ev_vs_generate_speedup=<x>`` (ratios of median times, all paths measured in this run).
 """
 
 from __future__ import annotations
@@ -33,7 +40,10 @@ import tempfile
 import time
 from typing import Any, Callable
 
-ANSWER = re.compile(r"^\s*([+-]?\d(?:\.\d+)?)\s*,\s*([+-]?\d(?:\.\d+)?)")
+DIGITS = re.compile(r"^\s*([1-9])\s*[,;/ ]\s*([1-9])\b")
+DIGITS_EXAMPLE = "7, 3"
+LABELLED = re.compile(r"Valence:\s*([1-9])\b.*?Arousal:\s*([1-9])\b", re.DOTALL)
+LABELLED_EXAMPLE = "Valence: 7\nArousal: 3"
 ANSWER_TAG = re.compile(r"<answer>\s*([+-]?\d(?:\.\d+)?)\s*,\s*([+-]?\d(?:\.\d+)?)\s*</answer>")
 REASONING_INSTRUCTION = (
     "Look at the colours, light, subject, expressions and composition of this image and think briefly "
@@ -41,15 +51,11 @@ REASONING_INSTRUCTION = (
     "(very pleasant) and arousal from -3 (very calm) to 3 (very excited), with two decimals, as "
     "<answer>valence, arousal</answer>."
 )
-BASELINE_INSTRUCTION = (
-    "Rate the emotion this image evokes: valence from -3 (very unpleasant) to 3 (very pleasant) and "
-    "arousal from -3 (very calm) to 3 (very excited), with two decimals. Answer only as 'valence, arousal'."
-)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=8, help="images per batch (default 8)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls of each path (default 5; the median counts)")
+    parser.add_argument("--repeats", type=int, default=9, help="timed calls of each path (default 9; the median counts)")
     parser.add_argument("--family", default="qwen2_5_vl", choices=["qwen2_vl", "qwen2_5_vl", "qwen3_vl"],
                         help="tiny model family (ignored with --real-size)")
     parser.add_argument("--real-size", default=None, metavar="NAME",
@@ -59,8 +65,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pixels", type=int, default=None,
                         help="image area per image for the vision encoder (default: tiny processor's; 200704 real-size)")
     parser.add_argument("--image-size", type=int, default=448, help="side of the synthetic test images (default 448)")
-    parser.add_argument("--new-tokens", type=int, default=12,
-                        help="tokens the bare-answer baseline generates per image (default 12: '-1.25, 0.50' + end token)")
     parser.add_argument("--reasoning-tokens", type=int, default=64,
                         help="tokens the paper-format baseline generates per image: short reasoning + answer (default 64)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -107,23 +111,53 @@ def _build_scorer(args: argparse.Namespace, workdir: str):
     return LVLMScorer(model, processor, config, device=device, dtype=dtype), f"{args.real_size} architecture, random weights ({params:.2f}B parameters)"
 
 
-def _generate_then_parse(scorer, images, new_tokens: int, instruction: str = BASELINE_INSTRUCTION,
-                         answer: re.Pattern = ANSWER) -> tuple[int, list[Any]]:
-    """A baseline: generate the answer text for every image in one batch and parse it."""
+def _digit_to_va(digit: float) -> float:
+    from ..engines.emotion_space import VA_MIN, VA_SPAN
+
+    return VA_MIN + (digit - 1.0) * VA_SPAN / 8.0
+
+
+def _answer_tokens(scorer, example: str) -> int:
+    """Tokens of ``example`` in this model's tokenizer, plus the end token."""
+    return len(scorer.tokenizer.encode(example, add_special_tokens=False)) + 1
+
+
+def _generate_then_parse(scorer, images, new_tokens: int, instruction: str, answer: re.Pattern,
+                         on_digit_scale: bool = False) -> tuple[int, list[Any]]:
+    """Generate the answer text for every image in one batch and parse it (values in [-3, 3])."""
     import torch
 
     texts = [scorer._chat(instruction)] * len(images)
-    encoded = scorer._encode(texts, images)
-    with torch.no_grad():
+    with scorer._on_device(), torch.no_grad():
+        encoded = scorer._encode(texts, images)
         generated = scorer.model.generate(
             **encoded, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
             pad_token_id=scorer.tokenizer.pad_token_id,
         )
     answers = scorer.tokenizer.batch_decode(generated[:, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
-    parsed = [answer.search(text) for text in answers]
-    readings = [(float(m.group(1)), float(m.group(2))) if m and all(abs(float(g)) <= 3 for g in m.groups()) else None
-                for m in parsed]
+    readings = []
+    for text in answers:
+        m = answer.search(text)
+        values = [float(g) for g in m.groups()] if m else None
+        if values is not None and on_digit_scale:
+            values = [_digit_to_va(v) for v in values]
+        readings.append(tuple(values) if values and all(abs(v) <= 3 for v in values) else None)
     return sum(r is not None for r in readings), readings
+
+
+def _prefill(scorer, images) -> None:
+    """The floor: the expected-value path's prompt + image pass alone, with no answer rows."""
+    import torch
+
+    prompt = scorer._chat(scorer.prompts.question)
+    with scorer._on_device(), torch.no_grad():
+        if scorer._shares_vision():
+            encoded = scorer._encode_shared([prompt], images)
+        else:
+            encoded = scorer._encode([prompt] * len(images), images)
+        scorer.model(**encoded, use_cache=scorer._shares_prefix(prompt, [scorer.prompts.valence_prefix,
+                                                                         scorer.prompts.arousal_prefix]),
+                     logits_to_keep=1)
 
 
 def _interleaved_times(paths: dict[str, Callable[[], Any]], repeats: int, sync: Callable[[], None]) -> dict[str, list[float]]:
@@ -145,8 +179,8 @@ def _interleaved_times(paths: dict[str, Callable[[], Any]], repeats: int, sync: 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    if min(args.images, args.repeats, args.new_tokens, args.reasoning_tokens) < 1:
-        print("error: --images, --repeats, --new-tokens and --reasoning-tokens must be at least 1")
+    if min(args.images, args.repeats, args.reasoning_tokens) < 1:
+        print("error: --images, --repeats and --reasoning-tokens must be at least 1")
         return 2
     cuda = args.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
@@ -162,38 +196,52 @@ def run(args: argparse.Namespace) -> int:
         print(f"device {args.device}, dtype {args.dtype}, batch of {args.images} images {args.image_size}x{args.image_size}, "
               f"{args.repeats} timed calls per path (alternating, median) after one warm-up")
 
+        question = scorer.prompts.question
+        digits_tokens = _answer_tokens(scorer, DIGITS_EXAMPLE)
+        labelled_tokens = _answer_tokens(scorer, LABELLED_EXAMPLE)
         paths = {
             "expected_value": lambda: scorer.score_details(images),
+            "prefill": lambda: _prefill(scorer, images),
+            "digits_answer": lambda: _generate_then_parse(scorer, images, digits_tokens, question, DIGITS, True),
+            "labelled_answer": lambda: _generate_then_parse(scorer, images, labelled_tokens, question, LABELLED, True),
             "paper_format": lambda: _generate_then_parse(scorer, images, args.reasoning_tokens, REASONING_INSTRUCTION, ANSWER_TAG),
-            "bare_answer": lambda: _generate_then_parse(scorer, images, args.new_tokens),
         }
         times = _interleaved_times(paths, args.repeats, sync)
-        results = {}
-        for name, fn in paths.items():
-            peak = None
-            if cuda:  # a separate, untimed call per path for its peak memory
+        median = {name: statistics.median(t) for name, t in times.items()}
+        peaks = {}
+        if cuda:  # a separate, untimed call per path for its peak memory
+            for name, fn in paths.items():
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
                 fn()
                 sync()
-                peak = torch.cuda.max_memory_allocated() / 2**30
-            results[name] = (args.images / statistics.median(times[name]), peak)
+                peaks[name] = torch.cuda.max_memory_allocated() / 2**30
 
-        n_parsed = {
-            "paper_format": _generate_then_parse(scorer, images, args.reasoning_tokens, REASONING_INSTRUCTION, ANSWER_TAG)[0],
-            "bare_answer": _generate_then_parse(scorer, images, args.new_tokens)[0],
-        }
-        tokens = {"paper_format": args.reasoning_tokens, "bare_answer": args.new_tokens}
-        ev_ips, ev_peak = results["expected_value"]
+        from ..engines.scoring import LOW_DIGIT_MASS
+
+        details = scorer.score_details(images)
+        mass = torch.minimum(details.digit_mass_valence, details.digit_mass_arousal)
+        generating = ("digits_answer", "labelled_answer", "paper_format")
+        n_parsed = {name: paths[name]()[0] for name in generating}
+        tokens = {"digits_answer": digits_tokens, "labelled_answer": labelled_tokens, "paper_format": args.reasoning_tokens}
+        how = {"digits_answer": f"the scorer's question and 1-9 scale, answer '{DIGITS_EXAMPLE}' + end token",
+               "labelled_answer": "the same, with the scorer's answer labels written out: "
+                                  f"{LABELLED_EXAMPLE!r} + end token",
+               "paper_format": "reasoning + <answer>V, A</answer>, [-3, 3] with decimals"}
         mode = (f"prompt+image pass of {args.images} rows, then {2 * args.images} answer-prefix rows on its cache"
                 if scorer.config.share_prefix and scorer._shares_vision() else f"one forward pass of {2 * args.images} rows")
-        print(f"expected_value: {ev_ips:.2f} images/s ({mode}; every image gets a reading)")
-        for name in ("paper_format", "bare_answer"):
-            print(f"generate_then_parse[{name}]: {results[name][0]:.2f} images/s ({tokens[name]} new tokens per image; "
-                  f"parsed {n_parsed[name]}/{args.images} answers)")
-        if cuda:
-            for name, (_, peak) in results.items():
-                print(f"peak_memory_{name}_gib={peak:.2f}")
-        print(f"ev_vs_bare_answer_speedup={ev_ips / results['bare_answer'][0]:.2f}")
-        print(f"ev_vs_generate_speedup={ev_ips / results['paper_format'][0]:.2f}")
+        ips = {name: args.images / t for name, t in median.items()}
+        print(f"expected_value: {ips['expected_value']:.2f} images/s ({mode}; every image gets a reading); "
+              f"digit mass mean {mass.mean():.3f}, {int((mass < LOW_DIGIT_MASS).sum())}/{args.images} readings "
+              f"below {LOW_DIGIT_MASS:g} (flagged low_digit_mass)")
+        print(f"prefill: {ips['prefill']:.2f} images/s (the same prompt and images, one forward pass, no answer rows)")
+        for name in generating:
+            print(f"generate_then_parse[{name}]: {ips[name]:.2f} images/s ({tokens[name]} new tokens per image, "
+                  f"{how[name]}; parsed {n_parsed[name]}/{args.images} answers)")
+        for name, peak in peaks.items():
+            print(f"peak_memory_{name}_gib={peak:.2f}")
+        print(f"ev_vs_labelled_answer_speedup={median['labelled_answer'] / median['expected_value']:.2f}")
+        print(f"ev_over_prefill={median['expected_value'] / median['prefill']:.3f}")
+        print(f"ev_vs_paper_format_speedup={median['paper_format'] / median['expected_value']:.2f}")
+        print(f"ev_vs_generate_speedup={median['digits_answer'] / median['expected_value']:.2f}")
     return 0

@@ -63,7 +63,7 @@ def _load_images(files: list[Path]):
 def run(args: argparse.Namespace) -> int:
     from ..engines.emotion_space import VA, EmotionValueError
     from ..engines.lvlm_scorer import LVLMConfig, load_lvlm
-    from ..engines.scoring import reading_rows
+    from ..engines.scoring import LOW_DIGIT_MASS, reading_rows
 
     # every anticipated failure below is a UserError: cli.main prints it as one line, exit 2
     if (args.valence is None) != (args.arousal is None):
@@ -99,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
         line = f"{row['image']}: valence {row['valence']:+.2f}  arousal {row['arousal']:+.2f}"
         if "reward" in row:
             line += f"  reward {row['reward']:.3f}"
+        if row.get("low_digit_mass"):
+            line += (f"  LOW DIGIT MASS {row['digit_mass']:.2f} (< {LOW_DIGIT_MASS:g}): the judge was barely answering "
+                     "with a scale digit, so this reading is unreliable")
         print(line)
         if row.get("analysis"):
             print(f"    {row['analysis']}")

@@ -594,9 +594,10 @@ class LVLMScorer:
             texts = self.generate_text(
                 images, self.prompts.analysis_instruction, max_new_tokens=self.config.analysis_max_new_tokens, max_chars=400
             )
+        mass = torch.minimum(details.digit_mass_valence, details.digit_mass_arousal).tolist()
         return [
-            EmotionReading(valence=float(v), arousal=float(a), analysis=t)
-            for v, a, t in zip(details.valence.tolist(), details.arousal.tolist(), texts)
+            EmotionReading(valence=float(v), arousal=float(a), analysis=t, digit_mass=float(m))
+            for v, a, t, m in zip(details.valence.tolist(), details.arousal.tolist(), texts, mass)
         ]
 
     # -- free text (analysis, refiner) --

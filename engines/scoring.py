@@ -13,13 +13,27 @@ from .emotion_space import VA, va_distance, va_reward
 from .images import ImageBatch
 
 
+#: a digit-readout judge that puts less probability than this on the scale digits (at either answer
+#: prefix) was not really answering: its expected value rests on little mass, so the reading is flagged
+LOW_DIGIT_MASS = 0.5
+
+
 @dataclass(frozen=True)
 class EmotionReading:
-    """One image's measured emotion. ``analysis`` is sanitised model text ('' when not asked)."""
+    """One image's measured emotion. ``analysis`` is sanitised model text ('' when not asked).
+
+    ``digit_mass`` is the smaller of the two answer positions' probability on the scale digits, for
+    judges that read digits (``None`` for the colour heuristic).
+    """
 
     valence: float
     arousal: float
     analysis: str = ""
+    digit_mass: Optional[float] = None
+
+    @property
+    def low_digit_mass(self) -> bool:
+        return self.digit_mass is not None and self.digit_mass < LOW_DIGIT_MASS
 
     @property
     def point(self) -> VA:
@@ -59,6 +73,9 @@ def reading_rows(readings: Sequence[EmotionReading], target: Optional[VA] = None
         if target is not None:
             row["reward"] = round(reading.reward(target), 4)
             row["distance"] = round(reading.distance(target), 4)
+        if reading.digit_mass is not None:
+            row["digit_mass"] = round(reading.digit_mass, 4)
+            row["low_digit_mass"] = reading.low_digit_mass
         if reading.analysis:
             row["analysis"] = reading.analysis
         rows.append(row)

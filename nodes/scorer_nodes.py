@@ -35,7 +35,9 @@ class LVLMEmotionScorer:
         "Measured arousal in [-3, 3] (mean over the batch).",
         "Mean reward in [0, 1] against the target (1 = on target): 1 - mean(|ΔV|, |ΔA|)/6. -1 when use_target is off.",
         "A readable report, one line per image (with the model's short explanation when analysis is on).",
-        "JSON list with one row per image: index, valence, arousal, reward, distance, analysis.",
+        "JSON list with one row per image: index, valence, arousal, reward, distance, digit_mass and "
+        "low_digit_mass (true when the judge put little probability on the scale digits: an unreliable "
+        "reading), analysis.",
     )
     DESCRIPTION = (
         "Reads valence (unpleasant → pleasant) and arousal (calm → excited) of every image, in [-3, 3], "
@@ -99,6 +101,8 @@ class LVLMEmotionScorer:
             line = f"image {row['index'] + 1}: V={row['valence']:+.2f} A={row['arousal']:+.2f}"
             if "reward" in row:
                 line += f" reward={row['reward']:.3f}"
+            if row.get("low_digit_mass"):
+                line += f" [LOW DIGIT MASS {row['digit_mass']:.2f}: unreliable reading]"
             if row.get("analysis"):
                 line += f" — {row['analysis']}"
             lines.append(line)

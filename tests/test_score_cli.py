@@ -53,13 +53,39 @@ def test_missing_image_file_is_named(tmp_path, capsys):
     assert "nope.png" in capsys.readouterr().err
 
 
-def test_bench_scorer_cli_prints_both_paths_and_the_speedup_last(capsys):
-    code = main(["bench", "scorer", "--images", "2", "--repeats", "1", "--image-size", "32", "--new-tokens", "2",
-                 "--reasoning-tokens", "3"])
+def test_bench_scorer_cli_headline_is_like_for_like_with_the_floor_and_paper_ratio_before_it(capsys):
+    code = main(["bench", "scorer", "--images", "2", "--repeats", "1", "--image-size", "32", "--reasoning-tokens", "3"])
     assert code == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert any(line.startswith("expected_value:") and "images/s" in line for line in lines)
+    assert any(line.startswith("expected_value:") and "digit mass mean" in line for line in lines)
+    assert any(line.startswith("prefill:") for line in lines)
+    digits = next(line for line in lines if line.startswith("generate_then_parse[digits_answer]:"))
+    assert "the scorer's question and 1-9 scale" in digits
     assert any(line.startswith("generate_then_parse[paper_format]:") for line in lines)
-    assert any(line.startswith("generate_then_parse[bare_answer]:") for line in lines)
-    assert lines[-2].startswith("ev_vs_bare_answer_speedup=")
+    assert lines[-3].startswith("ev_over_prefill=") and float(lines[-3].split("=")[1]) > 0
+    assert lines[-2].startswith("ev_vs_paper_format_speedup=")
     assert lines[-1].startswith("ev_vs_generate_speedup=") and float(lines[-1].split("=")[1]) > 0
+
+
+def test_digits_answer_parser_reads_the_scale_and_refuses_other_text():
+    from emofeedback2.bench.scorer import DIGITS, _digit_to_va
+
+    assert DIGITS.search("7, 3").groups() == ("7", "3")
+    assert DIGITS.search(" 9/1 and more").groups() == ("9", "1")
+    assert DIGITS.search("0, 3") is None and DIGITS.search("seven, three") is None and DIGITS.search("73") is None
+    assert _digit_to_va(1.0) == -3.0 and _digit_to_va(5.0) == 0.0 and _digit_to_va(9.0) == 3.0
+
+
+def test_low_digit_mass_readings_are_flagged_in_rows_and_the_cli(tiny_lvlm_dir, image_files, capsys):
+    from emofeedback2.engines.scoring import LOW_DIGIT_MASS, EmotionReading, reading_rows
+
+    rows = reading_rows([EmotionReading(1.0, 0.0, digit_mass=0.9), EmotionReading(1.0, 0.0, digit_mass=0.1),
+                         EmotionReading(1.0, 0.0)])
+    assert rows[0]["low_digit_mass"] is False and rows[1]["low_digit_mass"] is True
+    assert "digit_mass" not in rows[2] and LOW_DIGIT_MASS == 0.5
+    # a random tiny judge puts almost no probability on the digits: every reading is flagged
+    assert main(["score", *map(str, image_files), "--lvlm", str(tiny_lvlm_dir), "--device", "cpu", "--json"]) == 0
+    readings = json.loads(capsys.readouterr().out)["readings"]
+    assert all(r["low_digit_mass"] and 0.0 <= r["digit_mass"] < LOW_DIGIT_MASS for r in readings)
+    assert main(["score", *map(str, image_files), "--lvlm", str(tiny_lvlm_dir), "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.count("LOW DIGIT MASS") == 2

@@ -84,6 +84,10 @@ def test_tiny_lvlm_from_models_llm_scores_a_comfy_batch(fake_comfy, llm_dir):
     # the node's numbers are the engine's numbers
     direct = lvlm.score(images)
     assert rows[2]["valence"] == pytest.approx(direct[2].valence, abs=1e-4)
+    # a random judge barely answers with digits: each row and report line says the reading is unreliable
+    assert all(r["low_digit_mass"] and r["digit_mass"] == pytest.approx(direct[i].digit_mass, abs=1e-4)
+               for i, r in enumerate(rows))
+    assert report.count("LOW DIGIT MASS") == 4
     assert fake_comfy.progress_updates and fake_comfy.progress_updates[-1][0] == fake_comfy.progress_updates[-1][1]
 
 

@@ -18,10 +18,11 @@ import numpy as np
 
 from ..engines.emotion_space import VA_MAX, VA_MIN
 from .judge_data import JudgeSample, load_images
+from ..engines.scoring import LOW_DIGIT_MASS
 
 AXES = ("valence", "arousal")
 DEFAULT_EPS = 0.5
-DEFAULT_LOW_MASS = 0.5
+DEFAULT_LOW_MASS = LOW_DIGIT_MASS  # one threshold for eval-judge, the score CLI and the nodes
 
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> Optional[float]:
