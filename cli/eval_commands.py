@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from .loop_commands import _finite, _positive_int, _size
+from .lvlm_args import add_lvlm_load_arguments, lvlm_load_options
 
 
 def register(subparsers) -> None:
@@ -36,6 +37,7 @@ def register(subparsers) -> None:
     p.add_argument("--adapter-strength", type=_finite("--adapter-strength", 0.0, 2.0), default=1.0, help="emotion adapter strength, 0..2 (default 1)")
     p.add_argument("--lvlm", default=None, help="judge: Qwen-VL folder or hub id, or 'colour' for the colour heuristic (--demo: colour)")
     p.add_argument("--lvlm-adapter", default=None, help="a peft LoRA folder for the LVLM judge")
+    add_lvlm_load_arguments(p)
     p.add_argument("--prompts", default=None, help="prompts file, one per line (or a .csv with a 'prompt' column)")
     p.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable); instead of --prompts")
     targets = p.add_mutually_exclusive_group()
@@ -113,7 +115,7 @@ def _load(args, workdir: Path):
 def _scorer(args):
     from .loop_commands import load_scorer
 
-    return load_scorer(args.lvlm, args.device, args.dtype, args.lvlm_adapter)
+    return load_scorer(args.lvlm, args.device, args.dtype, args.lvlm_adapter, **lvlm_load_options(args))
 
 
 def run_eval(args: argparse.Namespace) -> int:

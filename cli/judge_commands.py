@@ -15,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+from .lvlm_args import add_lvlm_load_arguments, lvlm_load_options
+
 
 def register(subparsers) -> None:
     _register_train(subparsers)
@@ -151,6 +153,7 @@ def _register_eval(subparsers) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     p.add_argument("--max-pixels", type=int, default=None, help="cap on pixels per image for the vision encoder")
+    add_lvlm_load_arguments(p)
     p.add_argument("--skip-bad", action="store_true", help="skip bad manifest rows (counted)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_eval)
@@ -182,7 +185,7 @@ def _eval(args: argparse.Namespace) -> int:
         constant = (sum(s.valence for s in rows) / len(rows), sum(s.arousal for s in rows) / len(rows))
         source = "mean of the evaluated rows (no training set known: optimistic for the constant)"
     scorer = load_lvlm(LVLMConfig(model=args.lvlm, adapter=args.adapter, device=args.device, dtype=args.dtype,
-                                  max_pixels=args.max_pixels))
+                                  max_pixels=args.max_pixels, **lvlm_load_options(args)))
     evaluation = evaluate_judge(scorer, rows, constant=constant, constant_source=source, eps=args.eps,
                                 low_mass=args.low_mass, batch_size=args.batch_size, progress=not args.json)
     plots = write_scatter_plots(evaluation, args.plots) if args.plots else []

@@ -21,6 +21,7 @@ from typing import Optional
 
 from ..engines.emotion_space import EmotionValueError, check_component
 from ..engines.errors import UserError
+from .lvlm_args import add_lvlm_load_arguments, lvlm_load_options
 
 SEED_LIMIT = 2**64  # ComfyUI's seed range; the loop's candidate seeds wrap at the same modulus
 
@@ -151,6 +152,7 @@ def register(subparsers) -> None:
     loop.add_argument("--lora", default=None, help="a trained generator LoRA (.safetensors) to apply")
     loop.add_argument("--adapter", default=None, help="a trained emotion adapter (.safetensors) to apply")
     loop.add_argument("--lvlm-adapter", default=None, help="a peft LoRA folder for the LVLM (from scorer fine-tuning)")
+    add_lvlm_load_arguments(loop)
     _add_schedule_arguments(loop, steps=20, size=512)
     loop.set_defaults(func=run_loop)
 
@@ -315,15 +317,18 @@ def run_demo(args: argparse.Namespace) -> int:
     return code
 
 
-def load_scorer(spec: str, device: str = "auto", dtype: str = "auto", adapter: Optional[str] = None):
-    """``colour``/``color`` → the colour heuristic; anything else → an LVLM folder or hub id."""
+def load_scorer(spec: str, device: str = "auto", dtype: str = "auto", adapter: Optional[str] = None, **options):
+    """``colour``/``color`` → the colour heuristic; anything else → an LVLM folder or hub id.
+
+    ``options``: further :class:`LVLMConfig` fields, e.g. from :func:`.lvlm_args.lvlm_load_options`.
+    """
     if spec.lower() in ("colour", "color", "colour-heuristic", "color-heuristic"):
         from ..engines.color_scorer import ColorHeuristicScorer
 
         return ColorHeuristicScorer()
     from ..engines.lvlm_scorer import LVLMConfig, load_lvlm
 
-    return load_lvlm(LVLMConfig(model=spec, device=device, dtype=dtype, adapter=adapter))
+    return load_lvlm(LVLMConfig(model=spec, device=device, dtype=dtype, adapter=adapter, **options))
 
 
 def run_loop(args: argparse.Namespace) -> int:
@@ -345,7 +350,7 @@ def run_loop(args: argparse.Namespace) -> int:
     except (ModelLoadError, FileNotFoundError) as exc:
         raise LoopCommandError(f"cannot load --generator {args.generator!r}: {exc}") from exc
     try:
-        scorer = load_scorer(args.lvlm, args.device, args.dtype, args.lvlm_adapter)
+        scorer = load_scorer(args.lvlm, args.device, args.dtype, args.lvlm_adapter, **lvlm_load_options(args))
     except (LVLMLoadError, FileNotFoundError) as exc:
         raise LoopCommandError(f"cannot load --lvlm {args.lvlm!r}: {exc}") from exc
     refiner = make_refiner(scorer)

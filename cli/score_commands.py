@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from .lvlm_args import add_lvlm_load_arguments, lvlm_load_options
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 COLOUR_NAMES = ("colour", "color")
 
@@ -26,8 +28,7 @@ def register(subparsers) -> None:
     parser.add_argument("--adapter", default=None, metavar="FOLDER", help="peft LoRA adapter folder from training")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    parser.add_argument("--attn", default=None, choices=["sdpa", "eager", "flash_attention_2"],
-                        help="attention implementation (default: transformers' choice)")
+    add_lvlm_load_arguments(parser)
     parser.add_argument("--max-pixels", type=int, default=None, help="cap on pixels per image for the vision encoder")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow code shipped with the model to run")
     parser.add_argument("--analysis", action="store_true", help="also generate a short explanation per image")
@@ -77,8 +78,8 @@ def run(args: argparse.Namespace) -> int:
         scorer = ColorHeuristicScorer()
     else:
         scorer = load_lvlm(LVLMConfig(
-            model=args.lvlm, dtype=args.dtype, device=args.device, attn_implementation=args.attn,
-            adapter=args.adapter, trust_remote_code=args.trust_remote_code, max_pixels=args.max_pixels,
+            model=args.lvlm, dtype=args.dtype, device=args.device, adapter=args.adapter, trust_remote_code=args.trust_remote_code, max_pixels=args.max_pixels,
+            **lvlm_load_options(args),
         ))
     readings = scorer.score(images, analysis=args.analysis)
 

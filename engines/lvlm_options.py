@@ -2,17 +2,19 @@
 
 Both are checked before any weights are read, so a wrong choice fails in a second with a message
 that names the fix (``sdpa`` instead of flash-attention on a CPU; ``pip install bitsandbytes``), not
-after minutes of loading or deep inside transformers.
+after minutes of loading or deep inside transformers. The module imports no torch at import time,
+so the command line can offer the choices and still start instantly.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from typing import Any, Optional
-
-import torch
+from typing import TYPE_CHECKING, Any, Optional
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 ATTENTION_CHOICES = ("sdpa", "eager", "flash_attention_2")
 QUANTIZATION_CHOICES = ("none", "8bit", "4bit")
@@ -66,6 +68,8 @@ def quantization_kwargs(quantization: Optional[str], device: torch.device, dtype
     kind = normalise_quantization(quantization)
     if kind == "none":
         return {}
+    import torch
+
     if not _installed("bitsandbytes"):
         raise LVLMOptionError(
             f"quantization={kind!r} needs the bitsandbytes package, which is not installed in this Python "

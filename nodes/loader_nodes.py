@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engines.color_scorer import ColorHeuristicScorer
-from ..engines.lvlm_options import QUANTIZATION_CHOICES
+from ..engines.lvlm_options import ATTENTION_CHOICES, QUANTIZATION_CHOICES
 from ..engines.lvlm_scorer import LVLMConfig, LVLMLoadError, load_lvlm
 from ..engines.scoring import EmotionScorer
 from . import comfy_bridge
@@ -127,7 +127,7 @@ class LVLMLoader:
                     {"default": "auto", "tooltip": "Where the model runs. auto = ComfyUI's main device."},
                 ),
                 "attention": (
-                    ["auto", "sdpa", "eager", "flash_attention_2"],
+                    ["auto", *ATTENTION_CHOICES],
                     {"default": "auto", "tooltip": "Attention kernel. auto = transformers' default (sdpa, fast on "
                                                    "every device); eager = plain PyTorch; flash_attention_2 needs a "
                                                    "CUDA GPU and the flash-attn package."},

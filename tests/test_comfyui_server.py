@@ -220,8 +220,11 @@ def test_generated_adapter_and_lora_load_through_emotion_weights_loader(comfy_se
     assert not np.array_equal(images["off"], images["lora"])
 
 
-def _write_kohya_lora(path: Path) -> str:
-    """A random peft LoRA on the slim UNet's attention, exported to kohya keys by training/export.py."""
+def _write_kohya_lora(path: Path, text_encoder_layers: int = 0) -> str:
+    """A random peft LoRA on the slim UNet's attention, exported to kohya keys by training/export.py.
+
+    ``text_encoder_layers`` > 0 adds that many CLIP-L ``lora_te_…`` layers, as most kohya LoRAs have.
+    """
     import torch
     from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
     from safetensors.torch import save_file
@@ -235,6 +238,12 @@ def _write_kohya_lora(path: Path) -> str:
     state = {k: v.detach() for k, v in get_peft_model_state_dict(unet).items()}
     kohya = peft_to_kohya(state, "sd15", lora_alpha=4.0)
     assert kohya and all(k.startswith("lora_unet_") for k in kohya)
+    g = torch.Generator().manual_seed(1)
+    for layer in range(text_encoder_layers):
+        name = f"lora_te_text_model_encoder_layers_{layer}_self_attn_q_proj"
+        kohya[f"{name}.lora_down.weight"] = torch.randn(4, 768, generator=g) * 0.01
+        kohya[f"{name}.lora_up.weight"] = torch.randn(768, 4, generator=g) * 0.01
+        kohya[f"{name}.alpha"] = torch.tensor(4.0)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in kohya.items()}, str(path))
     return path.name
@@ -309,3 +318,153 @@ def test_slim_checkpoint_unet_matches_its_diffusers_twin_inside_comfyui(tmp_path
     assert report["max_abs_diff"] < 1e-4 * max(1.0, report["mean_abs"]), report
     assert report["clip_ok"] and report["vae_ok"]
 
+
+
+# --- issue 14: the wiring a ComfyUI user tries first, the judge under model management, clean errors ---
+
+
+def _preview_text(run, node: str) -> str:
+    """The text a PreviewAny node showed (``{"text": [...]}`` in /history)."""
+    return " ".join(str(t) for t in run.outputs.get(node, {}).get("text", []))
+
+
+def _without_clip_wiring(server) -> dict:
+    """emotion_text_to_image with the weights loader's optional CLIP left unconnected (text encoded by the checkpoint's CLIP)."""
+    prompt = repoint(load_twin("emotion_text_to_image"), server)
+    loader, cond = node_id(prompt, "EmotionWeightsLoader"), node_id(prompt, "EmotionConditioner")
+    negative = node_id(prompt, "CLIPTextEncode")
+    checkpoint = node_id(prompt, "CheckpointLoaderSimple")
+    del prompt[loader]["inputs"]["clip"]
+    prompt[cond]["inputs"]["clip"] = [checkpoint, 1]
+    prompt[negative]["inputs"]["clip"] = [checkpoint, 1]
+    prompt["90"] = {"class_type": "PreviewAny", "inputs": {"source": [loader, 3]}, "_meta": {"title": "report"}}
+    return prompt
+
+
+def test_a_kohya_lora_with_text_encoder_layers_runs_without_clip_wired(comfy_server):
+    """Issue 14.1: the model part applies (like LoraLoaderModelOnly); console and report say what was skipped."""
+    name = _write_kohya_lora(comfy_server.models_dir / "loras" / "te_lora.safetensors", text_encoder_layers=2)
+    prompt = _without_clip_wiring(comfy_server)
+    loader, save = node_id(prompt, "EmotionWeightsLoader"), node_id(prompt, "SaveImage")
+    images = {}
+    for label, lora in (("none", "none"), ("lora", name)):
+        prompt[loader]["inputs"]["lora_name"] = lora
+        run = comfy_server.run_prompt(prompt)
+        assert_success(run)
+        images[label] = saved_pixels(run, comfy_server, save)
+        report = _preview_text(run, "90")
+        if lora != "none":
+            assert "skipped its 2 text-encoder layers" in report and "connect CLIP" in report, report
+            assert "skipped its 2 text-encoder layers" in run.log, run.log[-3000:]  # the console says it too
+            assert "lora key not loaded" not in run.log, run.log[-3000:]
+    assert not np.array_equal(images["none"], images["lora"])  # the diffusion-model part was applied
+
+
+def test_the_adapter_list_holds_only_emotion_adapters_each_once(comfy_server):
+    """Issue 14.2: ordinary LoRAs in models/loras are not offered as emotion adapters; each adapter once."""
+    from emofeedback2.engines.emotion_adapter import EmotionAdapter, EmotionAdapterConfig, save_emotion_adapter
+
+    loras = comfy_server.models_dir / "loras"
+    plain_lora = _write_kohya_lora(loras / "ordinary_style_lora.safetensors")
+    save_emotion_adapter(EmotionAdapter(EmotionAdapterConfig(arch="sd15", context_dim=768, hidden_dim=8)),
+                         loras / "adapter_kept_with_loras.safetensors")
+    (comfy_server.models_dir / "emotion_adapters").mkdir(exist_ok=True)
+    twin = comfy_server.models_dir / "emotion_adapters" / "adapter_linked_twice.safetensors"
+    if not twin.exists():
+        save_emotion_adapter(EmotionAdapter(EmotionAdapterConfig(arch="sd15", context_dim=768, hidden_dim=8)), twin)
+        (loras / "adapter_linked_twice.safetensors").symlink_to(twin)
+    spec = comfy_server.object_info()["EmotionWeightsLoader"]["input"]["required"]
+    adapters, loras_listed = spec["adapter_name"][0], spec["lora_name"][0]
+    assert adapters[0] == "none" and len(adapters) == len(set(adapters)), adapters
+    assert "loras/adapter_kept_with_loras.safetensors" in adapters
+    assert "adapter_linked_twice.safetensors" in adapters
+    assert "loras/adapter_linked_twice.safetensors" not in adapters  # the same file, listed once
+    assert not any(plain_lora in a for a in adapters), adapters
+    assert plain_lora in loras_listed  # it is still offered where LoRAs go
+
+
+def test_conditioner_from_conditioning_passes_through_without_an_adapter(comfy_server):
+    """Issue 14.3: on a fresh install ('none' in the loader, or nothing wired) the node runs and says why nothing changed."""
+    base = repoint(load_twin("emotion_text_to_image"), comfy_server)
+    cond, loader, save = node_id(base, "EmotionConditioner"), node_id(base, "EmotionWeightsLoader"), node_id(base, "SaveImage")
+    clip = base[cond]["inputs"]["clip"]
+    plain = copy.deepcopy(base)
+    plain[cond] = {"class_type": "CLIPTextEncode", "inputs": {"text": base[cond]["inputs"]["text"], "clip": clip}}
+    del plain[node_id(plain, "PreviewAny")]
+    images, notes = {}, {}
+    for label, adapter_link in (("plain", None), ("loader none", [loader, 2]), ("unwired", "")):
+        prompt = copy.deepcopy(plain)
+        if adapter_link is not None:
+            ksampler = node_id(prompt, "KSampler")
+            inputs = {"conditioning": [cond, 0], "valence": 2.0, "arousal": -1.5, "adapter_strength": 1.0}
+            if adapter_link:
+                inputs["emotion_adapter"] = adapter_link
+            prompt["91"] = {"class_type": "EmotionConditionerFromConditioning", "inputs": inputs}
+            prompt["92"] = {"class_type": "PreviewAny", "inputs": {"source": ["91", 1]}}
+            prompt[ksampler]["inputs"]["positive"] = ["91", 0]
+        run = comfy_server.run_prompt(prompt)
+        assert_success(run)
+        images[label] = saved_pixels(run, comfy_server, save)
+        notes[label] = _preview_text(run, "92")
+    assert np.array_equal(images["plain"], images["loader none"]) and np.array_equal(images["plain"], images["unwired"])
+    for label in ("loader none", "unwired"):
+        assert "passed through unchanged" in notes[label] and "adapter_name" in notes[label], notes[label]
+
+
+def _judge_prompt(server, colour: float) -> dict:
+    """LVLM Loader (keep_loaded on) → LVLM Emotion Scorer on a plain image: the judge and nothing else."""
+    return {
+        "1": {"class_type": "EmoLVLMLoader", "inputs": {
+            "model": server.lvlm_name, "dtype": "float32", "device": "cpu", "attention": "auto", "keep_loaded": True,
+            "adapter": "none", "max_pixels": 12544, "trust_remote_code": False, "quantization": "none"}},
+        "2": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": int(colour)}},
+        "3": {"class_type": "LVLMEmotionScorer", "inputs": {
+            "lvlm": ["1", 0], "images": ["2", 0], "use_target": True, "target_valence": 1.0, "target_arousal": 0.0,
+            "analysis": False}},
+        "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 3]}},
+    }
+
+
+def _wait_for_log(server, text: str, after: int, timeout: float = 30.0) -> str:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        tail = server.log()[after:]
+        if text in tail:
+            return tail
+        time.sleep(0.25)
+    pytest.fail(f"{text!r} not in the server log within {timeout:.0f} s; tail:\n{server.log()[after:][-3000:]}")
+
+
+def test_unload_models_reaches_the_lvlm_judge_and_it_loads_back(comfy_server):
+    """Issue 14.8: the judge is registered with comfy.model_management; POST /free {"unload_models": true}
+    (the "Unload Models" button) evicts it, and the next run loads it back on demand."""
+    first = comfy_server.run_prompt(_judge_prompt(comfy_server, 0x336699))
+    assert_success(first)
+    assert "Requested to load" in first.log, first.log[-3000:]  # it went through load_models_gpu
+    offset = len(comfy_server.log())
+    status, _ = comfy_server.post_json("/free", {"unload_models": True})
+    assert status == 200
+    evicted = _wait_for_log(comfy_server, "[EmoFeedback2] LVLM judge", offset)
+    assert "by ComfyUI's model management" in evicted, evicted[-2000:]
+    again = comfy_server.run_prompt(_judge_prompt(comfy_server, 0xCC3311))  # a new image: the scorer runs again
+    assert_success(again)
+    assert "Requested to load" in again.log, again.log[-3000:]
+    assert _preview_text(again, "4")  # the scorer ran on the new image with the reloaded judge
+
+
+def test_node_errors_read_as_a_plain_type_and_a_fix_without_paths(comfy_server):
+    """Issue 14.4/14.5: ComfyUI's error shows 'LVLMOptionError', not '<folder>.engines.lvlm_options.LVLMOptionError'."""
+    prompt = _judge_prompt(comfy_server, 0x808080)
+    prompt["1"]["inputs"]["attention"] = "flash_attention_2"
+    run = comfy_server.run_prompt(prompt)
+    assert run.status_str == "error"
+    errors = [m[1] for m in run.messages if m[0] == "execution_error"]
+    assert errors, run.messages
+    error = errors[0]
+    assert error["exception_type"] == "LVLMOptionError", error["exception_type"]
+    assert "/" not in error["exception_type"] and "." not in error["exception_type"]
+    message = error["exception_message"]
+    assert "CUDA GPU" in message and "flash-attn" in message and "sdpa" in message, message
+    assert PACK_FOLDER_NAME not in message and "models/LLM" not in message, message

@@ -89,3 +89,81 @@ def test_low_digit_mass_readings_are_flagged_in_rows_and_the_cli(tiny_lvlm_dir, 
     assert all(r["low_digit_mass"] and 0.0 <= r["digit_mass"] < LOW_DIGIT_MASS for r in readings)
     assert main(["score", *map(str, image_files), "--lvlm", str(tiny_lvlm_dir), "--device", "cpu"]) == 0
     assert capsys.readouterr().out.count("LOW DIGIT MASS") == 2
+
+
+# --- the LVLM's loading options: one definition (cli/lvlm_args.py) for score, loop, eval and eval-judge ---
+
+
+def _capture_configs(monkeypatch):
+    import emofeedback2.engines.lvlm_scorer as lvlm_scorer
+
+    configs, real = [], lvlm_scorer.load_lvlm
+
+    def recording(config, *args, **kwargs):
+        configs.append(config)
+        return real(config, *args, **kwargs)
+
+    monkeypatch.setattr(lvlm_scorer, "load_lvlm", recording)
+    return configs
+
+
+def test_score_attention_choice_reaches_the_loaded_model(tiny_lvlm_dir, image_files, capsys, monkeypatch):
+    configs = _capture_configs(monkeypatch)
+    assert main(["score", str(image_files[0]), "--lvlm", str(tiny_lvlm_dir), "--device", "cpu",
+                 "--attention", "eager", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["readings"]
+    assert configs[-1].attn_implementation == "eager" and configs[-1].quantization == "none"
+
+
+def test_score_old_attn_spelling_still_works(tiny_lvlm_dir, image_files, capsys, monkeypatch):
+    configs = _capture_configs(monkeypatch)
+    assert main(["score", str(image_files[0]), "--lvlm", str(tiny_lvlm_dir), "--device", "cpu", "--attn", "sdpa"]) == 0
+    assert configs[-1].attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("kind", ["8bit", "4bit"])
+def test_score_quantization_without_bitsandbytes_says_what_to_install(tiny_lvlm_dir, image_files, capsys, monkeypatch, kind):
+    import emofeedback2.engines.lvlm_options as options
+
+    real = options._installed
+    monkeypatch.setattr(options, "_installed", lambda module: False if module == "bitsandbytes" else real(module))
+    assert main(["score", str(image_files[0]), "--lvlm", str(tiny_lvlm_dir), "--device", "cpu", "--quantization", kind]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install bitsandbytes" in err and kind in err and "'none'" in err
+
+
+def test_score_flash_attention_on_cpu_asks_for_a_cuda_gpu(tiny_lvlm_dir, image_files, capsys):
+    assert main(["score", str(image_files[0]), "--lvlm", str(tiny_lvlm_dir), "--device", "cpu",
+                 "--attention", "flash_attention_2"]) == 2
+    err = capsys.readouterr().err
+    assert "CUDA GPU" in err and "flash-attn" in err and "sdpa" in err and "models/LLM" not in err
+
+
+def test_score_rejects_an_unknown_quantization(image_files, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["score", str(image_files[0]), "--lvlm", "colour", "--quantization", "3bit"])
+    assert info.value.code == 2 and "8bit" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["score", "x.png", "--lvlm", "m"],
+    ["loop", "--generator", "g", "--lvlm", "m", "--valence", "0", "--arousal", "0"],
+    ["eval", "--lvlm", "m"],
+    ["eval-judge", "--data", "d.csv", "--lvlm", "m"],
+])
+def test_every_command_that_loads_the_judge_takes_the_same_options(argv):
+    from emofeedback2.cli import build_parser
+    from emofeedback2.cli.lvlm_args import lvlm_load_options
+
+    parser = build_parser()
+    assert lvlm_load_options(parser.parse_args(argv)) == {"attn_implementation": None, "quantization": "none"}
+    args = parser.parse_args([*argv, "--attention", "sdpa", "--quantization", "4bit"])
+    assert lvlm_load_options(args) == {"attn_implementation": "sdpa", "quantization": "4bit"}
+
+
+def test_loop_and_eval_load_the_judge_with_those_options(tiny_lvlm_dir, monkeypatch):
+    from emofeedback2.cli.loop_commands import load_scorer
+
+    configs = _capture_configs(monkeypatch)
+    scorer = load_scorer(str(tiny_lvlm_dir), "cpu", "float32", None, attn_implementation="eager", quantization="none")
+    assert configs[-1].attn_implementation == "eager" and scorer.name

@@ -1,0 +1,36 @@
+"""The LVLM judge's loading options on the command line, one definition for every command that loads it.
+
+``--attention`` and ``--quantization`` map onto :class:`~..engines.lvlm_scorer.LVLMConfig`'s
+``attn_implementation`` and ``quantization`` — the same engine options the ComfyUI LVLM Loader and
+the training rewards use — and are checked there before any weights are read: flash-attention on a
+machine without a CUDA GPU, or 8-bit/4-bit without bitsandbytes, stops with one line naming the fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..engines.lvlm_options import ATTENTION_CHOICES, QUANTIZATION_CHOICES
+
+
+def add_lvlm_load_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--attention`` (old spelling ``--attn`` still accepted) and ``--quantization`` to ``parser``."""
+    parser.add_argument(
+        "--attention", "--attn", dest="attention", default=None, choices=ATTENTION_CHOICES,
+        help="LVLM attention kernel: sdpa (fast on every device), eager (plain PyTorch) or flash_attention_2 "
+             "(CUDA GPU + the flash-attn package); default: transformers' choice",
+    )
+    parser.add_argument(
+        "--quantization", default="none", choices=QUANTIZATION_CHOICES,
+        help="load the LVLM's weights in 8-bit or 4-bit through bitsandbytes (CUDA GPU; pip install "
+             "bitsandbytes): about 1/2 or 1/4 of the bfloat16 memory",
+    )
+
+
+def lvlm_load_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``LVLMConfig`` fields these arguments set (absent arguments: the config's defaults)."""
+    return {
+        "attn_implementation": getattr(args, "attention", None),
+        "quantization": getattr(args, "quantization", None) or "none",
+    }
