@@ -468,3 +468,36 @@ def test_node_errors_read_as_a_plain_type_and_a_fix_without_paths(comfy_server):
     message = error["exception_message"]
     assert "CUDA GPU" in message and "flash-attn" in message and "sdpa" in message, message
     assert PACK_FOLDER_NAME not in message and "models/LLM" not in message, message
+
+
+def test_a_judge_adapter_from_train_judge_loads_in_the_lvlm_loader(comfy_server, tmp_path):
+    """Issue 12: the peft folder `train-judge` exports, put under models/LLM, is listed by the LVLM Loader,
+    loads on ComfyUI's judge, and changes its readings."""
+    import json as _json
+    import shutil
+
+    from emofeedback2.bench.judge import judge_run_config, train_judge, write_synthetic_judge_set
+
+    model_dir = comfy_server.models_dir / "LLM" / comfy_server.lvlm_name
+    manifest = write_synthetic_judge_set(tmp_path / "data", n_train=8, n_test=0, seed=0, size=56)
+    config = judge_run_config(model_dir, manifest, tmp_path / "run", seed=0, steps=3, batch_size=4, pixels=56)
+    config.optim.lr, config.optim.warmup_steps = 5e-3, 0  # a few large steps: the adapter must act, not be good
+    adapter, _ = train_judge(config)
+    name = "emotion-judge-adapter"
+    shutil.copytree(adapter, comfy_server.models_dir / "LLM" / name)
+    info = comfy_server.get_json("/object_info/EmoLVLMLoader")
+    inputs = info["EmoLVLMLoader"]["input"]
+    assert name in inputs["optional" if "adapter" in inputs.get("optional", {}) else "required"]["adapter"][0]
+
+    def readings(adapter_name: str) -> list:
+        prompt = _judge_prompt(comfy_server, 0x336699)
+        prompt["1"]["inputs"]["adapter"] = adapter_name
+        prompt["1"]["inputs"]["keep_loaded"] = False
+        prompt["4"]["inputs"]["source"] = ["3", 4]  # readings_json
+        run = comfy_server.run_prompt(prompt)
+        assert_success(run)
+        return _json.loads(_preview_text(run, "4"))
+
+    plain, adapted = readings("none"), readings(name)
+    assert len(plain) == len(adapted) == 1
+    assert (plain[0]["valence"], plain[0]["arousal"]) != (adapted[0]["valence"], adapted[0]["arousal"])
