@@ -33,14 +33,9 @@ import tempfile
 import time
 from typing import Any, Callable
 
+from ..engines.paper_format import ANSWER_TAG, REASONING_INSTRUCTION
+
 ANSWER = re.compile(r"^\s*([+-]?\d(?:\.\d+)?)\s*,\s*([+-]?\d(?:\.\d+)?)")
-ANSWER_TAG = re.compile(r"<answer>\s*([+-]?\d(?:\.\d+)?)\s*,\s*([+-]?\d(?:\.\d+)?)\s*</answer>")
-REASONING_INSTRUCTION = (
-    "Look at the colours, light, subject, expressions and composition of this image and think briefly "
-    "inside <think></think> about the emotion it evokes. Then give valence from -3 (very unpleasant) to 3 "
-    "(very pleasant) and arousal from -3 (very calm) to 3 (very excited), with two decimals, as "
-    "<answer>valence, arousal</answer>."
-)
 BASELINE_INSTRUCTION = (
     "Rate the emotion this image evokes: valence from -3 (very unpleasant) to 3 (very pleasant) and "
     "arousal from -3 (very calm) to 3 (very excited), with two decimals. Answer only as 'valence, arousal'."
