@@ -25,15 +25,15 @@ REASONING_INSTRUCTION = (
     "<answer>valence, arousal</answer>."
 )
 
-_NUMBER = r"([+-]?\d(?:\.\d+)?)"
+_NUMBER = r"([+-]?[0-9](?:\.[0-9]+)?)"  # ASCII digits only (re.ASCII below too)
 #: An answer tag anywhere in the text (the lenient parse of ``bench scorer``'s baseline).
-ANSWER_TAG = re.compile(rf"<answer>\s*{_NUMBER}\s*,\s*{_NUMBER}\s*</answer>")
+ANSWER_TAG = re.compile(rf"<answer>\s*{_NUMBER}\s*,\s*{_NUMBER}\s*</answer>", re.ASCII)
 #: The whole completion in the paper's format: one reasoning block, then one answer, nothing else.
 #: The reasoning may not contain another think/answer tag (a tempered token: linear time, no backtracking blow-up).
 PAPER_FORMAT = re.compile(
     r"\s*<think>((?:(?!</?think>|</?answer>).){0,4000})</think>\s*"
     rf"<answer>\s*{_NUMBER}\s*,\s*{_NUMBER}\s*</answer>\s*",
-    re.DOTALL,
+    re.DOTALL | re.ASCII,
 )
 #: Longer completions are not parsed at all (max_new_tokens keeps real ones far below this).
 MAX_PARSE_CHARS = 8000
