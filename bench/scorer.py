@@ -40,17 +40,12 @@ import tempfile
 import time
 from typing import Any, Callable
 
+from ..engines.paper_format import ANSWER_TAG, REASONING_INSTRUCTION
+
 DIGITS = re.compile(r"^\s*([1-9])\s*[,;/ ]\s*([1-9])\b")
 DIGITS_EXAMPLE = "7, 3"
 LABELLED = re.compile(r"Valence:\s*([1-9])\b.*?Arousal:\s*([1-9])\b", re.DOTALL)
 LABELLED_EXAMPLE = "Valence: 7\nArousal: 3"
-ANSWER_TAG = re.compile(r"<answer>\s*([+-]?\d(?:\.\d+)?)\s*,\s*([+-]?\d(?:\.\d+)?)\s*</answer>")
-REASONING_INSTRUCTION = (
-    "Look at the colours, light, subject, expressions and composition of this image and think briefly "
-    "inside <think></think> about the emotion it evokes. Then give valence from -3 (very unpleasant) to 3 "
-    "(very pleasant) and arousal from -3 (very calm) to 3 (very excited), with two decimals, as "
-    "<answer>valence, arousal</answer>."
-)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -144,8 +144,8 @@ def test_config_errors_and_dry_run(tiny_lvlm_dir, judge_set, tmp_path, capsys):
     assert main(["train-judge", "--data", str(tmp_path / "none.csv"), "--model", str(tiny_lvlm_dir)]) == 2
     assert "not found" in capsys.readouterr().err
     assert main(["train-judge", "--data", str(judge_set), "--model", str(tiny_lvlm_dir), "--out", str(tmp_path / "x"),
-                 "--set", "objective.kind=grpo"]) == 2
-    assert "only 'soft_label'" in capsys.readouterr().err
+                 "--set", "objective.kind=dpo"]) == 2
+    assert "use one of soft_label, grpo" in capsys.readouterr().err
     assert main(["train-judge", "--data", str(judge_set), "--model", str(tiny_lvlm_dir), "--out", str(tmp_path / "x"),
                  "--dry-run"]) == 0
     out = capsys.readouterr().out

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .config import ConfigError, _coerce, _f, _fill
+from .config import ConfigError, _coerce, _f, _fill, _number
 
+OBJECTIVES = ("soft_label", "grpo")
 FAMILY_HINT = "a Qwen2-VL / Qwen2.5-VL / Qwen3-VL model folder (or hub id)"
 
 #: peft target-module regexes. Language model: attention and MLP projections of every decoder layer.
@@ -48,9 +49,20 @@ class JudgeDataConfig:
 @dataclass
 class JudgeObjectiveConfig:
     kind: str = _f("soft_label", "'soft_label': cross-entropy of the digit distribution at each answer prefix "
-                   "against a discretised Gaussian on the label (the readout the scorer uses)")
-    sigma: float = _f(0.7, "std of the soft label in digit units (1..9 scale; 1 digit = 0.75 V-A units)")
-    digit_mass_weight: float = _f(0.05, "weight of -log(probability on any digit) (keeps answers on the digits)")
+                   "against a discretised Gaussian on the label (the readout the scorer uses); 'grpo': GRPO on the "
+                   "paper's reasoning-then-answer format (accuracy-within-epsilon + format rewards)")
+    sigma: float = _f(0.7, "soft_label: std of the soft label in digit units (1..9 scale; 1 digit = 0.75 V-A units)")
+    digit_mass_weight: float = _f(0.05, "soft_label: weight of -log(probability on any digit) (keeps answers on the digits)")
+    group_size: int = _f(8, "grpo: completions sampled per image (the group G of the advantage)")
+    temperature: float = _f(1.0, "grpo: sampling temperature (full distribution: no top-k/top-p); log-probs use the same")
+    max_new_tokens: int = _f(128, "grpo: cap on tokens per completion (short reasoning + answer)")
+    epsilon: float = _f(0.5, "grpo: accuracy threshold in V-A units: an axis scores 1 when |answer - label| <= epsilon")
+    format_weight: float = _f(0.5, "grpo: weight of the format reward (1 for one well-formed <think>..</think>"
+                              "<answer>V, A</answer> in range); reward = accuracy (mean of the two axes) + this x format")
+    kl_coef: float = _f(0.04, "grpo: weight of the per-token KL to the base model (the LoRA disabled)")
+    clip_range: float = _f(0.2, "grpo: PPO clip on the per-token probability ratio")
+    inner_updates: int = _f(1, "grpo: optimizer updates on each batch of completions (1 = on-policy, the ratio stays 1)")
+    rows_per_pass: int = _f(0, "grpo: completions per forward pass when sampling and training (0 = all B x G at once)")
 
 
 @dataclass
@@ -142,15 +154,29 @@ def validate_judge_config(config: JudgeTrainConfig) -> None:
         raise ConfigError("model.lora_rank must be >= 1, model.lora_alpha > 0 and model.lora_dropout in [0, 1)")
     if m.dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise ConfigError(f"model.dtype must be auto, float32, bfloat16 or float16, got {m.dtype!r}")
-    if obj.kind != "soft_label":
-        raise ConfigError(f"objective.kind={obj.kind!r}: only 'soft_label' is implemented (GRPO on the reasoning "
-                          "format is not; see the README)")
+    if obj.kind not in OBJECTIVES:
+        raise ConfigError(f"objective.kind={obj.kind!r}: use one of {', '.join(OBJECTIVES)}")
     if obj.sigma <= 0 or obj.digit_mass_weight < 0:
         raise ConfigError("objective.sigma must be > 0 and objective.digit_mass_weight >= 0")
+    if obj.kind == "grpo":
+        _validate_grpo(obj)
     if o.lr < 0 or o.batch_size < 1 or o.warmup_steps < 0 or o.max_grad_norm < 0:
         raise ConfigError("optim.lr and optim.max_grad_norm must be >= 0, optim.batch_size >= 1, optim.warmup_steps >= 0")
     if config.max_steps < 0 or config.save_every < 1 or config.keep_checkpoints < 1 or config.log_every < 1:
         raise ConfigError("max_steps must be >= 0; save_every, keep_checkpoints and log_every >= 1")
+
+
+def _validate_grpo(obj: JudgeObjectiveConfig) -> None:
+    """Every GRPO field finite and in its range; the error names the field and the range."""
+    _number(obj.group_size, "objective.group_size", 2, 1024, integer=True)  # a group of one has no advantage
+    _number(obj.temperature, "objective.temperature", 0, 10, lo_open=True)
+    _number(obj.max_new_tokens, "objective.max_new_tokens", 8, 8192, integer=True)  # room for <answer>V, A</answer>
+    _number(obj.epsilon, "objective.epsilon", 0, 6, lo_open=True)  # V-A units; 6 = the whole scale
+    _number(obj.format_weight, "objective.format_weight", 0, 100)
+    _number(obj.kl_coef, "objective.kl_coef", 0, 100)
+    _number(obj.clip_range, "objective.clip_range", 0, 1, lo_open=True, hi_open=True)
+    _number(obj.inner_updates, "objective.inner_updates", 1, 64, integer=True)
+    _number(obj.rows_per_pass, "objective.rows_per_pass", 0, 1 << 20, integer=True)
 
 
 def judge_config_to_dict(config: JudgeTrainConfig) -> dict:

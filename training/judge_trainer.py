@@ -1,4 +1,4 @@
-"""Fine-tune the LVLM judge with a peft LoRA on the scorer's own digit readout (soft-label SFT).
+"""Fine-tune the LVLM judge with a peft LoRA: soft-label SFT on the scorer's own digit readout, or GRPO.
 
 One step: draw ``batch_size`` manifest rows from ``(seed, step)`` (an epoch-wise permutation, so
 a resumed run draws what the uninterrupted one would), run them through the scorer's prompt /
@@ -9,6 +9,13 @@ The output folder is what every judge consumer loads: a peft adapter (``adapter_
 ``adapter_model.safetensors``), a model card ``README.md`` and ``judge_training.json`` (base
 model, data, label means for the constant baseline, metrics). Checkpoints (``checkpoints/``,
 atomic, :mod:`.checkpoint`) and TensorBoard logs (``tb/``) sit beside it.
+
+``objective.kind = "grpo"`` swaps the loss for GRPO on the paper's format (:mod:`.judge_grpo`):
+per image ``group_size`` sampled completions (short reasoning, then ``<answer>V, A</answer>``),
+rewards for the format and for answers within ``epsilon`` of the label, group-relative
+advantages, a clipped-ratio loss over the completion tokens and a KL to the base model (LoRA
+disabled). Sampling is seeded from ``(seed, step)``, so checkpoints, resume and the exported adapter
+work exactly as for the soft-label path. It is our own loop rather than trl's (reasons in :mod:`.judge_grpo`).
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, rng
 from .config import ConfigError
 from .judge_config import JudgeTrainConfig, judge_config_to_dict, target_modules, validate_judge_config
 from .judge_data import JudgeSample, Manifest, ManifestError, load_images, read_manifest
+from .grpo import group_advantages
+from .judge_grpo import attach_reference_logprobs, backward_rollout, sample_rollout
 from .judge_objective import readout_logits, soft_label_loss
 
 TRAINING_RECORD = "judge_training.json"
@@ -56,7 +65,7 @@ def add_judge_lora(model: Any, config: JudgeTrainConfig) -> Any:
 
 
 class JudgeTrainer:
-    """Soft-label LoRA fine-tuning of the judge; see the module docstring."""
+    """LoRA fine-tuning of the judge (soft-label SFT or GRPO); see the module docstring."""
 
     def __init__(self, config: JudgeTrainConfig, *, manifest: Optional[Manifest] = None, log: bool = True):
         validate_judge_config(config)
@@ -124,6 +133,14 @@ class JudgeTrainer:
               f"batch {self.config.optim.batch_size}, {self.config.max_steps} steps = "
               f"{self.config.max_steps * self.config.optim.batch_size / len(self.train_rows):.1f} epochs"
               + (f"; {len(self.manifest.skipped)} bad rows skipped" if self.manifest.skipped else ""))
+        obj = self.config.objective
+        if obj.kind == "grpo":
+            rows = self.config.optim.batch_size * obj.group_size
+            per_pass = obj.rows_per_pass or rows
+            print(f"[train-judge] GRPO: {obj.group_size} completions per image = {rows} per step "
+                  f"({-(-rows // per_pass)} pass(es) of <= {per_pass} rows), <= {obj.max_new_tokens} new tokens each, "
+                  f"temperature {obj.temperature}, epsilon {obj.epsilon}, format weight {obj.format_weight}, "
+                  f"KL {obj.kl_coef}, clip {obj.clip_range}, {obj.inner_updates} update(s) per batch")
 
     # --- one step ---------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
@@ -131,32 +148,76 @@ class JudgeTrainer:
         t0 = time.perf_counter()
         index = self.batch_indices(self.step)
         images = load_images([self.train_rows[i] for i in index])
-        self.model.train()
-        readout = readout_logits(self.scorer, images)
-        parts = soft_label_loss(readout, self.labels[index], c.objective.sigma, c.objective.digit_mass_weight)
-        self.optimizer.zero_grad(set_to_none=True)
-        parts.loss.backward()
-        if c.optim.max_grad_norm > 0:
-            norm = torch.nn.utils.clip_grad_norm_(self.params, c.optim.max_grad_norm)
-        else:
-            norm = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in self.params if p.grad is not None))
         lr = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
+        if c.objective.kind == "grpo":
+            metrics = self._grpo_update(index, images)
+        else:
+            metrics = self._soft_label_update(index, images)
         self.scheduler.step()
         self.model.eval()
         seconds = time.perf_counter() - t0
         self.train_seconds += seconds
         self.images_seen += len(index)
         self.step += 1
-        metrics = {"train/loss": float(parts.loss.detach()), "train/cross_entropy": parts.cross_entropy,
-                   "train/digit_mass_nll": parts.mass_nll, "train/mae": parts.mae, "train/grad_norm": float(norm),
-                   "train/lr": lr, "time/images_per_s": len(index) / max(seconds, 1e-9)}
+        metrics.update({"train/lr": lr, "time/images_per_s": len(index) / max(seconds, 1e-9)})
         self.history.append(metrics)
         if self.writer is not None and self.step % c.log_every == 0:
             for key, value in metrics.items():
                 if math.isfinite(value):
                     self.writer.add_scalar(key, value, self.step)
         return metrics
+
+    def _optimizer_step(self) -> float:
+        """Clip (or just measure) the gradient norm, then one AdamW step; returns the norm."""
+        if self.config.optim.max_grad_norm > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.optim.max_grad_norm)
+        else:
+            norm = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in self.params if p.grad is not None))
+        self.optimizer.step()
+        return float(norm)
+
+    def _soft_label_update(self, index: list[int], images: list) -> dict[str, float]:
+        obj = self.config.objective
+        self.model.train()
+        readout = readout_logits(self.scorer, images)
+        parts = soft_label_loss(readout, self.labels[index], obj.sigma, obj.digit_mass_weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        parts.loss.backward()
+        norm = self._optimizer_step()
+        return {"train/loss": float(parts.loss.detach()), "train/cross_entropy": parts.cross_entropy,
+                "train/digit_mass_nll": parts.mass_nll, "train/mae": parts.mae, "train/grad_norm": norm}
+
+    def sample_seed(self, step: int) -> int:
+        """The sampling seed of step ``step``: from (seed, step) alone, so a resumed run samples the same."""
+        return int(np.random.default_rng([self.config.seed, step, 13]).integers(2**62))
+
+    def _grpo_update(self, index: list[int], images: list) -> dict[str, float]:
+        obj = self.config.objective
+        self.model.eval()
+        rollout = sample_rollout(self.scorer, images, self.labels[index], obj, self.sample_seed(self.step))
+        self.model.train()  # the old/reference passes run in the mode of the training pass
+        attach_reference_logprobs(self.model, rollout, obj)
+        advantages, info = group_advantages(rollout.rewards.reward, rollout.group_ids, global_std=False)
+        first, norm = None, 0.0
+        for _ in range(obj.inner_updates):
+            self.optimizer.zero_grad(set_to_none=True)
+            stats = backward_rollout(self.model, rollout, advantages, info.keep, obj)
+            norm = self._optimizer_step()
+            first = stats if first is None else first
+        r = rollout.rewards
+        n_rows = len(rollout.texts)
+        return {"train/loss": first.loss, "train/policy_loss": first.policy_loss, "train/kl": first.kl,
+                "train/reward": float(r.reward.mean()), "train/format_rate": float(r.format_ok.float().mean()),
+                "train/accuracy": float(r.accuracy.mean()), "train/clipfrac": stats.clipfrac,
+                "train/ratio_max_dev_first_update": first.ratio_max_dev, "train/zero_std_ratio": info.zero_std_ratio,
+                "train/completion_tokens": rollout.completion_tokens / max(n_rows, 1), "train/grad_norm": norm}
+
+    def postfix(self, metrics: dict[str, float]) -> dict[str, str]:
+        """The progress bar's few numbers for this objective."""
+        if self.config.objective.kind == "grpo":
+            return {"reward": f"{metrics['train/reward']:.3f}", "fmt": f"{metrics['train/format_rate']:.2f}",
+                    "acc": f"{metrics['train/accuracy']:.2f}", "kl": f"{metrics['train/kl']:.4f}"}
+        return {"ce": f"{metrics['train/cross_entropy']:.3f}", "mae": f"{metrics['train/mae']:.2f}"}
 
     @property
     def images_per_second(self) -> float:
@@ -214,7 +275,7 @@ class JudgeTrainer:
             while self.step < c.max_steps:
                 metrics = self.train_step()
                 bar.update(1)
-                bar.set_postfix(ce=f"{metrics['train/cross_entropy']:.3f}", mae=f"{metrics['train/mae']:.2f}")
+                bar.set_postfix(**self.postfix(metrics))
                 if self.step % c.save_every == 0 or self.step == c.max_steps:
                     self.save()
         finally:
@@ -252,6 +313,7 @@ class JudgeTrainer:
             "base_model": c.model.pretrained,
             "objective": c.objective.kind,
             "sigma": c.objective.sigma,
+            "objective_settings": objective_settings(c.objective),
             "manifest": str(Path(c.data.manifest).resolve()),
             "train_split": c.data.train_split,
             "train_images": len(self.train_rows),
@@ -261,9 +323,42 @@ class JudgeTrainer:
             "batch_size": c.optim.batch_size,
             "lora": {"rank": c.model.lora_rank, "alpha": c.model.lora_alpha, "targets": target_modules(c.model)},
             "train_images_per_s": self.images_per_second,
-            "final_train_cross_entropy": self.history[-1]["train/cross_entropy"] if self.history else None,
+            "final_train_cross_entropy": self.history[-1].get("train/cross_entropy") if self.history else None,
+            "final_train_reward": self.history[-1].get("train/reward") if self.history else None,
             "metrics": metrics or {},
         }
+
+
+GRPO_FIELDS = ("group_size", "temperature", "max_new_tokens", "epsilon", "format_weight", "kl_coef", "clip_range",
+               "inner_updates")
+
+
+def objective_settings(objective: Any) -> dict:
+    """The fields of ``objective`` that shaped this adapter (for the training record and model card)."""
+    if objective.kind == "grpo":
+        return {name: getattr(objective, name) for name in GRPO_FIELDS}
+    return {"sigma": objective.sigma, "digit_mass_weight": objective.digit_mass_weight}
+
+
+def _objective_lines(record: dict) -> list[str]:
+    if record["objective"] == "grpo":
+        s = record.get("objective_settings") or {}
+        return [
+            "with `emofeedback2 train-judge --set objective.kind=grpo`: GRPO on the paper's output format (a short",
+            "reasoning in `<think></think>`, then `<answer>V, A</answer>`), rewarded for the format and for answers",
+            f"within epsilon = {s.get('epsilon')} of the label. This trains the generate-then-parse (reasoning) mode;",
+            "the digit readout the nodes score with is not trained directly (the held-out table below measures it).",
+        ]
+    return ["with `emofeedback2 train-judge` (soft-label cross-entropy on the scorer's digit readout after",
+            "`Valence: ` / `Arousal: `)."]
+
+
+def _objective_summary(record: dict) -> str:
+    if record["objective"] == "grpo":
+        s = record.get("objective_settings") or {}
+        return (f"grpo (G={s.get('group_size')}, epsilon {s.get('epsilon')}, format weight {s.get('format_weight')}, "
+                f"KL {s.get('kl_coef')}, final train reward {_fmt(record.get('final_train_reward'))})")
+    return f"{record['objective']} (sigma {record['sigma']} digits)"
 
 
 def model_card(record: dict) -> str:
@@ -272,13 +367,12 @@ def model_card(record: dict) -> str:
         "# EmoFeedback² judge adapter",
         "",
         "A peft LoRA for a vision-language model that reads valence and arousal of an image in [-3, 3], trained",
-        "with `emofeedback2 train-judge` (soft-label cross-entropy on the scorer's digit readout after",
-        "`Valence: ` / `Arousal: `).",
+        *_objective_lines(record),
         "",
         f"- Base model: `{record['base_model']}`",
         f"- Data: `{record['manifest']}` (split `{record['train_split']}`, {record['train_images']} images"
         + (", labels SHUFFLED: a control run" if record["shuffled_labels_control"] else "") + ")",
-        f"- Objective: {record['objective']} (sigma {record['sigma']} digits), {record['steps']} steps of "
+        f"- Objective: {_objective_summary(record)}, {record['steps']} steps of "
         f"{record['batch_size']} images; LoRA r={record['lora']['rank']}, alpha={record['lora']['alpha']}",
         f"- Training label mean (the constant baseline): V {record['label_mean']['valence']:+.3f}, "
         f"A {record['label_mean']['arousal']:+.3f}",
