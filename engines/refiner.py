@@ -191,6 +191,10 @@ _INJECTION_RE = re.compile(
     r"(ignore|disregard|forget|override|bypass|skip)\s+(all\s+|any\s+|the\s+|your\s+|my\s+|of\s+)*"
     r"(previous|prior|above|earlier|preceding|system|former|original)?\s*"
     r"(instructions?|prompts?|rules?|messages?|directions?|guidelines?|context)"
+    # the object left out ("forget everything above", "ignore all previous") or the verb hidden
+    # (reversed or spelled out around it: "... previous instructions")
+    r"|(ignore|disregard|forget)\s+(everything|anything|all\s+(of\s+)?(the\s+)?(above|previous|prior|earlier|that))"
+    r"|(previous|prior|above|earlier|preceding|original)\s+(instructions?|prompts?|rules?|directions?|guidelines?)"
     r"|system\s*prompt|you\s+are\s+now|from\s+now\s+on|new\s+instructions?|jailbreak|developer\s+mode"
     r"|act\s+as|pretend\s+(to\s+be|you)|do\s+anything\s+now|assistant\s*:|user\s*:|system\s*:",
     re.IGNORECASE,
@@ -466,7 +470,8 @@ class LVLMRefiner:
         feedback_raw, prompt_raw = fields
         if contains_injection(feedback_raw) or contains_injection(prompt_raw):
             return None, "", "the LVLM answer contained instruction-like text"
-        feedback = clean_feedback(feedback_raw)
+        # Feedback never enters our prompts, but a user may wire it into a text encoder: no syntax either.
+        feedback = clean_feedback(neutralize_prompt_syntax(_sanitize(feedback_raw, max_chars=4000), prose=True))
         normalised = _sanitize(prompt_raw, max_chars=2000)
         if _JSON_DEBRIS_RE.search(normalised):
             return None, feedback, "the LVLM prompt contained JSON or markup"

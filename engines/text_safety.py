@@ -127,12 +127,19 @@ _LORA_TAG = re.compile(r"<[^<>]{0,200}>")
 _EMBEDDING = re.compile(r"\bembedding\s*:\s*[^\s,()\[\]{}]*", re.IGNORECASE)
 _WILDCARD = re.compile(r"_{2,}[^_\s]{0,80}?_{2,}")
 _CHOICE = re.compile(r"\{([^{}]*)\}")
-_WEIGHT = re.compile(r":\s*-?\d*\.?\d+\s*(?=[)\]])")
+_WEIGHT = re.compile(r":\s*-?\d*\.?\d+\s*(?=\\?[)\]])")  # also "\(x:9\)" (escaped brackets)
 _SYNTAX_CHARS = re.compile(r"[()\[\]{}<>|\\:_^~=+*#`]")
 
 
-def neutralize_prompt_syntax(text: str) -> str:
-    """Model text with ComfyUI/A1111 prompt syntax made inert (see module docs); words stay."""
+_PROSE_SYNTAX_CHARS = re.compile(r"[()\[\]{}<>|\\^~=`]")
+
+
+def neutralize_prompt_syntax(text: str, prose: bool = False) -> str:
+    """Model text with ComfyUI/A1111 prompt syntax made inert (see module docs); words stay.
+
+    ``prose=True`` (feedback, which a user may wire into a text encoder) keeps sentence
+    punctuation (``:``, ``+``, ``*``…) and removes only what carries syntax: weights, tags,
+    embeddings, wildcards, choices and every bracket."""
     text = str(text)
     for _ in range(3):  # nested syntax: (((x:2)):3), {a|{b|c}}
         before = text
@@ -143,5 +150,5 @@ def neutralize_prompt_syntax(text: str) -> str:
         text = _WEIGHT.sub("", text)
         if text == before:
             break
-    text = _SYNTAX_CHARS.sub(" ", text)
+    text = (_PROSE_SYNTAX_CHARS if prose else _SYNTAX_CHARS).sub(" ", text)
     return _WHITESPACE.sub(" ", text).strip()
