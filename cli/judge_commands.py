@@ -223,7 +223,8 @@ def _register_data(subparsers) -> None:
                      help="FindingEmo annotations_single.ann; EMOTIC annot_arrs_*.csv (several); the norm table CSV")
     imp.add_argument("--images", type=Path, help="the image folder the annotation paths are relative to")
     imp.add_argument("--out", type=Path, help="manifest to write (.csv or .jsonl)")
-    imp.add_argument("--scale", default="sam9", choices=["sam9", "likert7"], help="norms: the table's rating scale")
+    imp.add_argument("--scale", default=None, choices=["sam9", "likert7"],
+                     help="norms: the table's rating scale (default: from its layout — OASIS's Theme column → likert7, else sam9)")
     imp.add_argument("--id-column", default=None, help="norms: column with the picture name (auto-detected)")
     imp.add_argument("--valence-column", default=None, help="norms: column with the valence mean (auto-detected)")
     imp.add_argument("--arousal-column", default=None, help="norms: column with the arousal mean (auto-detected)")
@@ -255,7 +256,8 @@ def _import(args: argparse.Namespace) -> int:
         result = imp.import_norm_table(args.annotations[0], args.images, args.out, scale=args.scale,
                                        id_column=args.id_column, valence_column=args.valence_column,
                                        arousal_column=args.arousal_column, **common)
-    print(f"wrote {result.manifest}: {result.images} images" + (f", {len(result.skipped)} bad rows skipped" if result.skipped else ""))
+    print(f"wrote {result.manifest}: {result.images} images" + (f" (scale {result.scale})" if result.scale else "")
+          + (f", {len(result.skipped)} bad rows skipped" if result.skipped else ""))
     for line in result.skipped[:5]:
         print(f"  skipped {line}", file=sys.stderr)
     return 0

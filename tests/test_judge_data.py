@@ -168,6 +168,11 @@ def test_oasis_and_naps_style_norm_tables(tmp_path):
     assert rows[0].valence == pytest.approx(0.686275, abs=1e-5)  # (4.686 - 4) on 1..7 → [-3, 3] is 1:1
     assert (rows[1].valence, rows[1].arousal) == pytest.approx((3.0, -3.0))
     assert sorted(r.split for r in rows) == ["test", "train"]
+    # Without --scale the OASIS layout (Theme column) is read on 1..7, not silently on SAM 1..9.
+    auto = import_norm_table(oasis, images, tmp_path / "oasis_auto.csv")
+    assert auto.scale == "likert7"
+    assert [(r.valence, r.arousal) for r in read_manifest(auto.manifest).samples] == \
+        [(r.valence, r.arousal) for r in rows]
 
     naps_dir = tmp_path / "naps"
     _png(naps_dir / "Animals_001_h.jpg")

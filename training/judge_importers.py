@@ -45,6 +45,7 @@ class ImportResult:
     manifest: Path
     images: int
     skipped: list[str] = field(default_factory=list)
+    scale: str = ""  # the rating scale the rows were read on
 
 
 def _open_table(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
@@ -207,15 +208,24 @@ def _find_image(folder: Path, stem: str) -> Optional[Path]:
     return None
 
 
-def import_norm_table(table: str | Path, images_dir: str | Path, out: str | Path, *, scale: str = "sam9",
+def norm_table_scale(header: list[str]) -> str:
+    """The rating scale a norm table's layout implies: OASIS (its picture-name column is ``Theme``)
+    rates on 1..7, IAPS/NAPS-style tables on SAM 1..9. Guessing wrong would be silent (1..7
+    values fit inside 1..9), so the layout decides, not the values."""
+    return "likert7" if any(h.lower() == "theme" for h in header) else "sam9"
+
+
+def import_norm_table(table: str | Path, images_dir: str | Path, out: str | Path, *, scale: Optional[str] = None,
                       id_column: Optional[str] = None, valence_column: Optional[str] = None,
                       arousal_column: Optional[str] = None, skip_bad: bool = False, test_fraction: float = 0.0,
                       seed: int = 0) -> ImportResult:
-    """A SAM (1..9, IAPS/NAPS) or 1..7 (OASIS, ``scale='likert7'``) norm table → manifest."""
-    if scale not in ("sam9", "likert7"):
+    """A SAM (1..9, IAPS/NAPS) or 1..7 (OASIS, ``scale='likert7'``) norm table → manifest.
+    ``scale=None`` takes it from the table's layout (:func:`norm_table_scale`)."""
+    if scale not in (None, "sam9", "likert7"):
         raise ManifestError(f"norm tables are on 'sam9' (1..9, IAPS/NAPS) or 'likert7' (1..7, OASIS); got {scale!r}")
     path, folder = Path(table), Path(images_dir)
     header, rows = _open_table(path)
+    scale = scale or norm_table_scale(header)
     if not any(h.lower() in NORM_VALENCE_COLUMNS for h in header) and any(h.lower() in ("emotion", "label", "category") for h in header) \
             and not valence_column:
         raise ManifestError(f"{path} {DISCRETE_REFUSAL}.")
@@ -240,7 +250,9 @@ def import_norm_table(table: str | Path, images_dir: str | Path, out: str | Path
             _bad(path, line, str(exc), skip_bad, skipped)
             continue
         out_rows.append({"image": image, "valence": valence, "arousal": arousal, "scale": scale, "split": ""})
-    return _finish(Path(out), out_rows, skipped, test_fraction, seed, path)
+    result = _finish(Path(out), out_rows, skipped, test_fraction, seed, path)
+    result.scale = scale
+    return result
 
 
 def refuse_emoset(*_args, **_kwargs) -> ImportResult:
