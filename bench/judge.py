@@ -103,13 +103,14 @@ def evaluate_folder(model_dir: str | Path, manifest: str | Path, adapter: Option
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--family", default="qwen2_5_vl", choices=["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
-    parser.add_argument("--train-images", type=int, default=64)
-    parser.add_argument("--test-images", type=int, default=48)
+    parser.add_argument("--family", default="qwen2_5_vl", choices=["qwen2_vl", "qwen2_5_vl", "qwen3_vl"],
+                        help="tiny judge architecture (default qwen2_5_vl)")
+    parser.add_argument("--train-images", type=int, default=64, help="synthetic training images (default 64)")
+    parser.add_argument("--test-images", type=int, default=48, help="held-out test images, at least 3 (default 48)")
     parser.add_argument("--steps", type=int, default=300, help="training steps per judge (default 300)")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=16, help="images per training step (default 16)")
     parser.add_argument("--pixels", type=int, default=112, help="image side (default 112: 16 image tokens)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the model, data and training (default 0)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
 
 

@@ -88,7 +88,8 @@ def _cases():
         (["bench", "train", "--repeats", "0"], "--repeats"),
         (["bench", "scorer", "--image-size", "0"], "--image-size"),
         (["bench", "generate", "--batch", "0"], "--batch"),
-        (["bench", "loop", "--tolerance", "nan"], "--tolerance"),
+        (["bench", "loop", "--plants", "0"], "--plants"),
+        (["bench", "loop", "--families", "rotated,nope"], "unknown nope"),
         (["convert-scale", "--from", "sam", "10", "1"], "outside the sam range"),
         (["convert-scale", "3", "1"], "--from"),
     ]

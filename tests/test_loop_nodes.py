@@ -40,6 +40,18 @@ def test_emo_reward_loop_outputs(comfy_sampling):
     assert comfy_sampling.fake.progress_updates and comfy_sampling.fake.progress_updates[-1][0] == 9
 
 
+def test_emo_reward_loop_progress_bar_ends_full_at_an_early_stop(comfy_sampling):
+    # Tolerance 6 (the whole V-A box) stops after round 1: the bar must end at 100 %, its total
+    # shrunk to what was done, not stuck a fifth of the way along.
+    best, candidates, _, history_json, _ = EmoRewardLoop().run(**loop_inputs(comfy_sampling, rounds=5, tolerance=6.0))
+    history = json.loads(history_json)
+    assert history["stop_reason"] == "tolerance" and len(history["rounds"]) == 1 and candidates.shape[0] == 2
+    updates = comfy_sampling.fake.progress_updates
+    assert updates[0][1] == 5 * 2 + 5  # sized for the full schedule: one unit per image and per scoring
+    value, total = updates[-1]
+    assert value == total == 2 + 1
+
+
 def test_emo_reward_loop_cancel_propagates(comfy_sampling):
     mm = comfy_sampling.fake.model_management
     comfy_sampling.fake.interrupt_after(3)
