@@ -17,6 +17,15 @@ if TYPE_CHECKING:
     import torch
 
 ATTENTION_CHOICES = ("sdpa", "eager", "flash_attention_2")
+#: What a config file may say: "auto" = transformers' default kernel (``attn_implementation=None``).
+ATTENTION_SETTINGS = ("auto", *ATTENTION_CHOICES)
+
+
+def attention_setting(value: str) -> Optional[str]:
+    """A config's ``attention`` value as ``LVLMConfig.attn_implementation`` ("auto" → None)."""
+    return None if value in (None, "", "auto") else value
+
+
 QUANTIZATION_CHOICES = ("none", "8bit", "4bit")
 
 

@@ -101,3 +101,20 @@ def test_quantization_without_bitsandbytes_or_loader_support_names_the_fix(monke
     if not any(f.name == "quantization" for f in dataclasses.fields(lvlm_scorer.LVLMConfig)):
         with pytest.raises(JudgePlacementError, match="quantization = 'none'"):
             judge_config("judge", device="cuda:0", quantization="8bit")
+
+
+def test_attention_kernel_reaches_the_training_judge_and_bad_values_are_refused(monkeypatch, tmp_path):
+    from emofeedback2.training.config import ConfigError, validate
+
+    seen = []
+    monkeypatch.setattr(lvlm_scorer, "load_lvlm", lambda config: seen.append(config) or "scorer")
+    build_reward([RewardSpec(kind="lvlm", path="judge", attention="eager"), RewardSpec(kind="lvlm", path="judge")])
+    assert [c.attn_implementation for c in seen] == ["eager", None]  # "auto" = transformers' default
+
+    config = tiny_config(tmp_path / "pipe", tmp_path / "out")
+    config.rewards = [RewardSpec(kind="lvlm", path="judge", attention="fast")]
+    with pytest.raises(ConfigError, match=r"rewards\[0\]\.attention must be one of auto, sdpa, eager, flash_attention_2"):
+        validate(config)
+    config.rewards = [RewardSpec(kind="color", attention="sdpa")]
+    with pytest.raises(ConfigError, match="LVLM judge only"):
+        validate(config)

@@ -159,6 +159,26 @@ def test_config_errors_and_dry_run(tiny_lvlm_dir, judge_set, tmp_path, capsys):
     assert resolved["max_steps"] == 7 and resolved["optim"]["lr"] == 0.001 and resolved["model"]["lora_rank"] == 4
 
 
+def test_train_judge_loads_its_base_with_the_configured_attention(tiny_lvlm_dir, judge_set, tmp_path, monkeypatch, capsys):
+    from emofeedback2.training import judge_trainer
+
+    seen = []
+
+    def capture(config):
+        seen.append(config)
+        raise RuntimeError("stop after the load request")
+
+    monkeypatch.setattr(judge_trainer, "load_lvlm", capture)
+    config = judge_run_config(tiny_lvlm_dir, judge_set, tmp_path / "run", seed=0, steps=1, batch_size=2)
+    config.model.attention = "eager"
+    with pytest.raises(RuntimeError, match="stop after"):
+        JudgeTrainer(config, log=False)
+    assert seen[0].attn_implementation == "eager"
+    assert main(["train-judge", "--data", str(judge_set), "--model", str(tiny_lvlm_dir), "--out", str(tmp_path / "x"),
+                 "--set", "model.attention=flash", "--dry-run"]) == 2
+    assert "model.attention must be one of auto, sdpa, eager, flash_attention_2" in capsys.readouterr().err
+
+
 def test_tiny_lvlm_module_builds_a_judge_folder_from_the_command_line(tmp_path):
     out = tmp_path / "tiny-judge"
     proc = subprocess.run([sys.executable, "-m", "emofeedback2.tiny_models.lvlm", str(out), "--family", "qwen2_vl"],

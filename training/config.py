@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..engines.errors import UserError
+from ..engines.lvlm_options import ATTENTION_SETTINGS
 
 
 class ConfigError(UserError, ValueError):
@@ -111,6 +112,8 @@ class RewardSpec:
     offload: bool = _f(False, "move the reward model to CPU between uses (saves GPU memory); with "
                        "reward_schedule='step' that is one swap in and out per step")
     quantization: str = _f("none", "LVLM judge weights: 'none', '8bit' or '4bit' (bitsandbytes, CUDA only)")
+    attention: str = _f("auto", "LVLM judge attention kernel: 'auto' (transformers' default), 'sdpa', 'eager' or "
+                        "'flash_attention_2' (CUDA GPU + the flash-attn package)")
     images_per_pass: int = _f(0, "LVLM judge images per forward pass inside its one call per step (0 = all)")
     role: str = _f("auto", "'emotion', 'quality' or 'auto' (clip_quality = quality, others = emotion): how the "
                    "held-out check reports it")
@@ -546,6 +549,10 @@ def _validate_one_gpu_options(config: TrainConfig) -> None:
             raise ConfigError(f"rewards[{i}].quantization must be 'none', '8bit' or '4bit', got {r.quantization!r}")
         if r.quantization != "none" and r.kind != "lvlm":
             raise ConfigError(f"rewards[{i}].quantization applies to the LVLM judge only (kind = 'lvlm')")
+        if r.attention not in ATTENTION_SETTINGS:
+            raise ConfigError(f"rewards[{i}].attention must be one of {', '.join(ATTENTION_SETTINGS)}, got {r.attention!r}")
+        if r.attention != "auto" and r.kind != "lvlm":
+            raise ConfigError(f"rewards[{i}].attention applies to the LVLM judge only (kind = 'lvlm')")
         if r.role not in ("auto", "emotion", "quality"):
             raise ConfigError(f"rewards[{i}].role must be 'auto', 'emotion' or 'quality', got {r.role!r}")
         if r.images_per_pass < 0:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from ..engines.lvlm_options import ATTENTION_SETTINGS
 from .config import ConfigError, _coerce, _f, _fill, _number
 
 OBJECTIVES = ("soft_label", "grpo")
@@ -36,6 +37,8 @@ class JudgeModelConfig:
     max_pixels: Optional[int] = _f(None, "cap on pixels per image for the vision encoder (None = the processor's)")
     min_pixels: Optional[int] = _f(None, "floor on pixels per image (None = the processor's)")
     gradient_checkpointing: bool = _f(False, "recompute activations in backward (less memory, slower)")
+    attention: str = _f("auto", "attention kernel: 'auto' (transformers' default), 'sdpa', 'eager' or "
+                        "'flash_attention_2' (CUDA GPU + the flash-attn package)")
 
 
 @dataclass
@@ -154,6 +157,8 @@ def validate_judge_config(config: JudgeTrainConfig) -> None:
         raise ConfigError("model.lora_rank must be >= 1, model.lora_alpha > 0 and model.lora_dropout in [0, 1)")
     if m.dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise ConfigError(f"model.dtype must be auto, float32, bfloat16 or float16, got {m.dtype!r}")
+    if m.attention not in ATTENTION_SETTINGS:
+        raise ConfigError(f"model.attention must be one of {', '.join(ATTENTION_SETTINGS)}, got {m.attention!r}")
     if obj.kind not in OBJECTIVES:
         raise ConfigError(f"objective.kind={obj.kind!r}: use one of {', '.join(OBJECTIVES)}")
     if obj.sigma <= 0 or obj.digit_mass_weight < 0:

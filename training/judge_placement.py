@@ -47,11 +47,13 @@ def check_quantization(quantization: str, device: str) -> None:
 
 
 def judge_config(path: str, device: str = "", dtype: str = "float32", offload: bool = False,
-                 quantization: str = "none", images_per_pass: int = 0):
+                 quantization: str = "none", images_per_pass: int = 0, attention: str = "auto"):
     """The :class:`LVLMConfig` of a training judge (see the module docstring)."""
+    from ..engines.lvlm_options import attention_setting
     from ..engines.lvlm_scorer import LVLMConfig
 
-    kwargs = dict(model=path, dtype=dtype, offload_after_use=offload, max_images_per_pass=int(images_per_pass))
+    kwargs = dict(model=path, dtype=dtype, offload_after_use=offload, max_images_per_pass=int(images_per_pass),
+                  attn_implementation=attention_setting(attention))
     if device:
         kwargs["device"] = device
     if quantization != "none":

@@ -31,6 +31,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from ..engines.lvlm_options import attention_setting
 from ..engines.lvlm_scorer import LVLMConfig, LVLMScorer, load_lvlm
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import ConfigError
@@ -81,7 +82,8 @@ class JudgeTrainer:
             labels = labels[torch.from_numpy(np.random.default_rng([config.seed, 7]).permutation(len(labels)))]
         self.labels = labels
         base = load_lvlm(LVLMConfig(model=m.pretrained, dtype=m.dtype, device=m.device,
-                                    max_pixels=m.max_pixels, min_pixels=m.min_pixels))
+                                    max_pixels=m.max_pixels, min_pixels=m.min_pixels,
+                                    attn_implementation=attention_setting(m.attention)))
         self.device, self.dtype = base.device, base.dtype
         if m.gradient_checkpointing:
             base.model.gradient_checkpointing_enable()

@@ -60,11 +60,12 @@ class LVLMVAReward:
 
     @classmethod
     def from_path(cls, path: str, device: str = "", dtype: str = "float32", offload: bool = False,
-                  quantization: str = "none", images_per_pass: int = 0, adapter: str = "") -> "LVLMVAReward":
+                  quantization: str = "none", images_per_pass: int = 0, adapter: str = "",
+                  attention: str = "auto") -> "LVLMVAReward":
         from ..engines.lvlm_scorer import load_lvlm
         from .judge_placement import judge_config
 
-        config = judge_config(path, device, dtype, offload, quantization, images_per_pass)
+        config = judge_config(path, device, dtype, offload, quantization, images_per_pass, attention)
         config.adapter = adapter or None  # a judge LoRA from ``emofeedback2 train-judge``
         return cls(load_lvlm(config))
 
@@ -235,7 +236,7 @@ def build_reward(specs, device: str = "cpu") -> CompositeReward:
             rewards.append(BrightnessReward())
         elif spec.kind == "lvlm":
             rewards.append(LVLMVAReward.from_path(spec.path, dev, spec.dtype, spec.offload, spec.quantization,
-                                                  spec.images_per_pass, spec.adapter))
+                                                  spec.images_per_pass, spec.adapter, spec.attention))
         elif spec.kind == "clip_quality":
             rewards.append(CLIPQualityReward(spec.path, dev, spec.dtype, spec.offload))
         else:
