@@ -317,3 +317,24 @@ def test_export_verifies_hashes_and_refuses_nan(reference, tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     assert main(["export", "--checkpoint", str(out / "checkpoints" / "step-000001"), "--out", str(tmp_path / "afile")]) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+def test_a_checkpoint_from_before_a_reward_field_existed_resumes_and_real_reward_changes_are_still_refused():
+    from emofeedback2.training.config import config_to_dict
+    from emofeedback2.training.resume_guard import compare
+
+    current = small_config("pipe", "out")
+    current.rewards = [RewardSpec(kind="lvlm", path="judge", attention="sdpa")]
+    saved = config_to_dict(current)
+    for spec in saved["rewards"]:  # as an older release recorded it: no attention/images_per_pass fields
+        spec.pop("attention")
+        spec.pop("images_per_pass")
+    current.rewards[0].attention = "auto"
+    assert compare(saved, current) == []  # missing fields read as their defaults; the kernel is placement
+    current.rewards[0].images_per_pass = 4  # a field the old run did not have, set away from its default
+    with pytest.raises(ResumeMismatchError, match="rewards"):
+        compare(saved, current)
+    current.rewards[0].images_per_pass = 0
+    current.rewards[0].weight = 0.5
+    with pytest.raises(ResumeMismatchError, match="rewards"):
+        compare(saved, current)

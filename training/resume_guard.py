@@ -15,11 +15,12 @@ compared with it and falls in one of four groups:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 from .checkpoint import CheckpointError
-from .config import ConfigError, TrainConfig, config_to_dict
+from .config import ConfigError, RewardSpec, TrainConfig, config_to_dict
 
 IDENTITY = ("model.pretrained", "model.arch", "model.lora_rank", "model.lora_targets", "model.train_adapter",
             "model.adapter_hidden", "model.adapter_init")
@@ -27,7 +28,9 @@ APPLIED = ("optim.lr", "optim.adapter_lr", "optim.weight_decay", "optim.betas", 
            "optim.max_grad_norm", "optim.ema", "optim.ema_decay")
 FREE = ("output_dir", "max_steps", "save_every", "keep_checkpoints", "log_every", "image_log_every", "device",
         "reward_workers", "export_at_end", "progress", "model.gradient_checkpointing")
-REWARD_PLACEMENT = ("device", "offload")  # where a reward model runs does not change what it returns
+# Where and with which attention kernel a reward model runs does not change what it returns (and a
+# checkpoint from before a field existed must still resume).
+REWARD_PLACEMENT = ("device", "offload", "attention")
 
 
 class ResumeMismatchError(CheckpointError):
@@ -79,6 +82,9 @@ def compare(saved: dict, current: TrainConfig, allow: Iterable[str] = ()) -> lis
     """Changes between the checkpoint's config and ``current`` that may go ahead; refuses the rest."""
     allow = check_allow_list(allow)
     old, new = _flatten(saved), _flatten(config_to_dict(current))
+    if isinstance(old.get("rewards"), list):  # a reward field added since the checkpoint: its default then
+        defaults = _flatten({"rewards": [dataclasses.asdict(RewardSpec())]})["rewards"][0]
+        old["rewards"] = [{**defaults, **r} if isinstance(r, dict) else r for r in old["rewards"]]
     changes = [Change(k, old.get(k), new[k]) for k in sorted(new) if k in old and _differs(old[k], new[k])]
     for change in changes:
         if change.field in IDENTITY:
