@@ -279,6 +279,10 @@ def load_lvlm_weights(config: LVLMConfig, source: str, device: torch.device, dty
     kwargs.update(quantization_kwargs(config.quantization, device, dtype))
     try:
         model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
+    except SafetensorError as exc:  # truncated or overwritten weights file
+        raise LVLMLoadError(
+            f"the weights in {source} are damaged ({exc}): download the *.safetensors files of the model again"
+        ) from exc
     except (OSError, ValueError, ImportError) as exc:
         raise LVLMLoadError(
             f"could not load the model from {source}: {exc}. The folder needs *.safetensors weights "

@@ -220,3 +220,16 @@ def test_shared_prefix_and_shared_vision_equal_full_rows(tiny_lvlm_dirs, family)
     a, b, c = fast.score_details(images), rows.score_details(images), plain.score_details(images)
     for x in (b, c):
         assert torch.allclose(a.valence, x.valence, atol=1e-5) and torch.allclose(a.arousal, x.arousal, atol=1e-5)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "overwritten"])
+def test_damaged_weights_file_is_a_clear_error(tiny_lvlm_dir, tmp_path, damage):
+    import shutil
+
+    folder = tmp_path / "judge"
+    shutil.copytree(tiny_lvlm_dir, folder)
+    weights = next(folder.glob("*.safetensors"))
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"\xff" * 64 + data[64:])
+    with pytest.raises(LVLMLoadError, match=r"weights in .* are damaged.*download the \*\.safetensors files"):
+        load_lvlm(LVLMConfig(model=str(folder), device="cpu", dtype="float32"))
