@@ -177,6 +177,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         try:
             value = json.loads(value) if base not in ("bool",) else value
         except json.JSONDecodeError as exc:
+            if base == "float" and value.strip().lower() in ("nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity"):
+                raise ConfigError(f"{where} must be a finite number, got {value}") from exc
             raise ConfigError(f"{where}: cannot read {value!r} as {base}") from exc
     try:
         if base == "bool":
@@ -416,7 +418,7 @@ def _check_numbers(config: TrainConfig) -> None:
     _number(g.train_timestep_fraction, "grpo.train_timestep_fraction", 0, 1, lo_open=True)
     for i, bound in enumerate(g.train_window):
         _number(bound, f"grpo.train_window[{i}]", 0, None, integer=True)
-    _number(o.lr, "optim.lr", 0, 1)
+    _number(o.lr, "optim.lr", 0, 1, lo_open=True)  # lr = 0 would "train" for hours and change nothing
     if o.adapter_lr is not None:
         _number(o.adapter_lr, "optim.adapter_lr", 0, 1)
     _number(o.weight_decay, "optim.weight_decay", 0, None)
@@ -492,6 +494,10 @@ def validate(config: TrainConfig) -> None:
         if r.dtype not in ("float32", "float16", "bfloat16"):
             raise ConfigError(f"rewards[{i}].dtype must be float32, float16 or bfloat16, got {r.dtype!r}")
         _check_device(r.device, f"rewards[{i}].device")
+    rules = [r.normalize for r in config.rewards]
+    if len(set(rules)) > 1:  # one rule for all terms, or the weights stop meaning shares (checked before loading)
+        raise ConfigError(f"rewards use normalisations {rules}: give every [[rewards]] the same normalize "
+                          "(\"group\" puts all terms on the scale of their within-group spread)")
     _validate_one_gpu_options(config)
     if config.max_steps < 0 or config.save_every < 1 or config.keep_checkpoints < 1:
         raise ConfigError("max_steps must be >= 0, save_every and keep_checkpoints >= 1")
@@ -513,9 +519,13 @@ def check_inputs(config: TrainConfig, need_model: bool = True) -> None:
     _check_local_path(config.model.pretrained, "model.pretrained", folder=True, required=need_model)
     if config.model.adapter_init:
         _check_local_path(config.model.adapter_init, "model.adapter_init", folder=False, required=True)
+    if config.heldout.every and config.heldout.prompts_file:
+        load_prompts(config.heldout.prompts_file, "heldout.prompts_file")
     for i, r in enumerate(config.rewards):
         if r.path:
             _check_local_path(r.path, f"rewards[{i}].path", folder=True, required=True)
+        if r.adapter:
+            _check_local_path(r.adapter, f"rewards[{i}].adapter", folder=True, required=True)
 
 
 def _check_local_path(value: str, name: str, folder: bool, required: bool) -> None:

@@ -35,13 +35,18 @@ def _read_text(path: Path, what: str, setting: str) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")  # -sig: a BOM from Excel/Notepad is not part of the text
     except UnicodeDecodeError as exc:
-        raise DataError(f"{what} file {path} is not UTF-8 text (bad byte at offset {exc.start}); "
+        raise DataError(f"{what} file {path} ({setting}) is not UTF-8 text (bad byte at offset {exc.start}); "
                         "re-save it as UTF-8") from exc
 
 
-def load_prompts(path: str | Path = "") -> list[str]:
+def load_prompts(path: str | Path = "", setting: str = "data.prompts_file") -> list[str]:
+    """One prompt a line (``#`` comments); ``setting`` names the config field in messages."""
     path = Path(path) if str(path).strip() else DEFAULT_PROMPTS
-    text = _read_text(path, "prompts", "data.prompts_file")
+    if path.suffix.lower() in (".json", ".jsonl", ".csv", ".tsv", ".toml", ".yaml", ".yml"):
+        # read as text, a JSON list or a CSV row would silently become a "prompt" of brackets and quotes
+        raise DataError(f"{setting} = {str(path)!r} looks like structured data ({path.suffix}); prompts files are "
+                        "plain text, one prompt a line (e.g. prompts.txt)")
+    text = _read_text(path, "prompts", setting)
     prompts = [line.strip() for line in text.splitlines()]
     prompts = [p for p in prompts if p and not p.startswith("#")]
     if not prompts:

@@ -33,7 +33,7 @@ def heldout_prompts(config, train_prompts: Sequence[str]) -> list[str]:
     h = config.heldout
     if not h.every:
         return []
-    pool = load_prompts(h.prompts_file) if h.prompts_file else list(train_prompts)
+    pool = load_prompts(h.prompts_file, "heldout.prompts_file") if h.prompts_file else list(train_prompts)
     return pool[: h.num_prompts]
 
 

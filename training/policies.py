@@ -247,7 +247,15 @@ def add_lora(denoiser: nn.Module, arch: str, rank: int, alpha: float, targets: S
         init_lora_weights="gaussian",
         target_modules=list(targets) or DEFAULT_LORA_TARGETS[arch],
     )
-    denoiser.add_adapter(config)
+    try:
+        denoiser.add_adapter(config)
+    except ValueError as exc:  # peft: no module of this denoiser matches a target name
+        from .config import ConfigError
+
+        raise ConfigError(
+            f"model.lora_targets {sorted(config.target_modules)!r} match no module of this {arch} denoiser ({exc}); "
+            f"leave it empty for the defaults ({', '.join(DEFAULT_LORA_TARGETS[arch])}) or name its attention "
+            "projections") from exc
     for name, param in denoiser.named_parameters():
         if "lora_" in name:
             param.data = param.data.float()

@@ -1,0 +1,52 @@
+"""Bad training inputs that ``train --dry-run`` must catch before anything loads (one line, exit 2)."""
+
+from __future__ import annotations
+
+import pytest
+
+from emofeedback2.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def run_files(tmp_path_factory, tiny_pipeline_dir):
+    root = tmp_path_factory.mktemp("bad_train_inputs")
+    (root / "prompts.json").write_text('["a cat", "a dog"]\n')
+    (root / "latin1.txt").write_bytes(b"caf\xe9 au lait\n")
+    config = root / "c.toml"
+    config.write_text(
+        f'output_dir = "{root / "run"}"\nmax_steps = 1\ndevice = "cpu"\nprogress = false\n'
+        f'[model]\npretrained = "{tiny_pipeline_dir}"\nlora_rank = 2\nadapter_hidden = 8\n'
+        '[sampling]\nsteps = 2\nresolution = 16\nguidance_scale = 1.0\n'
+        '[grpo]\ngroup_size = 2\ngroups_per_step = 1\nbatch_size = 2\n[[rewards]]\nkind = "color"\n'
+    )
+    two_rewards = root / "two.toml"
+    two_rewards.write_text(config.read_text() + '[[rewards]]\nkind = "brightness"\nnormalize = "none"\n')
+    return root, config, two_rewards
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--set", 'model.lora_targets=["nosuchmodule"]'], "model.lora_targets ['nosuchmodule'] match no module"),
+    (["--set", "optim.lr=0"], "optim.lr"),
+    (["--set", "optim.lr=nan"], "optim.lr must be a finite number"),
+    (["--set", "data.prompts_file={root}/prompts.json"], "plain text, one prompt a line"),
+    (["--set", "heldout.every=1", "--set", "heldout.prompts_file={root}/latin1.txt"], "heldout.prompts_file"),
+    (["--set", "heldout.every=1", "--set", "heldout.prompts_file={root}/missing.txt"], "set heldout.prompts_file"),
+    (["--set", "rewards.0.kind=lvlm", "--set", "rewards.0.path={root}", "--set", "rewards.0.adapter={root}/no-adapter"],
+     "rewards[0].adapter"),
+])
+def test_dry_run_catches_it_in_one_line(run_files, extra, message, capsys):
+    root, config, _ = run_files
+    argv = ["train", "--config", str(config), "--dry-run"] + [a.format(root=root) for a in extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert "Traceback" not in err[0]
+
+
+def test_mixed_reward_normalisations_are_refused_before_any_model_loads(run_files, capsys):
+    _, _, two_rewards = run_files
+    assert main(["train", "--config", str(two_rewards), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "same normalize" in err[0]
