@@ -83,6 +83,10 @@ def _train(args: argparse.Namespace) -> int:
         raise ConfigError("--allow-change only applies with --resume")
     check_inputs(config)  # prompts/targets parsed, model and adapter paths present
     check_output_dir(config.output_dir, args.resume, args.overwrite)
+    if args.resume:
+        from ..training.resume_guard import precheck
+
+        precheck(config, args.allow_change or ())  # a mismatched run is refused before any model loads
     if args.dry_run:
         print(json.dumps(config_to_dict(config), indent=2))
         print(f"[train] {derived.summary()} (for 1 process)")

@@ -50,3 +50,26 @@ def test_mixed_reward_normalisations_are_refused_before_any_model_loads(run_file
     assert main(["train", "--config", str(two_rewards), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "same normalize" in err[0]
+
+
+def test_a_mismatched_resume_is_refused_before_any_model_loads(run_files, tmp_path, monkeypatch, capsys):
+    from emofeedback2.training import trainer as trainer_module
+
+    _, config, _ = run_files
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--output-dir", str(out)]) == 0
+    capsys.readouterr()
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the trainer (pipeline and reward models) was built before the resume check")
+
+    monkeypatch.setattr(trainer_module, "GRPOTrainer", no_loading)
+    for flag, message in (("seed=7", "resume refused: seed"), ("grpo.group_size=4", "resume refused: grpo.group_size")):
+        assert main(["train", "--config", str(config), "--output-dir", str(out), "--resume", "--max-steps", "2",
+                     "--set", flag, "--set", "grpo.batch_size=2"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    # the same check in --dry-run: a user can ask whether a resume would be accepted
+    assert main(["train", "--config", str(config), "--output-dir", str(out), "--resume", "--dry-run",
+                 "--set", "seed=7"]) == 2
+    assert "resume refused: seed" in capsys.readouterr().err

@@ -135,3 +135,23 @@ def config_history(meta: dict, step: int, changes: list[Change]) -> list[dict]:
         history.append({"step": step, "changes": {c.field: [c.old, c.new] for c in changes}})
     return history
 
+
+
+def precheck(config: TrainConfig, allow: Iterable[str] = ()) -> None:
+    """Refuse a resume that :func:`compare` would refuse, from ``state.json`` alone: before the
+    pipeline and reward models load (minutes with real models), not after. Nothing to resume is
+    left to the trainer's own message."""
+    import json
+    from pathlib import Path
+
+    from .checkpoint import META, latest_checkpoint, verify_checkpoint
+
+    path = latest_checkpoint(Path(config.output_dir) / "checkpoints")
+    if path is None:
+        return
+    verify_checkpoint(path)
+    try:
+        meta = json.loads((path / META).read_text(encoding="utf-8"))
+    except ValueError as exc:  # the hash matched, so not corruption: a file we did not write
+        raise CheckpointError(f"{path / META} cannot be read ({exc})") from exc
+    compare(meta.get("config") or {}, config, allow)
