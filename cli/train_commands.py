@@ -100,7 +100,8 @@ def _train(args: argparse.Namespace) -> int:
     history = trainer.train(resume=args.resume, overwrite=args.overwrite, allow_change=args.allow_change)
     if history and trainer.accelerator.is_main_process:
         last = history[-1]
-        print(f"[train] done: step {trainer.step}, reward {last['reward/mean']:.4f}, kl {last['train/kl']:.3e}; "
+        raw = ", ".join(f"{name} {last[f'reward/{name}']:.4f}" for name in trainer.reward.names)
+        print(f"[train] done: step {trainer.step}, rewards {raw}, kl {last['train/kl']:.3e}; "
               f"outputs in {config.output_dir}")
     return 0
 

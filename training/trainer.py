@@ -365,8 +365,10 @@ class GRPOTrainer:
             return
         from tqdm.auto import tqdm
 
+        # The raw term means are what a user can read (the combined reward is normalised per group, ~0).
+        raw = " ".join(f"{name}={metrics[f'reward/{name}']:.4f}" for name in self.reward.names)
         split = " ".join(f"{name}={share:.2f}" for name, share in shares.items())
-        tqdm.write(f"[train] step {self.step} reward {metrics['reward/mean']:.4f} advantage share: {split}")
+        tqdm.write(f"[train] step {self.step} rewards {raw} advantage share: {split}")
 
     def _log(self, metrics: dict[str, float], trajs: list[Trajectory]) -> None:
         if self.writer is None and self._log_enabled:
@@ -523,7 +525,8 @@ class GRPOTrainer:
                 if self.heldout is not None:
                     self.heldout.maybe_run(self.step)
                 bar.update(1)
-                bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['train/kl']:.2e}")
+                first = self.reward.names[0]  # raw, not the group-normalised combination (~0)
+                bar.set_postfix({first: f"{metrics[f'reward/{first}']:.3f}", "kl": f"{metrics['train/kl']:.2e}"})
                 if self.step % c.save_every == 0 or self.step == c.max_steps:
                     self.save()
         finally:
