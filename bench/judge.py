@@ -109,7 +109,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-images", type=int, default=48, help="held-out test images, at least 3 (default 48)")
     parser.add_argument("--steps", type=int, default=300, help="training steps per judge (default 300)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per training step (default 16)")
-    parser.add_argument("--pixels", type=int, default=112, help="image side (default 112: 16 image tokens)")
+    parser.add_argument("--pixels", type=int, default=112, help="image side in pixels (112 = 16 image tokens)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the model, data and training (default 0)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
 

@@ -46,6 +46,9 @@ DIGITS = re.compile(r"^\s*([1-9])\s*[,;/ ]\s*([1-9])\b")
 DIGITS_EXAMPLE = "7, 3"
 LABELLED = re.compile(r"Valence:\s*([1-9])\b.*?Arousal:\s*([1-9])\b", re.DOTALL)
 LABELLED_EXAMPLE = "Valence: 7\nArousal: 3"
+# the names tiny_models.lvlm.real_size_config builds, listed here so --help needs no import;
+# tests/test_cli_outputs.py checks the two agree
+REAL_SIZES = ("qwen2.5-vl-7b",)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,8 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=9, help="timed calls of each path (default 9; the median counts)")
     parser.add_argument("--family", default="qwen2_5_vl", choices=["qwen2_vl", "qwen2_5_vl", "qwen3_vl"],
                         help="tiny model family (ignored with --real-size)")
-    parser.add_argument("--real-size", default=None, metavar="NAME",
-                        help="build a real-size architecture with random weights instead, e.g. qwen2.5-vl-7b")
+    parser.add_argument("--real-size", default=None, choices=REAL_SIZES,
+                        help="build a real-size architecture with random weights instead")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--max-pixels", type=int, default=None,

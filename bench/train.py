@@ -10,7 +10,8 @@ T=16 sampling steps (every step trained) and reports
 - a negative control in the same run: one backward over all timesteps of each micro-batch, as
   naive implementations do, whose figure must grow with T.
 The last two lines are ``whole_graph_mem_ratio_T16_T4=<x>`` (the control; ≈4 = 16/4) and
-``update_mem_ratio_T16_T4=<x>`` (the trainer; ≈1 when memory is flat in T).
+``update_mem_ratio_T16_T4=<x>`` (the trainer; ≈1 when memory is flat in T); the line before them gives
+the LoRA rank (``--lora-rank``) and its trainable parameter count. At least two different T are needed.
 
 ``--real-size sd3.5-medium --device cuda --dtype float16 --resolution 512`` builds the real SD3.5
 Medium MMDiT (24 layers, width 1536, dual attention in layers 0-12, rms qk-norm, random weights)
@@ -39,7 +40,8 @@ GIB = 1024**3
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", choices=["sd15", "sdxl", "sd3"], default="sd15", help="tiny pipeline to use")
-    parser.add_argument("--steps", type=int, nargs="+", default=[4, 16], help="sampling steps to compare")
+    parser.add_argument("--steps", type=int, nargs="+", default=[4, 16],
+                        help="sampling steps to compare: at least two different counts")
     parser.add_argument("--group-size", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--resolution", type=int, default=32)
@@ -50,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--real-size", choices=["sd3.5-medium"], default=None,
                         help="benchmark the real-size architecture with random weights instead of a tiny model")
     parser.add_argument("--lora-rank", type=int, default=None,
-                        help="LoRA rank (none = 32 at --real-size, 4 on the tiny model)")
+                        help="LoRA rank (default: 32 at --real-size, 4 on the tiny model)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--size-override", default="", help=argparse.SUPPRESS)  # JSON; tests shrink the real config
     from .train_plan import add_plan_arguments  # memory plan of the one-GPU recipe (issue 15)
@@ -201,6 +203,13 @@ def run(args: argparse.Namespace) -> int:
         from .train_plan import run_plan
 
         return run_plan(args)
+    step_counts = list(dict.fromkeys(args.steps))  # a repeated T would only re-measure (and overwrite) itself
+    if len(step_counts) < 2:
+        from ..cli.bench_commands import BenchArgumentError
+
+        # one T gives update_mem_ratio_T4_T4=1.000, which "meets" the flat-memory goal without measuring it
+        raise BenchArgumentError(f"--steps needs at least two different step counts to compare (e.g. --steps 4 16), "
+                                 f"got {' '.join(map(str, args.steps))}")
     if args.device == "cpu":
         torch.set_num_threads(max(1, args.threads))
     device = torch.device(args.device)
@@ -216,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
     peaks: dict[int, int] = {}
     whole_peaks: dict[int, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for steps in args.steps:
+        for steps in step_counts:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
@@ -240,6 +249,7 @@ def run(args: argparse.Namespace) -> int:
             c.output_dir = f"{tmp}/run"
             c.reward_workers = 0
             trainer = GRPOTrainer(c, pipe=pipe, log=False)
+            lora_params = sum(p.numel() for n, p in trainer.trainable if n.startswith("denoiser."))
             trainer.train_step()  # warm-up (allocations, kernels)
             sample_s = update_s = 0.0
             peak = cuda_peak = 0
@@ -263,6 +273,7 @@ def run(args: argparse.Namespace) -> int:
             trainer.runner.close()
             del trainer, pipe
             gc.collect()
+    print(f"LoRA rank {c.model.lora_rank}: {lora_params} trainable LoRA parameters (the same at every T)")
     lo, hi = min(peaks), max(peaks)
     print(f"whole_graph_mem_ratio_T{hi}_T{lo}={whole_peaks[hi] / max(1, whole_peaks[lo]):.3f}")
     print(f"update_mem_ratio_T{hi}_T{lo}={peaks[hi] / max(1, peaks[lo]):.3f}")

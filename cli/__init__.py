@@ -16,17 +16,48 @@ import sys
 import traceback
 from typing import Optional, Sequence
 
-from . import bench_commands, eval_commands, judge_commands, loop_commands, scale_commands, score_commands, train_commands
+from . import (bench_commands, eval_commands, export_commands, judge_commands, loop_commands, scale_commands,
+               score_commands, train_commands)
 from .. import __version__
 from ..engines.errors import UserError
 
-# Hand-written "(default X)" notes; the formatter now appends "(default: X)" to every option itself.
-_HANDWRITTEN_DEFAULT = re.compile(r"\s*\(default:? [^;()]*\)")
+# A hand-written default note: "(default X)", "(default: X; more)" or a trailing "; default: X".
+_HANDWRITTEN_DEFAULT = re.compile(
+    r"\s*\(default:?\s+(?P<value>[^;()]*?)\s*(?:;\s*(?P<rest>[^()]*?)\s*)?\)|[;,]\s*default:\s+(?P<tail>[^()]*?)\s*$")
+_SHOWN_DEFAULT = "(default: "
+
+
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" unless the help already says what its default means (see ``_one_default``)."""
+
+    def _get_help_string(self, action):
+        if _SHOWN_DEFAULT in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _one_default(action: argparse.Action) -> str:
+    """The help with exactly one default note, and that note true.
+
+    A real default is shown by the formatter from the parser, so a hand-written value (which can go
+    stale, or say the default twice) is dropped and only its remark kept. A default of None means
+    "decided later"; there the hand-written note is the only true description, so it is kept as the
+    one "(default: ...)".
+    """
+    match = _HANDWRITTEN_DEFAULT.search(action.help)
+    if match is None:
+        return action.help
+    head, tail = action.help[:match.start()], action.help[match.end():]
+    if action.default is None:
+        note = match.group("tail") or "; ".join(filter(None, (match.group("value"), match.group("rest"))))
+        return f"{head}{tail} {_SHOWN_DEFAULT}{note})"
+    rest = match.group("rest")
+    return f"{head} ({rest}){tail}" if rest else f"{head}{tail}"
 
 
 def _finish(parser: argparse.ArgumentParser, description: Optional[str] = None, top: bool = False) -> None:
     """Defaults in every help text, a description on every sub-command, ``--debug`` everywhere."""
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    parser.formatter_class = _DefaultsFormatter
     if parser.description is None and description:
         parser.description = description
     if not top and not any("--debug" in a.option_strings for a in parser._actions):
@@ -43,7 +74,7 @@ def _finish(parser: argparse.ArgumentParser, description: Optional[str] = None, 
         if not action.help:
             action.help = action.dest.replace("_", " ")
         else:
-            action.help = _HANDWRITTEN_DEFAULT.sub("", action.help)
+            action.help = _one_default(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (loop_commands, score_commands, train_commands, judge_commands, scale_commands, bench_commands):
         module.register(sub)
+    export_commands.attach(sub)  # --out rules of the export command train_commands registers
     eval_commands.register(sub)
     _finish(parser, top=True)
     return parser

@@ -1,8 +1,9 @@
 """``emofeedback2 demo`` and ``emofeedback2 loop``: the feedback loop from the command line.
 
 Both write ``OUT/best.png``, ``OUT/trajectory.png`` and ``OUT/report.json`` (history, counts,
-timings). ``demo`` runs on the embedded default (:mod:`..engines.demo`: tiny local models built in a
-temporary folder, CPU, no downloads); ``loop`` loads real weights from a local folder or hub id.
+timings); a non-empty ``OUT`` is refused unless ``--overwrite``, so two runs never mix. ``demo``
+runs on the embedded default (:mod:`..engines.demo`: tiny local models built in a temporary
+folder, CPU, no downloads); ``loop`` loads real weights from a local folder or hub id.
 Heavy libraries are imported inside the command functions so ``emofeedback2 --help`` stays instant.
 """
 
@@ -12,6 +13,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -102,9 +104,11 @@ def _size(text: str) -> int:
 LOOP_DEFAULTS = argparse.Namespace(rounds=6, candidates=2, tolerance=0.4, min_improvement=0.0)
 
 
-def _add_schedule_arguments(parser: argparse.ArgumentParser, steps: int, size: int) -> None:
+def _add_schedule_arguments(parser: argparse.ArgumentParser, steps: int, size: int, cfg: float,
+                            prompt_note: str = "") -> None:
     defaults = LOOP_DEFAULTS
-    parser.add_argument("--prompt", default=None, help="what to draw; subject and composition words are kept every round")
+    parser.add_argument("--prompt", default=None,
+                        help=f"what to draw; subject and composition words are kept every round{prompt_note}")
     parser.add_argument("--negative", default="", help="negative prompt, the same every round")
     parser.add_argument("--rounds", type=_positive_int("rounds", 50), default=defaults.rounds,
                         help=f"most rounds of generate → judge → rewrite (default {defaults.rounds})")
@@ -116,9 +120,15 @@ def _add_schedule_arguments(parser: argparse.ArgumentParser, steps: int, size: i
                         help=f"stop when a round brings the best and the mean reading less than this closer (default {defaults.min_improvement}; 0 = never)")
     parser.add_argument("--seed", type=_seed, default=0, help="seed of the first candidate; candidate k uses seed + k (default 0)")
     parser.add_argument("--steps", type=_positive_int("steps", 1000), default=steps, help=f"sampling steps per image (default {steps})")
-    parser.add_argument("--cfg", type=_finite("cfg", 0.0, 100.0), default=None,
-                        help="classifier-free guidance scale (none = the command's default: demo 1.0, loop 7.0)")
+    parser.add_argument("--cfg", type=_finite("cfg", 0.0, 100.0), default=cfg, help="classifier-free guidance scale")
     parser.add_argument("--size", type=_size, default=size, help=f"image width and height in pixels, multiple of 8 (default {size})")
+
+
+def _add_out_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--out", default=default, help="output folder; a non-empty one is refused unless --overwrite")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier run's outputs in --out (round_NN/, best.png, trajectory.png, "
+                        "report.json); a folder holding anything else is still refused and nothing is removed")
 
 
 def register(subparsers) -> None:
@@ -129,11 +139,12 @@ def register(subparsers) -> None:
         "built locally (plus a toy mood grade), the colour-heuristic judge and the descriptor refiner. "
         "The models are untrained: this shows the machinery, not real emotional images.",
     )
-    demo.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    demo.add_argument("--valence", type=_component("valence"), default=None, help="target valence in [-3, 3] (default 2.0)")
-    demo.add_argument("--arousal", type=_component("arousal"), default=None, help="target arousal in [-3, 3] (default 1.5)")
+    _add_out_arguments(demo, "demo_out")
+    # DEMO_TARGET restated (engines.demo imports torch); tests/test_cli_outputs.py pins them to it
+    demo.add_argument("--valence", type=_component("valence"), default=2.0, help="target valence in [-3, 3]")
+    demo.add_argument("--arousal", type=_component("arousal"), default=1.5, help="target arousal in [-3, 3]")
     demo.add_argument("--workdir", default=None, help="where to build the tiny models (default: a temporary folder, removed after)")
-    _add_schedule_arguments(demo, steps=2, size=64)
+    _add_schedule_arguments(demo, steps=2, size=64, cfg=1.0, prompt_note=" (default: the demo's own prompt)")
     demo.set_defaults(func=run_demo)
 
     loop = subparsers.add_parser(
@@ -146,27 +157,27 @@ def register(subparsers) -> None:
     loop.add_argument("--lvlm", required=True, help="Qwen-VL model folder or hub id, or 'colour' for the weight-free colour heuristic")
     loop.add_argument("--valence", type=_component("valence"), required=True, help="target valence in [-3, 3]")
     loop.add_argument("--arousal", type=_component("arousal"), required=True, help="target arousal in [-3, 3]")
-    loop.add_argument("--out", default="loop_out", help="output folder (default loop_out)")
+    _add_out_arguments(loop, "loop_out")
     loop.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (default auto)")
     loop.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"), help="weights dtype (default auto)")
     loop.add_argument("--lora", default=None, help="a trained generator LoRA (.safetensors) to apply")
     loop.add_argument("--adapter", default=None, help="a trained emotion adapter (.safetensors) to apply")
     loop.add_argument("--lvlm-adapter", default=None, help="a peft LoRA folder for the LVLM (from scorer fine-tuning)")
     add_lvlm_load_arguments(loop)
-    _add_schedule_arguments(loop, steps=20, size=512)
+    _add_schedule_arguments(loop, steps=20, size=512, cfg=7.0)
     loop.set_defaults(func=run_loop)
 
 
 # --- running -----------------------------------------------------------------------------------------
 
 
-def _config(args, cfg_default: float):
+def _config(args):
     from ..engines.feedback_loop import LoopConfig
 
     return LoopConfig(
         rounds=args.rounds, candidates=args.candidates, tolerance=args.tolerance,
         min_improvement=args.min_improvement, seed=args.seed, steps=args.steps,
-        cfg=cfg_default if args.cfg is None else args.cfg, width=args.size, height=args.size,
+        cfg=args.cfg, width=args.size, height=args.size,
         negative_prompt=args.negative,
     )
 
@@ -188,7 +199,43 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def prepare_out(out: Path) -> Path:
+# What RoundWriter and _write_outputs put in --out (plus their temp/probe files): all --overwrite removes.
+_ROUND_FOLDER = re.compile(r"round_\d{2,}")
+_CANDIDATE_FILE = re.compile(r"candidate_\d{2,}_seed\d+\.png")
+_OUTPUT_FILES = re.compile(r"(best\.png|trajectory\.png|report\.json|\.report\.json\.tmp|\.write-test-\d+)")
+
+
+def _ours(entry: Path) -> bool:
+    if entry.is_symlink():  # never followed: removing through a link could reach another folder
+        return False
+    if entry.is_dir():
+        return bool(_ROUND_FOLDER.fullmatch(entry.name)) and all(
+            f.is_file() and not f.is_symlink() and _CANDIDATE_FILE.fullmatch(f.name) for f in entry.iterdir())
+    return entry.is_file() and bool(_OUTPUT_FILES.fullmatch(entry.name))
+
+
+def _clear_previous_run(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty ``out`` (rounds of two runs would mix); with ``overwrite`` remove only a run's outputs."""
+    entries = sorted(out.iterdir())
+    if not entries:
+        return
+    shown = ", ".join(e.name for e in entries[:4]) + (" ..." if len(entries) > 4 else "")
+    if not overwrite:
+        raise LoopCommandError(f"--out {out} is not empty ({shown}); choose a new folder, or pass --overwrite "
+                               "to replace the earlier run's outputs in it")
+    foreign = [e.name for e in entries if not _ours(e)]
+    if foreign:  # checked before anything is removed: all or nothing
+        raise LoopCommandError(f"--out {out} holds files a loop/demo run does not write ({', '.join(foreign[:4])}); "
+                               "--overwrite only replaces round_NN/, best.png, trajectory.png and report.json: "
+                               "choose another folder")
+    for entry in entries:
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def prepare_out(out: Path, overwrite: bool = False) -> Path:
     """Check and create ``--out`` before anything is generated (a bad folder must not cost the run)."""
     if out.exists() and not out.is_dir():
         raise LoopCommandError(f"--out {out} is a file; choose a folder")
@@ -198,6 +245,8 @@ def prepare_out(out: Path) -> Path:
                 raise LoopCommandError(f"--out {out} lies under {parent}, which is a file; choose another folder")
             break
     try:
+        if out.is_dir():
+            _clear_previous_run(out, overwrite)
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
@@ -287,21 +336,20 @@ def _run_and_report(generator, scorer, refiner, prompt: str, target, config, out
 def run_demo(args: argparse.Namespace) -> int:
     import torch
 
-    from ..engines.demo import DEMO_PROMPT, DEMO_TARGET, HONESTY_NOTE, build_demo_components
+    from ..engines.demo import DEMO_PROMPT, HONESTY_NOTE, build_demo_components
     from ..engines.emotion_space import VA
 
     started = time.perf_counter()
     if args.prompt is not None and not args.prompt.strip():
         raise LoopCommandError("--prompt is empty: say what to draw, or leave --prompt out for the demo's own prompt")
-    out = prepare_out(Path(args.out))
+    out = prepare_out(Path(args.out), args.overwrite)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     print(HONESTY_NOTE)
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="emofeedback2-demo-"))
     try:
         components = build_demo_components(workdir)
         print(f"built tiny models in {components.seconds_to_build:.1f} s ({components.pipeline_dir})")
-        target = VA(DEMO_TARGET.valence if args.valence is None else args.valence,
-                    DEMO_TARGET.arousal if args.arousal is None else args.arousal)
+        target = VA(args.valence, args.arousal)
         extra = {
             "demo": True,
             "note": HONESTY_NOTE,
@@ -309,7 +357,7 @@ def run_demo(args: argparse.Namespace) -> int:
         }
         code = _run_and_report(components.generator, components.scorer, components.refiner,
                                DEMO_PROMPT if args.prompt is None else args.prompt, target,
-                               _config(args, cfg_default=1.0), out, extra)
+                               _config(args), out, extra)
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -340,7 +388,7 @@ def run_loop(args: argparse.Namespace) -> int:
 
     if not args.prompt or not args.prompt.strip():
         raise LoopCommandError("--prompt is required (what to draw, e.g. 'a lighthouse on a rocky coast')")
-    out = prepare_out(Path(args.out))
+    out = prepare_out(Path(args.out), args.overwrite)
     try:
         generator = load_diffusers_generator(DiffusersGeneratorConfig(
             model=args.generator, device=args.device, dtype=args.dtype, lora=args.lora, adapter=args.adapter,
@@ -357,4 +405,4 @@ def run_loop(args: argparse.Namespace) -> int:
     print(f"generator: {args.generator} ({generator.arch}); judge: {getattr(scorer, 'name', args.lvlm)}; refiner: {refiner.name}")
     extra = {"demo": False, "generator": args.generator, "lvlm": args.lvlm}
     return _run_and_report(generator, scorer, refiner, args.prompt, VA(args.valence, args.arousal),
-                           _config(args, cfg_default=7.0), out, extra)
+                           _config(args), out, extra)

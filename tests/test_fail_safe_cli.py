@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -157,6 +158,13 @@ def test_every_subcommand_has_a_description_and_every_option_its_default_in_help
         options = [a for a in parser._actions if a.option_strings and a.default is not argparse.SUPPRESS
                    and a.help != argparse.SUPPRESS and not isinstance(a, argparse._HelpAction)]
         assert text.count("(default:") >= len(options), f"{' '.join(path)}: some option lacks its default in --help"
+        formatter = parser._get_formatter()
+        for action in options:  # each option says its default once, and it is the parser's own
+            shown = formatter._expand_help(action)
+            where = f"{' '.join(path)} {action.option_strings[0]}: {shown!r}"
+            assert len(re.findall(r"\(default\b|\bdefault:", shown)) == 1, where
+            if action.default is not None:  # None means "decided later": a hand-written note says how
+                assert shown.endswith(f"(default: {action.default})"), where
 
 
 def test_16_bit_images_are_scaled_not_clipped_and_score_like_their_8_bit_twin(tmp_path, capsys):

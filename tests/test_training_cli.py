@@ -125,7 +125,7 @@ def test_bench_train_tiny_and_real_size_code_path(capsys):
            '"dual_attention_layers": [0], "sample_size": 8, "pos_embed_max_size": 16}, ' \
            '"vae": {"block_out_channels": [32, 32], "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"], ' \
            '"up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"], "layers_per_block": 1}}'
-    assert bench.run(parser.parse_args(["--real-size", "sd3.5-medium", "--steps", "2", "--repeats", "1",
+    assert bench.run(parser.parse_args(["--real-size", "sd3.5-medium", "--steps", "1", "2", "--repeats", "1",
                                         "--group-size", "2", "--batch-size", "2", "--resolution", "16",
                                         "--lora-rank", "2", "--size-override", tiny])) == 0
     out = capsys.readouterr().out
