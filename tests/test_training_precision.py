@@ -20,7 +20,7 @@ def _config(pipeline_dir, out) -> TrainConfig:
     c.model.adapter_hidden, c.model.lora_rank, c.model.lora_alpha = 16, 4, 4.0
     c.sampling.resolution, c.sampling.steps, c.sampling.guidance_scale = 16, 3, 1.0
     c.grpo.group_size, c.grpo.groups_per_step, c.grpo.batch_size, c.grpo.kl_beta = 4, 2, 4, 0.01
-    c.optim.lr, c.optim.weight_decay = 0.0, 0.0  # weights stay put, so the update can be recomputed after
+    c.optim.lr, c.optim.weight_decay = 1e-3, 0.0  # lr is zeroed on the optimiser below (configs refuse lr = 0)
     c.optim.max_grad_norm = 1e-4  # small enough that clipping acts
     c.rewards = [RewardSpec(kind="color")]
     c.output_dir, c.device, c.progress, c.reward_workers = str(out), "cpu", False, 0
@@ -36,6 +36,8 @@ def test_bf16_mixed_precision_clips_unscaled_gradients(tiny_pipeline_dir, tmp_pa
     acc = Accelerator(cpu=True, mixed_precision="bf16")
     trainer = GRPOTrainer(_config(tiny_pipeline_dir, tmp_path), accelerator=acc, log=False)
     params = [p for _, p in trainer.trainable]
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = 0.0  # weights stay put, so the update can be recomputed after
     calls, seen = [], {}
     original_loss, original_clip = trainer._timestep_loss, acc.clip_grad_norm_
 
