@@ -24,3 +24,13 @@ def tiny_pipeline_dirs(tmp_path_factory) -> dict[str, Path]:
 def tiny_pipeline_dir(tiny_pipeline_dirs) -> Path:
     """The tiny SD1.5-like pipeline folder (the cheapest, and what ComfyUI's slim checkpoint mirrors)."""
     return tiny_pipeline_dirs["sd15"]
+
+
+def small_train_toml(output_dir: Path, pipeline_dir: Path) -> str:
+    """A one-step CPU training config on a tiny pipeline (colour reward): the smallest real run."""
+    return (
+        f'output_dir = "{output_dir}"\nmax_steps = 1\ndevice = "cpu"\nprogress = false\n'
+        f'[model]\npretrained = "{pipeline_dir}"\nlora_rank = 2\nadapter_hidden = 8\n'
+        '[sampling]\nsteps = 2\nresolution = 16\nguidance_scale = 1.0\n'
+        '[grpo]\ngroup_size = 2\ngroups_per_step = 1\nbatch_size = 2\n[[rewards]]\nkind = "color"\n'
+    )

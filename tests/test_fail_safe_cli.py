@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fixtures_diffusion import small_train_toml
 from emofeedback2.cli import build_parser, main
 from emofeedback2.engines.errors import UserError
 
@@ -31,12 +32,7 @@ def files(tmp_path_factory, tiny_pipeline_dir):
     (root / "latin1.txt").write_bytes(b"caf\xe9 au lait\n")
     (root / "badrow.csv").write_text("valence,arousal\n1,abc\n")
     config = root / "c.toml"
-    config.write_text(
-        f'output_dir = "{root / "run"}"\nmax_steps = 1\ndevice = "cpu"\nprogress = false\n'
-        f'[model]\npretrained = "{tiny_pipeline_dir}"\nlora_rank = 2\nadapter_hidden = 8\n'
-        '[sampling]\nsteps = 2\nresolution = 16\nguidance_scale = 1.0\n'
-        '[grpo]\ngroup_size = 2\ngroups_per_step = 1\nbatch_size = 2\n[[rewards]]\nkind = "color"\n'
-    )
+    config.write_text(small_train_toml(root / "run", tiny_pipeline_dir))
     return {"root": root, "config": config, "pipe": tiny_pipeline_dir}
 
 

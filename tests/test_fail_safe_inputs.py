@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from fixtures_diffusion import small_train_toml
 from emofeedback2.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -15,12 +16,7 @@ def run_files(tmp_path_factory, tiny_pipeline_dir):
     (root / "prompts.json").write_text('["a cat", "a dog"]\n')
     (root / "latin1.txt").write_bytes(b"caf\xe9 au lait\n")
     config = root / "c.toml"
-    config.write_text(
-        f'output_dir = "{root / "run"}"\nmax_steps = 1\ndevice = "cpu"\nprogress = false\n'
-        f'[model]\npretrained = "{tiny_pipeline_dir}"\nlora_rank = 2\nadapter_hidden = 8\n'
-        '[sampling]\nsteps = 2\nresolution = 16\nguidance_scale = 1.0\n'
-        '[grpo]\ngroup_size = 2\ngroups_per_step = 1\nbatch_size = 2\n[[rewards]]\nkind = "color"\n'
-    )
+    config.write_text(small_train_toml(root / "run", tiny_pipeline_dir))
     two_rewards = root / "two.toml"
     two_rewards.write_text(config.read_text() + '[[rewards]]\nkind = "brightness"\nnormalize = "none"\n')
     return root, config, two_rewards
