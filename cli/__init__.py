@@ -85,9 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"emofeedback2 {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (loop_commands, score_commands, train_commands, judge_commands, scale_commands, bench_commands):
+    for module in (loop_commands, score_commands, train_commands, export_commands, judge_commands, scale_commands,
+                   bench_commands):
         module.register(sub)
-    export_commands.attach(sub)  # --out rules of the export command train_commands registers
     eval_commands.register(sub)
     _finish(parser, top=True)
     return parser

@@ -1,10 +1,10 @@
-"""``emofeedback2 export --out``: never into a checkpoint, never silently over an earlier export.
+"""``emofeedback2 export``: a checkpoint → ComfyUI files, never into a checkpoint, never silently
+over an earlier export.
 
-The ``export`` parser itself is registered by :mod:`.train_commands`; :func:`attach` adds its
-``--overwrite`` flag and checks ``--out`` before the export runs. An export writes into ``--out``
-only the names in :data:`EXPORT_NAMES`: with ``--overwrite`` those are set aside, put back if the
-export fails and deleted once it succeeds, so a file of the old export (an emotion adapter the new
-checkpoint does not have) never sits beside the new one.
+``--out`` is checked before the export runs. An export writes into ``--out`` only the names in
+:data:`EXPORT_NAMES`: with ``--overwrite`` those are set aside, put back if the export fails and
+deleted once it succeeds, so a file of the old export (an emotion adapter the new checkpoint does
+not have) never sits beside the new one.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import argparse
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from ..engines.errors import UserError
 
@@ -27,14 +27,31 @@ class ExportOutError(UserError):
     """An ``export --out`` folder that must not be written."""
 
 
-def attach(subparsers) -> None:
-    export = subparsers.choices["export"]
+def register(subparsers) -> None:
+    export = subparsers.add_parser(
+        "export",
+        help="write a checkpoint's LoRA (kohya keys for ComfyUI + diffusers copy) and emotion adapter",
+        description="Export a training checkpoint (its sha256 hashes are verified first) as a kohya-key LoRA "
+        "for ComfyUI's LoraLoader, a diffusers LoRA folder and the emotion adapter.",
+    )
+    export.add_argument("--checkpoint", required=True,
+                        help="a checkpoint folder (step-XXXXXX) or a run folder / checkpoints folder with 'latest'")
+    export.add_argument("--out", required=True, help="output folder")
+    export.add_argument("--no-ema", action="store_true", help="export the live weights even if an EMA was kept")
     export.add_argument("--overwrite", action="store_true",
                         help="replace an earlier export in --out (emofeedback2_lora.safetensors, diffusers_lora/, "
                         "emotion_adapter.safetensors; kept if the new export fails); a folder holding anything "
                         "else is still refused")
-    write = export.get_default("func")
-    export.set_defaults(func=lambda args: run(args, write))
+    export.set_defaults(func=run)
+
+
+def _write(args: argparse.Namespace) -> int:
+    from ..training.export import export_checkpoint
+
+    paths = export_checkpoint(args.checkpoint, args.out, use_ema=not args.no_ema)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
 
 
 def _checkpoint_folder(out: Path) -> Optional[Path]:
@@ -90,17 +107,17 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def run(args: argparse.Namespace, write: Callable[[argparse.Namespace], int]) -> int:
+def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     previous = _previous_export(out, args.overwrite)
     if not previous:
-        return write(args)
+        return _write(args)
     aside = out / f"{_SET_ASIDE}{os.getpid()}"
     aside.mkdir()
     for entry in previous:
         os.replace(entry, aside / entry.name)
     try:
-        code = write(args)
+        code = _write(args)
     except BaseException:
         for name in EXPORT_NAMES:  # a half-written new export goes; the old one comes back
             _remove(out / name)

@@ -1,4 +1,4 @@
-"""``emofeedback2 train`` (GRPO fine-tuning) and ``emofeedback2 export`` (checkpoint → ComfyUI files).
+"""``emofeedback2 train`` (GRPO fine-tuning; ``export`` lives in :mod:`.export_commands`).
 
 Multi-GPU: ``accelerate launch -m emofeedback2.cli train --config FILE`` (each process samples whole
 groups; rewards are gathered before advantages).
@@ -36,18 +36,6 @@ def register(subparsers) -> None:
                        "derived numbers and the memory plan (meta device, no weights), then exit")
     train.add_argument("--help-config", action="store_true", help="list every config field with its default and meaning")
     train.set_defaults(func=_train)
-
-    export = subparsers.add_parser(
-        "export",
-        help="write a checkpoint's LoRA (kohya keys for ComfyUI + diffusers copy) and emotion adapter",
-        description="Export a training checkpoint (its sha256 hashes are verified first) as a kohya-key LoRA "
-        "for ComfyUI's LoraLoader, a diffusers LoRA folder and the emotion adapter.",
-    )
-    export.add_argument("--checkpoint", required=True,
-                        help="a checkpoint folder (step-XXXXXX) or a run folder / checkpoints folder with 'latest'")
-    export.add_argument("--out", required=True, help="output folder")
-    export.add_argument("--no-ema", action="store_true", help="export the live weights even if an EMA was kept")
-    export.set_defaults(func=_export)
 
 
 def resolve_config(args: argparse.Namespace):
@@ -103,13 +91,4 @@ def _train(args: argparse.Namespace) -> int:
         raw = ", ".join(f"{name} {last[f'reward/{name}']:.4f}" for name in trainer.reward.names)
         print(f"[train] done: step {trainer.step}, rewards {raw}, kl {last['train/kl']:.3e}; "
               f"outputs in {config.output_dir}")
-    return 0
-
-
-def _export(args: argparse.Namespace) -> int:
-    from ..training.export import export_checkpoint
-
-    paths = export_checkpoint(args.checkpoint, args.out, use_ema=not args.no_ema)
-    for kind, path in paths.items():
-        print(f"{kind}: {path}")
     return 0
