@@ -40,6 +40,11 @@ def check_arguments(args: argparse.Namespace) -> None:
                 raise BenchArgumentError(f"--{name.replace('_', '-')} must be in {lo}..{hi}, got {value}")
             if len(rule) == 3 and value % rule[2]:
                 raise BenchArgumentError(f"--{name.replace('_', '-')} must be a multiple of {rule[2]}, got {value}")
+    steps = getattr(args, "steps", None)
+    if isinstance(steps, list) and len(set(steps)) < 2:
+        # bench train: one T gives update_mem_ratio_T4_T4=1.000, which "meets" the flat-memory goal unmeasured
+        raise BenchArgumentError(f"--steps needs at least two different step counts to compare (e.g. --steps 4 16), "
+                                 f"got {' '.join(map(str, steps))}")
     for name, (lo, hi) in _REAL.items():
         value = getattr(args, name, None)
         if value is not None and not (math.isfinite(value) and lo <= value <= hi):

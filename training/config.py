@@ -452,6 +452,18 @@ def _check_device(device: str, name: str) -> None:
         raise ConfigError(f"{name}: {exc}") from None
 
 
+NORMALIZATIONS = ("group", "batch", "none")
+
+
+def check_one_normalization(rules: list[str]) -> str:
+    """The one normalisation rule all reward terms share (or the weights stop meaning shares)."""
+    if len(set(rules)) != 1 or rules[0] not in NORMALIZATIONS:
+        raise ConfigError(
+            f"rewards use normalisations {list(rules)}: give every [[rewards]] the same normalize, one of "
+            f"{list(NORMALIZATIONS)} (\"group\" puts all terms on the scale of their within-group spread)")
+    return rules[0]
+
+
 def validate(config: TrainConfig) -> None:
     """Fail early, with the fix, on combinations that cannot work (no files or models are read)."""
     m, s, g, o = config.model, config.sampling, config.grpo, config.optim
@@ -489,15 +501,12 @@ def validate(config: TrainConfig) -> None:
             raise ConfigError(f"rewards[{i}].kind must be lvlm, color, brightness or clip_quality, got {r.kind!r}")
         if r.kind in ("lvlm", "clip_quality") and not r.path:
             raise ConfigError(f"rewards[{i}] ({r.kind}) needs path = a local model folder or hub id")
-        if r.normalize not in ("group", "batch", "none"):
+        if r.normalize not in NORMALIZATIONS:
             raise ConfigError(f"rewards[{i}].normalize must be 'group', 'batch' or 'none', got {r.normalize!r}")
         if r.dtype not in ("float32", "float16", "bfloat16"):
             raise ConfigError(f"rewards[{i}].dtype must be float32, float16 or bfloat16, got {r.dtype!r}")
         _check_device(r.device, f"rewards[{i}].device")
-    rules = [r.normalize for r in config.rewards]
-    if len(set(rules)) > 1:  # one rule for all terms, or the weights stop meaning shares (checked before loading)
-        raise ConfigError(f"rewards use normalisations {rules}: give every [[rewards]] the same normalize "
-                          "(\"group\" puts all terms on the scale of their within-group spread)")
+    check_one_normalization([r.normalize for r in config.rewards])  # before any reward model loads
     _validate_one_gpu_options(config)
     if config.max_steps < 0 or config.save_every < 1 or config.keep_checkpoints < 1:
         raise ConfigError("max_steps must be >= 0, save_every and keep_checkpoints >= 1")

@@ -16,10 +16,12 @@ compared with it and falls in one of four groups:
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable
 
-from .checkpoint import CheckpointError
+from .checkpoint import META, CheckpointError, latest_checkpoint
 from .config import ConfigError, RewardSpec, TrainConfig, config_to_dict
 
 IDENTITY = ("model.pretrained", "model.arch", "model.lora_rank", "model.lora_targets", "model.train_adapter",
@@ -28,8 +30,7 @@ APPLIED = ("optim.lr", "optim.adapter_lr", "optim.weight_decay", "optim.betas", 
            "optim.max_grad_norm", "optim.ema", "optim.ema_decay")
 FREE = ("output_dir", "max_steps", "save_every", "keep_checkpoints", "log_every", "image_log_every", "device",
         "reward_workers", "export_at_end", "progress", "model.gradient_checkpointing")
-# Where and with which attention kernel a reward model runs does not change what it returns (and a
-# checkpoint from before a field existed must still resume).
+# Where and with which attention kernel a reward model runs does not change what it returns.
 REWARD_PLACEMENT = ("device", "offload", "attention")
 
 
@@ -136,22 +137,16 @@ def config_history(meta: dict, step: int, changes: list[Change]) -> list[dict]:
     return history
 
 
-
 def precheck(config: TrainConfig, allow: Iterable[str] = ()) -> None:
     """Refuse a resume that :func:`compare` would refuse, from ``state.json`` alone: before the
     pipeline and reward models load (minutes with real models), not after. Nothing to resume is
     left to the trainer's own message."""
-    import json
-    from pathlib import Path
-
-    from .checkpoint import META, latest_checkpoint, verify_checkpoint
-
-    path = latest_checkpoint(Path(config.output_dir) / "checkpoints")
+    path = latest_checkpoint(Path(config.output_dir) / "checkpoints")  # complete, inside this run
     if path is None:
         return
-    verify_checkpoint(path)
+    # Only the recorded config is read here; the trainer verifies every file's hash when it loads them.
     try:
         meta = json.loads((path / META).read_text(encoding="utf-8"))
-    except ValueError as exc:  # the hash matched, so not corruption: a file we did not write
-        raise CheckpointError(f"{path / META} cannot be read ({exc})") from exc
+    except ValueError as exc:
+        raise CheckpointError(f"{path / META} cannot be read ({exc}); the checkpoint is damaged") from exc
     compare(meta.get("config") or {}, config, allow)

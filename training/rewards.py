@@ -15,6 +15,7 @@ from typing import Optional, Protocol, Sequence
 import torch
 
 from ..engines.emotion_space import VA_MAX, VA_MIN, va_reward_tensor
+from .config import check_one_normalization
 
 
 class Reward(Protocol):
@@ -137,9 +138,6 @@ def _features(out) -> torch.Tensor:
     raise TypeError(f"unexpected CLIP feature output {type(out).__name__}")
 
 
-NORMALIZATIONS = ("group", "batch", "none")
-
-
 def _group_centred(value: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
     """``value`` minus the mean of its group (what GRPO's advantage sees of a reward)."""
     uniq, inverse = torch.unique(group_ids.flatten(), return_inverse=True)
@@ -167,19 +165,12 @@ class CompositeReward:
             normalize = [normalize] * len(rewards)
         if not (len(rewards) == len(weights) == len(normalize)) or not rewards:
             raise ValueError("give one weight and one normalisation per reward, and at least one reward")
-        rules = sorted(set(normalize))
-        if len(rules) > 1 or rules[0] not in NORMALIZATIONS:
-            from .config import ConfigError
-
-            raise ConfigError(
-                f"rewards use normalisations {list(normalize)}: give every [[rewards]] the same normalize, one of "
-                f"{list(NORMALIZATIONS)} (\"group\" puts all terms on the scale of their within-group spread)"
-            )
+        rule = check_one_normalization(list(normalize))
         names = [r.name for r in rewards]
         self.names = [n if names.count(n) == 1 else f"{n}_{i}" for i, n in enumerate(names)]
         self.rewards = list(rewards)
         self.weights = [float(w) for w in weights]
-        self.normalize = rules[0]
+        self.normalize = rule
 
     def score_parts(self, images: torch.Tensor, prompts: Sequence[str], targets: torch.Tensor) -> dict[str, torch.Tensor]:
         """Raw per-reward scores for one micro-batch (the part that may run on a worker thread)."""
