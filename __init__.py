@@ -9,6 +9,10 @@ and the training package do not pay for, or depend on, the node layer.
 """
 
 __version__ = "0.1.0"
+
+from . import moved_modules as _moved_modules  # old flat module paths keep importing (DeprecationWarning)
+
+_moved_modules.install(__name__)
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "__version__"]
 
 

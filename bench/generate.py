@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _pipeline(args, workdir: str):
-    from ..engines.diffusers_backend import DiffusersGeneratorConfig, load_pipeline, resolve_device, resolve_dtype
+    from ..engines.generation.diffusers_backend import DiffusersGeneratorConfig, load_pipeline, resolve_device, resolve_dtype
     from ..tiny_models.diffusion import build_real_size_pipeline, build_tiny_pipeline
 
     device = resolve_device(args.device)
@@ -57,8 +57,8 @@ def _pipeline(args, workdir: str):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..engines.diffusers_backend import DiffusersGenerator
-    from ..engines.generation import GenerationRequest
+    from ..engines.generation.diffusers_backend import DiffusersGenerator
+    from ..engines.generation.protocol import GenerationRequest
 
     threads = args.threads or (1 if args.device == "cpu" else None)
     if threads:

@@ -36,7 +36,7 @@ def write_synthetic_judge_set(folder: str | Path, n_train: int, n_test: int, see
     """
     from PIL import Image
 
-    from ..training.judge_data import write_manifest
+    from ..training.judge.data import write_manifest
 
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
@@ -57,7 +57,7 @@ def write_synthetic_judge_set(folder: str | Path, n_train: int, n_test: int, see
 def judge_run_config(model_dir: str | Path, manifest: str | Path, out: str | Path, *, seed: int, steps: int,
                      batch_size: int = 16, shuffle_labels: bool = False, pixels: Optional[int] = None):
     """The judge-training config the learning test and this benchmark share (tiny-model settings)."""
-    from ..training.judge_config import JudgeTrainConfig
+    from ..training.judge.config import JudgeTrainConfig
 
     config = JudgeTrainConfig()
     config.model.pretrained = str(model_dir)
@@ -78,7 +78,7 @@ def judge_run_config(model_dir: str | Path, manifest: str | Path, out: str | Pat
 
 def train_judge(config, log: bool = False):
     """Train and export the adapter; returns (adapter folder, images/s)."""
-    from ..training.judge_trainer import JudgeTrainer
+    from ..training.judge.trainer import JudgeTrainer
 
     trainer = JudgeTrainer(config, log=log)
     try:
@@ -91,9 +91,9 @@ def train_judge(config, log: bool = False):
 
 def evaluate_folder(model_dir: str | Path, manifest: str | Path, adapter: Optional[str | Path], pixels: Optional[int]):
     """Load the judge like every consumer does (LVLMConfig(adapter=...)) and evaluate it on the test split."""
-    from ..engines.lvlm_scorer import LVLMConfig, load_lvlm
-    from ..training.judge_data import read_manifest
-    from ..training.judge_eval import evaluate_judge
+    from ..engines.judge.lvlm_scorer import LVLMConfig, load_lvlm
+    from ..training.judge.data import read_manifest
+    from ..training.judge.evaluate import evaluate_judge
 
     manifest = read_manifest(manifest)
     scorer = load_lvlm(LVLMConfig(model=str(model_dir), adapter=str(adapter) if adapter else None, device="cpu",

@@ -55,7 +55,7 @@ TUNING_SEEDS = range(0, 4)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..engines.toy_plants import PLANT_FAMILIES
+    from ..engines.demo.toy_plants import PLANT_FAMILIES
 
     parser.add_argument("--families", default=",".join(PLANT_FAMILIES), help=f"comma-separated plant families ({', '.join(PLANT_FAMILIES)})")
     parser.add_argument("--plants", type=int, default=4, help="plants drawn per family")
@@ -102,7 +102,7 @@ def truncated(result, budget: int):
     judge evaluations: the best judged candidate among the first ``budget`` (fallback refiner: one
     evaluation per scored candidate)."""
     from ..engines.emotion_space import va_distance
-    from ..engines.toy_plants import true_emotion
+    from ..engines.demo.toy_plants import true_emotion
 
     candidates = [c for record in result.rounds for c in record.candidates][:budget]
     best = max(candidates, key=lambda c: (c.score, -c.image_index))
@@ -113,7 +113,7 @@ def truncated(result, budget: int):
 def whole(result):
     """(true error, judged error, evaluations, images) of a finished run."""
     from ..engines.emotion_space import va_distance
-    from ..engines.toy_plants import true_emotion
+    from ..engines.demo.toy_plants import true_emotion
 
     truth = true_emotion(result.best_image)[0]
     return va_distance(truth, result.target), result.best.distance, result.counts.image_evaluations, result.counts.generator_images
@@ -121,7 +121,7 @@ def whole(result):
 
 def schedules(seed: int):
     """Label → (LoopConfig, budgets to read off the run) for one target's runs."""
-    from ..engines.feedback_loop import LoopConfig
+    from ..engines.loop.feedback_loop import LoopConfig
 
     small = dict(width=8, height=8, steps=1, seed=seed)
     ours = LoopConfig(**small)
@@ -137,9 +137,9 @@ def schedules(seed: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engines.feedback_loop import LoopConfig, run_feedback_loop
-    from ..engines.refiner import FallbackRefiner
-    from ..engines.toy_plants import PLANT_FAMILIES, make_plant
+    from ..engines.loop.feedback_loop import LoopConfig, run_feedback_loop
+    from ..engines.loop.refiner import FallbackRefiner
+    from ..engines.demo.toy_plants import PLANT_FAMILIES, make_plant
 
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     unknown = [f for f in families if f not in PLANT_FAMILIES]

@@ -40,7 +40,7 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from ..engines.paper_format import ANSWER_TAG, REASONING_INSTRUCTION
+from ..engines.judge.paper_format import ANSWER_TAG, REASONING_INSTRUCTION
 
 DIGITS = re.compile(r"^\s*([1-9])\s*[,;/ ]\s*([1-9])\b")
 DIGITS_EXAMPLE = "7, 3"
@@ -87,7 +87,7 @@ def _build_scorer(args: argparse.Namespace, workdir: str):
     import torch
 
     from ..engines.devices import DTYPES
-    from ..engines.lvlm_scorer import LVLMConfig, LVLMScorer, load_lvlm
+    from ..engines.judge.lvlm_scorer import LVLMConfig, LVLMScorer, load_lvlm
     from ..tiny_models.lvlm import build_processor, build_tiny_lvlm, real_size_config
 
     if args.real_size is None:
@@ -215,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
                 sync()
                 peaks[name] = torch.cuda.max_memory_allocated() / 2**30
 
-        from ..engines.scoring import LOW_DIGIT_MASS
+        from ..engines.judge.scoring import LOW_DIGIT_MASS
 
         details = scorer.score_details(images)
         mass = torch.minimum(details.digit_mass_valence, details.digit_mass_arousal)

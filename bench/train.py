@@ -29,10 +29,8 @@ import gc
 import json
 import weakref
 import tempfile
-import time
-from types import SimpleNamespace
 
-from ..training.real_configs import SD3_VAE, SD35_MEDIUM_TRANSFORMER as SD35_MEDIUM  # one copy of the real shapes
+from ..training.generator.real_configs import SD3_VAE, SD35_MEDIUM_TRANSFORMER as SD35_MEDIUM  # one copy of the real shapes
 
 TEXT_TOKENS = 77 + 256  # CLIP (77) and T5 (256) sequences concatenated, as SD3 pipelines do
 GIB = 1024**3
@@ -171,7 +169,7 @@ class _ShapeOnlySD3Pipe:
 
 
 def _tiny_pipe(arch: str, folder: str, device, dtype_name: str):
-    from ..engines.diffusers_backend import DiffusersGeneratorConfig, load_pipeline
+    from ..engines.generation.diffusers_backend import DiffusersGeneratorConfig, load_pipeline
     from ..tiny_models.diffusion import build_tiny_pipeline
     from ..engines.devices import DTYPES
 
@@ -195,9 +193,9 @@ def _real_pipe(override: dict, device, dtype):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..training.config import RewardSpec, TrainConfig
+    from ..training.generator.config import RewardSpec, TrainConfig
     from ..engines.devices import DTYPES
-    from ..training.trainer import GRPOTrainer
+    from ..training.generator.trainer import GRPOTrainer
 
     if getattr(args, "plan", False):
         from .train_plan import run_plan

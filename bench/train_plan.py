@@ -44,7 +44,7 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args):
-    from ..training.config import apply_overrides, load_config
+    from ..training.generator.config import apply_overrides, load_config
 
     config = load_config(args.plan_config)
     if args.real_size:
@@ -57,7 +57,7 @@ def _config(args):
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    from ..training.memory_plan import GIB, plan_training
+    from ..training.generator.memory_plan import GIB, plan_training
 
     config, apply_overrides = _config(args)
     print(f"bench train --plan: {args.plan_config} with model {config.model.pretrained}, judge "

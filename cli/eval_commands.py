@@ -85,7 +85,7 @@ def _load(args, workdir: Path):
     from ..engines.errors import UserError
 
     if args.demo:
-        from ..engines.demo import build_demo_components
+        from ..engines.demo.toy_demo import build_demo_components
         from ..evaluation.demo import DEMO_NOTE, TextRouteGenerator
 
         if args.generator or args.lora or args.adapter:
@@ -100,7 +100,7 @@ def _load(args, workdir: Path):
         raise UserError("--generator is required (a diffusers folder or hub id), or use --demo")
     if not args.lvlm:
         raise UserError("--lvlm is required (a Qwen-VL folder or hub id, or 'colour')")
-    from ..engines.diffusers_backend import DiffusersGeneratorConfig, load_diffusers_generator
+    from ..engines.generation.diffusers_backend import DiffusersGeneratorConfig, load_diffusers_generator
 
     strength = 0.0 if args.text_strength is None else args.text_strength
     generator = load_diffusers_generator(DiffusersGeneratorConfig(

@@ -46,7 +46,7 @@ def register(subparsers) -> None:
 
 
 def _write(args: argparse.Namespace) -> int:
-    from ..training.export import export_checkpoint
+    from ..training.generator.export import export_checkpoint
 
     paths = export_checkpoint(args.checkpoint, args.out, use_ema=not args.no_ema)
     for kind, path in paths.items():

@@ -51,7 +51,7 @@ def _register_train(subparsers) -> None:
 
 
 def _judge_config(args: argparse.Namespace):
-    from ..training.judge_config import JudgeTrainConfig, apply_judge_overrides, load_judge_config, validate_judge_config
+    from ..training.judge.config import JudgeTrainConfig, apply_judge_overrides, load_judge_config, validate_judge_config
 
     config = load_judge_config(args.config) if args.config else JudgeTrainConfig()
     overrides = list(args.overrides)
@@ -77,8 +77,8 @@ def _held_out_split(manifest, requested):
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..training.judge_config import describe_judge_fields, judge_config_to_dict
-    from ..training.judge_data import read_manifest
+    from ..training.judge.config import describe_judge_fields, judge_config_to_dict
+    from ..training.judge.data import read_manifest
 
     if args.help_config:
         print(describe_judge_fields())
@@ -93,7 +93,7 @@ def _train(args: argparse.Namespace) -> int:
               f"{sorted(manifest.splits) or ['(none)']}, {len(train_rows)} training rows, held-out split "
               f"{held_out or '(none)'}" + (f", {len(manifest.skipped)} bad rows skipped" if manifest.skipped else ""))
         return 0
-    from ..training.judge_trainer import JudgeTrainer
+    from ..training.judge.trainer import JudgeTrainer
 
     trainer = JudgeTrainer(config, manifest=manifest)
     try:
@@ -115,7 +115,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _held_out_metrics(trainer, manifest, split: str) -> dict:
-    from ..training.judge_eval import evaluate_judge
+    from ..training.judge.evaluate import evaluate_judge
 
     rows = [s for s in manifest.samples if s.split == split]
     if not rows:
@@ -160,10 +160,10 @@ def _register_eval(subparsers) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from ..engines.lvlm_scorer import LVLMConfig, load_lvlm
-    from ..training.judge_data import ManifestError, read_manifest
-    from ..training.judge_eval import evaluate_judge, write_scatter_plots
-    from ..training.judge_trainer import read_training_record
+    from ..engines.judge.lvlm_scorer import LVLMConfig, load_lvlm
+    from ..training.judge.data import ManifestError, read_manifest
+    from ..training.judge.evaluate import evaluate_judge, write_scatter_plots
+    from ..training.judge.trainer import read_training_record
 
     if args.eps <= 0 or args.batch_size < 1:
         raise ManifestError("--eps must be > 0 and --batch-size >= 1")
@@ -212,7 +212,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _register_data(subparsers) -> None:
-    from ..training.judge_importers import IMPORTERS
+    from ..training.judge.importers import IMPORTERS
 
     p = subparsers.add_parser("judge-data", help="make or check a judge manifest (FindingEmo, EMOTIC, SAM/OASIS norms)")
     sub = p.add_subparsers(dest="judge_data_command", metavar="ACTION", required=True)
@@ -240,8 +240,8 @@ def _register_data(subparsers) -> None:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from ..training import judge_importers as imp
-    from ..training.judge_data import ManifestError
+    from ..training.judge import importers as imp
+    from ..training.judge.data import ManifestError
 
     if args.format == "emoset":
         imp.refuse_emoset()
@@ -264,7 +264,7 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from ..training.judge_data import read_manifest
+    from ..training.judge.data import read_manifest
 
     manifest = read_manifest(args.manifest, skip_bad=args.skip_bad)
     counts = {name: sum(1 for s in manifest.samples if s.split == name) for name in sorted(manifest.splits)}

@@ -172,7 +172,7 @@ def register(subparsers) -> None:
 
 
 def _config(args):
-    from ..engines.feedback_loop import LoopConfig
+    from ..engines.loop.feedback_loop import LoopConfig
 
     return LoopConfig(
         rounds=args.rounds, candidates=args.candidates, tolerance=args.tolerance,
@@ -285,7 +285,7 @@ def write_report(out: Path, result, extra: dict, files: dict) -> dict:
 def _write_outputs(out: Path, result, extra: dict) -> dict:
     """best.png, trajectory.png, report.json; returns the report."""
     from ..engines.images import to_pil_list
-    from ..engines.trajectory_plot import plot_trajectory
+    from ..engines.loop.trajectory_plot import plot_trajectory
 
     out.mkdir(parents=True, exist_ok=True)
     files = {"rounds": str(out / "round_NN")}
@@ -298,7 +298,7 @@ def _write_outputs(out: Path, result, extra: dict) -> dict:
 
 
 def _run_and_report(generator, scorer, refiner, prompt: str, target, config, out: Path, extra: dict) -> int:
-    from ..engines.feedback_loop import run_feedback_loop
+    from ..engines.loop.feedback_loop import run_feedback_loop
     from ..engines.progress import TqdmProgress
 
     bar = TqdmProgress("feedback loop", total=config.rounds * (config.candidates + 1))
@@ -336,7 +336,7 @@ def _run_and_report(generator, scorer, refiner, prompt: str, target, config, out
 def run_demo(args: argparse.Namespace) -> int:
     import torch
 
-    from ..engines.demo import DEMO_PROMPT, HONESTY_NOTE, build_demo_components
+    from ..engines.demo.toy_demo import DEMO_PROMPT, HONESTY_NOTE, build_demo_components
     from ..engines.emotion_space import VA
 
     started = time.perf_counter()
@@ -371,20 +371,20 @@ def load_scorer(spec: str, device: str = "auto", dtype: str = "auto", adapter: O
     ``options``: further :class:`LVLMConfig` fields, e.g. from :func:`.lvlm_args.lvlm_load_options`.
     """
     if spec.lower() in ("colour", "color", "colour-heuristic", "color-heuristic"):
-        from ..engines.color_scorer import ColorHeuristicScorer
+        from ..engines.judge.color_scorer import ColorHeuristicScorer
 
         return ColorHeuristicScorer()
-    from ..engines.lvlm_scorer import LVLMConfig, load_lvlm
+    from ..engines.judge.lvlm_scorer import LVLMConfig, load_lvlm
 
     return load_lvlm(LVLMConfig(model=spec, device=device, dtype=dtype, adapter=adapter, **options))
 
 
 def run_loop(args: argparse.Namespace) -> int:
-    from ..engines.diffusers_backend import DiffusersGeneratorConfig, ModelLoadError, load_diffusers_generator
-    from ..engines.emotion_adapter import AdapterArchitectureError
+    from ..engines.generation.diffusers_backend import DiffusersGeneratorConfig, ModelLoadError, load_diffusers_generator
+    from ..engines.generation.emotion_adapter import AdapterArchitectureError
     from ..engines.emotion_space import VA
-    from ..engines.lvlm_scorer import LVLMLoadError
-    from ..engines.refiner import make_refiner
+    from ..engines.judge.lvlm_scorer import LVLMLoadError
+    from ..engines.loop.refiner import make_refiner
 
     if not args.prompt or not args.prompt.strip():
         raise LoopCommandError("--prompt is required (what to draw, e.g. 'a lighthouse on a rocky coast')")

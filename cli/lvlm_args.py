@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..engines.lvlm_options import ATTENTION_CHOICES, QUANTIZATION_CHOICES
+from ..engines.judge.options import ATTENTION_CHOICES, QUANTIZATION_CHOICES
 
 
 def add_lvlm_load_arguments(parser: argparse.ArgumentParser) -> None:

@@ -63,8 +63,8 @@ def _load_images(files: list[Path]):
 
 def run(args: argparse.Namespace) -> int:
     from ..engines.emotion_space import VA, EmotionValueError
-    from ..engines.lvlm_scorer import LVLMConfig, load_lvlm
-    from ..engines.scoring import LOW_DIGIT_MASS, reading_rows
+    from ..engines.judge.lvlm_scorer import LVLMConfig, load_lvlm
+    from ..engines.judge.scoring import LOW_DIGIT_MASS, reading_rows
 
     # every anticipated failure below is a UserError: cli.main prints it as one line, exit 2
     if (args.valence is None) != (args.arousal is None):
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     files = _collect(args.images)
     images = _load_images(files)
     if args.lvlm.strip().lower() in COLOUR_NAMES:
-        from ..engines.color_scorer import ColorHeuristicScorer
+        from ..engines.judge.color_scorer import ColorHeuristicScorer
 
         scorer = ColorHeuristicScorer()
     else:

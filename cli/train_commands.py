@@ -40,7 +40,7 @@ def register(subparsers) -> None:
 
 def resolve_config(args: argparse.Namespace):
     """The config the command line asks for, validated (no files read beyond the config itself)."""
-    from ..training.config import TrainConfig, apply_overrides, derive, load_config
+    from ..training.generator.config import TrainConfig, apply_overrides, derive, load_config
 
     config = load_config(args.config) if args.config else TrainConfig()
     overrides = list(args.overrides)
@@ -56,8 +56,8 @@ def resolve_config(args: argparse.Namespace):
 def _train(args: argparse.Namespace) -> int:
     import json
 
-    from ..training.config import check_inputs, config_to_dict, describe_fields
-    from ..training.resume_guard import check_allow_list
+    from ..training.generator.config import check_inputs, config_to_dict, describe_fields
+    from ..training.generator.resume_guard import check_allow_list
     from ..training.run_dir import check_output_dir
 
     if args.help_config:
@@ -66,23 +66,23 @@ def _train(args: argparse.Namespace) -> int:
     config, derived = resolve_config(args)
     check_allow_list(args.allow_change)
     if args.allow_change and not args.resume:
-        from ..training.config import ConfigError
+        from ..training.generator.config import ConfigError
 
         raise ConfigError("--allow-change only applies with --resume")
     check_inputs(config)  # prompts/targets parsed, model and adapter paths present
     check_output_dir(config.output_dir, args.resume, args.overwrite)
     if args.resume:
-        from ..training.resume_guard import precheck
+        from ..training.generator.resume_guard import precheck
 
         precheck(config, args.allow_change or ())  # a mismatched run is refused before any model loads
     if args.dry_run:
         print(json.dumps(config_to_dict(config), indent=2))
         print(f"[train] {derived.summary()} (for 1 process)")
-        from ..training.memory_plan import print_plan_or_reason
+        from ..training.generator.memory_plan import print_plan_or_reason
 
         print_plan_or_reason(config)
         return 0
-    from ..training.trainer import GRPOTrainer
+    from ..training.generator.trainer import GRPOTrainer
 
     trainer = GRPOTrainer(config)
     history = trainer.train(resume=args.resume, overwrite=args.overwrite, allow_change=args.allow_change)

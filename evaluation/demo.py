@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Optional
 
 from ..engines.descriptors import emotional_prompt
-from ..engines.generation import GenerationRequest
+from ..engines.generation.protocol import GenerationRequest
 from ..engines.progress import ProgressCallback
 
 DEMO_NOTE = (

@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..engines.emotion_space import VA_MAX, VA_MIN
-from ..engines.sweep import SweepLayout, labelled_grid
+from ..engines.generation.sweep import SweepLayout, labelled_grid
 from .records import ImageRecord
 
 POINT = (0, 114, 178)

@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..engines.emotion_space import VA
 from ..engines.errors import UserError
-from ..engines.generation import GenerationRequest
+from ..engines.generation.protocol import GenerationRequest
 from ..engines.images import to_pil_list
 from .records import ImageRecord, RecordWriter, read_records, rewrite_records
 

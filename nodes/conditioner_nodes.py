@@ -14,9 +14,9 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional
 
-from ..engines.comfy_backend import apply_adapter_to_conditioning, encode_text
+from ..engines.generation.comfy_backend import apply_adapter_to_conditioning, encode_text
 from ..engines.descriptors import emotional_prompt
-from ..engines.emotion_adapter import EmotionAdapter
+from ..engines.generation.emotion_adapter import EmotionAdapter
 from ..engines.emotion_space import VA
 from .errors import clean_errors
 from .common import CATEGORY, arousal_widget, valence_widget

@@ -12,10 +12,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..engines.color_scorer import ColorHeuristicScorer
-from ..engines.lvlm_options import ATTENTION_CHOICES, QUANTIZATION_CHOICES
-from ..engines.lvlm_scorer import LVLMConfig, LVLMLoadError, load_lvlm
-from ..engines.scoring import EmotionScorer
+from ..engines.judge.color_scorer import ColorHeuristicScorer
+from ..engines.judge.options import ATTENTION_CHOICES, QUANTIZATION_CHOICES
+from ..engines.judge.lvlm_scorer import LVLMConfig, LVLMLoadError, load_lvlm
+from ..engines.judge.scoring import EmotionScorer
 from . import comfy_bridge
 from .errors import clean_errors
 from .common import CATEGORY

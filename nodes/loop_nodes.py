@@ -12,11 +12,11 @@ from typing import Any, Optional
 import torch
 
 from ..engines.emotion_space import VA
-from ..engines.feedback_loop import LoopConfig, run_feedback_loop
+from ..engines.loop.feedback_loop import LoopConfig, run_feedback_loop
 from ..engines.images import check_image_tensor
-from ..engines.refiner import make_refiner
-from ..engines.scoring import EmotionScorer
-from ..engines.trajectory_plot import plot_to_tensor, plot_trajectory
+from ..engines.loop.refiner import make_refiner
+from ..engines.judge.scoring import EmotionScorer
+from ..engines.loop.trajectory_plot import plot_to_tensor, plot_trajectory
 from . import comfy_bridge
 from .errors import clean_errors
 from .common import (
@@ -197,7 +197,7 @@ class EmoRewardLoop:
         emotion_adapter: Any = None,
         adapter_strength: float = 1.0,
     ):
-        from ..engines.comfy_backend import ComfyGenerator
+        from ..engines.generation.comfy_backend import ComfyGenerator
 
         lvlm = require_lvlm(lvlm)
         target = VA(target_valence, target_arousal)

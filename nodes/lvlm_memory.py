@@ -8,7 +8,7 @@ are, load, partially unload, detach) for a whole transformers model. ComfyUI's o
 not used because it moves weights module by module and may leave part of a model on the CPU in
 low-VRAM mode; a judge runs whole or not at all, so this patcher loads and evicts it whole.
 
-:class:`ComfyResidency` plugs it into the scorer (``engines/lvlm_residency.py``): before every call
+:class:`ComfyResidency` plugs it into the scorer (``engines/judge/residency.py``): before every call
 the judge is loaded through ``load_models_gpu`` (which first evicts other models if VRAM is short);
 after the call it stays registered — evictable whenever ComfyUI needs the memory — when
 ``keep_loaded`` is on, and is unloaded at once when it is off. An evicted judge is moved to the
@@ -26,7 +26,7 @@ import torch
 from . import comfy_bridge
 
 if TYPE_CHECKING:
-    from ..engines.lvlm_scorer import LVLMScorer
+    from ..engines.judge.lvlm_scorer import LVLMScorer
 
 _LOG = logging.getLogger("EmoFeedback2")
 

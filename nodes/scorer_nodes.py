@@ -14,7 +14,7 @@ import torch
 
 from ..engines.emotion_space import VA
 from ..engines.images import check_image_tensor
-from ..engines.scoring import EmotionScorer, reading_rows
+from ..engines.judge.scoring import EmotionScorer, reading_rows
 from . import comfy_bridge
 from .errors import clean_errors
 from .common import CATEGORY, arousal_widget, valence_widget

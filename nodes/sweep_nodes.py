@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
-from ..engines.comfy_backend import ComfyGenerator
-from ..engines.emotion_adapter import EmotionAdapter
-from ..engines.sweep import DEFAULT_AXIS_VALUES, SweepLayout, labelled_grid, parse_axis_values, run_sweep
+from ..engines.generation.comfy_backend import ComfyGenerator
+from ..engines.generation.emotion_adapter import EmotionAdapter
+from ..engines.generation.sweep import DEFAULT_AXIS_VALUES, SweepLayout, labelled_grid, parse_axis_values, run_sweep
 from . import comfy_bridge
 from .errors import clean_errors
 from .common import CATEGORY, cfg_widget, latent_multiple, negative_widget, size_widget, steps_widget

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from ..engines.emotion_adapter import (
+from ..engines.generation.emotion_adapter import (
     ARCH_NAMES, AdapterArchitectureError, is_emotion_adapter_file, load_emotion_adapter, read_adapter_metadata,
 )
 from . import comfy_bridge

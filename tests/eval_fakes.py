@@ -15,7 +15,7 @@ import torch
 
 from emofeedback2.engines.emotion_space import VA
 from emofeedback2.engines.images import to_tensor_batch
-from emofeedback2.engines.scoring import EmotionReading
+from emofeedback2.engines.judge.scoring import EmotionReading
 
 Response = Callable[[int, int, VA], tuple[float, float]]
 

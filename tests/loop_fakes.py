@@ -1,5 +1,5 @@
 """Fakes for the loop tests: toy plants (generators whose word responses were drawn independently
-of the refiner, :mod:`emofeedback2.engines.toy_plants`), a scorer that reads their ground truth
+of the refiner, :mod:`emofeedback2.engines.demo.toy_plants`), a scorer that reads their ground truth
 exactly, and a scripted 'LVLM'. Not a fixture module; imported by the loop/node/refiner tests.
 
 Nothing here reads a prompt with the refiner's own inverse (``implied_point``): a loop that
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from emofeedback2.engines.scoring import EmotionReading
-from emofeedback2.engines.toy_plants import PLANT_FAMILIES, ToyPlant, draw_params, true_emotion
+from emofeedback2.engines.judge.scoring import EmotionReading
+from emofeedback2.engines.demo.toy_plants import PLANT_FAMILIES, ToyPlant, draw_params, true_emotion
 
 
 class PromptResponsiveGenerator(ToyPlant):

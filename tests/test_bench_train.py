@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from emofeedback2.bench.train import LiveSavedBytes, measure_update, one_backward_over_all_timesteps
-from emofeedback2.training.config import RewardSpec, TrainConfig
-from emofeedback2.training.trainer import GRPOTrainer
+from emofeedback2.training.generator.config import RewardSpec, TrainConfig
+from emofeedback2.training.generator.trainer import GRPOTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

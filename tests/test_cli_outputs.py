@@ -93,7 +93,7 @@ def test_loop_refuses_a_non_empty_out_before_loading_anything(tmp_path, capsys):
 
 def test_demo_defaults_are_the_demo_target():
     from emofeedback2.cli import build_parser
-    from emofeedback2.engines.demo import DEMO_TARGET
+    from emofeedback2.engines.demo.toy_demo import DEMO_TARGET
 
     args = build_parser().parse_args(["demo"])
     assert (args.valence, args.arousal) == (DEMO_TARGET.valence, DEMO_TARGET.arousal)
@@ -106,7 +106,7 @@ def test_demo_defaults_are_the_demo_target():
 
 def _checkpoint(root, adapter: bool):
     """A real checkpoint (hashes, ``latest``) holding a one-layer SD1.5 LoRA and optionally an emotion adapter."""
-    from emofeedback2.engines.emotion_adapter import EmotionAdapter, EmotionAdapterConfig
+    from emofeedback2.engines.generation.emotion_adapter import EmotionAdapter, EmotionAdapterConfig
     from emofeedback2.training.checkpoint import save_checkpoint
 
     module = "denoiser.down_blocks.0.attentions.0.proj_in"
@@ -125,7 +125,7 @@ def _export(checkpoint, out, *extra: str) -> int:
 
 def test_export_names_are_the_exporters():
     from emofeedback2.cli.export_commands import EXPORT_NAMES
-    from emofeedback2.training.export import ADAPTER_FILE, DIFFUSERS_DIR, KOHYA_FILE
+    from emofeedback2.training.generator.export import ADAPTER_FILE, DIFFUSERS_DIR, KOHYA_FILE
 
     assert EXPORT_NAMES == (KOHYA_FILE, DIFFUSERS_DIR, ADAPTER_FILE)
 

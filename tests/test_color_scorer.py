@@ -6,14 +6,14 @@ import pytest
 import torch
 from PIL import Image
 
-from emofeedback2.engines.color_scorer import (
+from emofeedback2.engines.judge.color_scorer import (
     AROUSAL_WEIGHTS,
     PLEASURE_WEIGHTS,
     REFERENCE_STATS,
     ColorHeuristicScorer,
 )
 from emofeedback2.engines.images import ImageBatchError
-from emofeedback2.engines.scoring import EmotionScorer
+from emofeedback2.engines.judge.scoring import EmotionScorer
 
 
 def flat(rgb, size=16):

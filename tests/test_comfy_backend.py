@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from emofeedback2.engines.comfy_backend import ComfyGenerator, apply_adapter_to_conditioning, encode_text
-from emofeedback2.engines.emotion_adapter import AdapterArchitectureError, EmotionAdapter, EmotionAdapterConfig
+from emofeedback2.engines.generation.comfy_backend import ComfyGenerator, apply_adapter_to_conditioning, encode_text
+from emofeedback2.engines.generation.emotion_adapter import AdapterArchitectureError, EmotionAdapter, EmotionAdapterConfig
 from emofeedback2.engines.emotion_space import VA
-from emofeedback2.engines.generation import GenerationRequest, Generator
+from emofeedback2.engines.generation.protocol import GenerationRequest, Generator
 
 
 def _trained_adapter(arch="sd15", seed=2):

@@ -191,7 +191,7 @@ def test_strength_zero_conditioner_reproduces_clip_text_encode(comfy_server):
 def test_generated_adapter_and_lora_load_through_emotion_weights_loader(comfy_server):
     """Files our code writes load in ComfyUI: an emotion adapter moves the image, a kohya LoRA loads every key."""
     import torch
-    from emofeedback2.engines.emotion_adapter import EmotionAdapter, EmotionAdapterConfig, save_emotion_adapter
+    from emofeedback2.engines.generation.emotion_adapter import EmotionAdapter, EmotionAdapterConfig, save_emotion_adapter
 
     torch.manual_seed(0)
     adapter = EmotionAdapter(EmotionAdapterConfig(arch="sd15", context_dim=768, hidden_dim=32))
@@ -221,7 +221,7 @@ def test_generated_adapter_and_lora_load_through_emotion_weights_loader(comfy_se
 
 
 def _write_kohya_lora(path: Path, text_encoder_layers: int = 0) -> str:
-    """A random peft LoRA on the slim UNet's attention, exported to kohya keys by training/export.py.
+    """A random peft LoRA on the slim UNet's attention, exported to kohya keys by training/generator/export.py.
 
     ``text_encoder_layers`` > 0 adds that many CLIP-L ``lora_te_…`` layers, as most kohya LoRAs have.
     """
@@ -230,7 +230,7 @@ def _write_kohya_lora(path: Path, text_encoder_layers: int = 0) -> str:
     from safetensors.torch import save_file
 
     from emofeedback2.tiny_models.comfy_checkpoint import build_slim_unet
-    from emofeedback2.training.export import peft_to_kohya
+    from emofeedback2.training.generator.export import peft_to_kohya
 
     unet = build_slim_unet(seed=0)
     config = LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False)
@@ -362,7 +362,7 @@ def test_a_kohya_lora_with_text_encoder_layers_runs_without_clip_wired(comfy_ser
 
 def test_the_adapter_list_holds_only_emotion_adapters_each_once(comfy_server):
     """Issue 14.2: ordinary LoRAs in models/loras are not offered as emotion adapters; each adapter once."""
-    from emofeedback2.engines.emotion_adapter import EmotionAdapter, EmotionAdapterConfig, save_emotion_adapter
+    from emofeedback2.engines.generation.emotion_adapter import EmotionAdapter, EmotionAdapterConfig, save_emotion_adapter
 
     loras = comfy_server.models_dir / "loras"
     plain_lora = _write_kohya_lora(loras / "ordinary_style_lora.safetensors")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from emofeedback2.engines.emotion_adapter import AdapterArchitectureError, EmotionAdapter, EmotionAdapterConfig
+from emofeedback2.engines.generation.emotion_adapter import AdapterArchitectureError, EmotionAdapter, EmotionAdapterConfig
 from emofeedback2.engines.emotion_space import EmotionValueError
 from emofeedback2.nodes.conditioner_nodes import EmotionConditioner, EmotionConditionerFromConditioning
 

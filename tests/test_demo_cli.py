@@ -74,7 +74,7 @@ def test_loop_runs_on_a_local_pipeline_folder(tmp_path, models_dir, capsys):
 
 def test_cli_defaults_are_the_loop_engine_defaults():
     from emofeedback2.cli.loop_commands import LOOP_DEFAULTS
-    from emofeedback2.engines.feedback_loop import LoopConfig
+    from emofeedback2.engines.loop.feedback_loop import LoopConfig
 
     config = LoopConfig()
     for name, value in vars(LOOP_DEFAULTS).items():
@@ -82,7 +82,7 @@ def test_cli_defaults_are_the_loop_engine_defaults():
 
 
 def test_loop_refuses_an_adapter_made_for_another_architecture(tmp_path, models_dir, capsys):
-    from emofeedback2.engines.emotion_adapter import EmotionAdapter, EmotionAdapterConfig, save_emotion_adapter
+    from emofeedback2.engines.generation.emotion_adapter import EmotionAdapter, EmotionAdapterConfig, save_emotion_adapter
 
     adapter_file = tmp_path / "sdxl_adapter.safetensors"
     save_emotion_adapter(EmotionAdapter(EmotionAdapterConfig.for_arch("sdxl")), adapter_file)

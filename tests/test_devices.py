@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from emofeedback2.engines import devices
-from emofeedback2.engines.diffusers_backend import ModelLoadError, resolve_device as generator_device
-from emofeedback2.engines.lvlm_scorer import LVLMLoadError, resolve_dtype as lvlm_dtype
+from emofeedback2.engines.generation.diffusers_backend import ModelLoadError, resolve_device as generator_device
+from emofeedback2.engines.judge.lvlm_scorer import LVLMLoadError, resolve_dtype as lvlm_dtype
 
 
 def test_auto_is_float32_on_cpu_and_names_map_to_torch_dtypes():

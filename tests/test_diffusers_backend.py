@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from emofeedback2.engines.diffusers_backend import (
+from emofeedback2.engines.generation.diffusers_backend import (
     LORA_ADAPTER_NAME,
     DiffusersGenerator,
     DiffusersGeneratorConfig,
@@ -14,7 +14,7 @@ from emofeedback2.engines.diffusers_backend import (
     detect_arch,
     load_diffusers_generator,
 )
-from emofeedback2.engines.emotion_adapter import (
+from emofeedback2.engines.generation.emotion_adapter import (
     AdapterArchitectureError,
     EmotionAdapter,
     EmotionAdapterConfig,
@@ -22,7 +22,7 @@ from emofeedback2.engines.emotion_adapter import (
     save_emotion_adapter,
 )
 from emofeedback2.engines.emotion_space import VA
-from emofeedback2.engines.generation import GenerationRequest, Generator
+from emofeedback2.engines.generation.protocol import GenerationRequest, Generator
 
 ARCHES = ("sd15", "sdxl", "sd3")
 

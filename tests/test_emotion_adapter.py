@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from emofeedback2.engines.emotion_adapter import (
+from emofeedback2.engines.generation.emotion_adapter import (
     AdapterArchitectureError,
     EmotionAdapter,
     EmotionAdapterConfig,

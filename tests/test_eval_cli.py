@@ -10,7 +10,7 @@ from PIL import Image
 from scipy import stats
 
 from emofeedback2.cli import main
-from emofeedback2.engines.color_scorer import ColorHeuristicScorer
+from emofeedback2.engines.judge.color_scorer import ColorHeuristicScorer
 
 REPORT_KEYS = (
     "valence_error", "arousal_error", "valence_error_constant", "arousal_error_constant",

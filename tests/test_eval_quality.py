@@ -145,7 +145,7 @@ def test_eval_with_real_loaders_fills_every_metric(tmp_path, tiny_pipeline_dir, 
     import json
 
     from emofeedback2.cli import main
-    from emofeedback2.engines.lvlm_scorer import LVLMConfig, load_lvlm
+    from emofeedback2.engines.judge.lvlm_scorer import LVLMConfig, load_lvlm
 
     out = tmp_path / "run"
     assert main(["eval", "--generator", str(tiny_pipeline_dir), "--lvlm", str(tiny_lvlm_dir), "--prompt", "a house",

@@ -187,9 +187,9 @@ def test_an_oversize_image_is_refused_naming_the_limit(tmp_path, capsys):
 
 
 def test_every_scorer_has_the_same_size_rule(tiny_lvlm_dir):
-    from emofeedback2.engines.color_scorer import ColorHeuristicScorer
+    from emofeedback2.engines.judge.color_scorer import ColorHeuristicScorer
     from emofeedback2.engines.images import ImageBatchError
-    from emofeedback2.engines.lvlm_scorer import LVLMConfig, load_lvlm
+    from emofeedback2.engines.judge.lvlm_scorer import LVLMConfig, load_lvlm
 
     scorers = [ColorHeuristicScorer(), load_lvlm(LVLMConfig(model=str(tiny_lvlm_dir), device="cpu"))]
     for scorer in scorers:
@@ -223,7 +223,7 @@ def demo_models(tmp_path_factory, tiny_pipeline_dir):
 
 def test_demo_writes_each_round_as_it_completes_and_keeps_them_when_a_later_round_fails(tmp_path, demo_models,
                                                                                          monkeypatch, capsys):
-    from emofeedback2.engines import demo
+    from emofeedback2.engines.demo import toy_demo as demo
 
     class GeneratorBroke(UserError):
         pass
@@ -261,14 +261,14 @@ def test_convert_scale_values_and_files(tmp_path, capsys):
     source = tmp_path / "emotic.csv"
     source.write_text("\ufeffValence , Arousal,prompt\n10,1,a storm\n")
     assert main(["convert-scale", "--from", "emotic", "--csv", str(source), str(tmp_path / "t.csv")]) == 0
-    from emofeedback2.training.data import load_targets
+    from emofeedback2.training.generator.data import load_targets
 
     (point, prompt), = load_targets(tmp_path / "t.csv")
     assert math.isclose(point.valence, 3.0) and math.isclose(point.arousal, -3.0) and prompt == "a storm"
 
 
 def test_data_files_with_bom_spaced_headers_and_json_suffixes_are_read(tmp_path):
-    from emofeedback2.training.data import DataError, load_prompts, load_targets
+    from emofeedback2.training.generator.data import DataError, load_prompts, load_targets
 
     (tmp_path / "a.csv").write_bytes("\ufeff Valence , AROUSAL ,Prompt\n1,-2,x\n".encode())
     (tmp_path / "b.JSONL").write_text('{"valence": 1, "arousal": -2, "prompt": "x"}\n\n')

@@ -49,7 +49,7 @@ def test_mixed_reward_normalisations_are_refused_before_any_model_loads(run_file
 
 
 def test_a_mismatched_resume_is_refused_before_any_model_loads(run_files, tmp_path, monkeypatch, capsys):
-    from emofeedback2.training import trainer as trainer_module
+    from emofeedback2.training.generator import trainer as trainer_module
 
     _, config, _ = run_files
     out = tmp_path / "run"

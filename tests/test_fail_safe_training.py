@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from emofeedback2.training import checkpoint as ckpt
-from emofeedback2.training.config import ConfigError, RewardSpec, TrainConfig
-from emofeedback2.training.resume_guard import ResumeMismatchError
-from emofeedback2.training.trainer import GRPOTrainer
+from emofeedback2.training.generator.config import ConfigError, RewardSpec, TrainConfig
+from emofeedback2.training.generator.resume_guard import ResumeMismatchError
+from emofeedback2.training.generator.trainer import GRPOTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -261,7 +261,7 @@ class NaNAfterFirstStep:
 
 
 def test_a_nan_loss_stops_the_run_before_it_is_saved(reference, tmp_path):
-    from emofeedback2.training.rewards import CompositeReward
+    from emofeedback2.training.generator.rewards import CompositeReward
 
     out = tmp_path / "run"
     c = small_config(reference["dir"], out, max_steps=3)
@@ -320,8 +320,8 @@ def test_export_verifies_hashes_and_refuses_nan(reference, tmp_path, capsys):
 
 
 def test_a_checkpoint_from_before_a_reward_field_existed_resumes_and_real_reward_changes_are_still_refused():
-    from emofeedback2.training.config import config_to_dict
-    from emofeedback2.training.resume_guard import compare
+    from emofeedback2.training.generator.config import config_to_dict
+    from emofeedback2.training.generator.resume_guard import compare
 
     current = small_config("pipe", "out")
     current.rewards = [RewardSpec(kind="lvlm", path="judge", attention="sdpa")]

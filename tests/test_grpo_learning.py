@@ -22,8 +22,8 @@ import pytest
 import torch
 from torch import nn
 
-from emofeedback2.training.config import RewardSpec, TrainConfig
-from emofeedback2.training.trainer import GRPOTrainer
+from emofeedback2.training.generator.config import RewardSpec, TrainConfig
+from emofeedback2.training.generator.trainer import GRPOTrainer
 from learning_stats import RunComparison, seed_base
 
 # single-threaded: tiny models run fastest so on a shared machine

@@ -9,11 +9,7 @@ import torch
 from torch.distributions import Normal
 
 from emofeedback2.training.grpo import EMA, group_advantages, ppo_clip_loss
-from emofeedback2.training.policies import (
-    ddim_step_with_logprob,
-    flow_sde_step_with_logprob,
-    gaussian_kl_mean,
-)
+from emofeedback2.training.generator.step_logprob import ddim_step_with_logprob, flow_sde_step_with_logprob, gaussian_kl_mean
 
 
 def _normal_mean_logprob(x, mean, std):
@@ -211,7 +207,7 @@ SD15_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.0
 def _policy(arch: str, scheduler, channels: int):
     from types import SimpleNamespace
 
-    from emofeedback2.training.policies import DiffusionPolicy
+    from emofeedback2.training.generator.policies import DiffusionPolicy
 
     pipe = SimpleNamespace(scheduler=scheduler, vae=SimpleNamespace(config=SimpleNamespace(block_out_channels=[1, 1, 1, 1])))
     net = SimpleNamespace(denoiser=SimpleNamespace(config=SimpleNamespace(in_channels=channels)), time_ids=None)

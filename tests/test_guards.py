@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from emofeedback2.training.guards import grpo_guard_log_ratio, guarded_log_probs, ratio_mean_bias
-from emofeedback2.training.policies import flow_sde_step_with_logprob
-from emofeedback2.training.trainer import GRPOTrainer
+from emofeedback2.training.generator.guards import grpo_guard_log_ratio, guarded_log_probs, ratio_mean_bias
+from emofeedback2.training.generator.step_logprob import flow_sde_step_with_logprob
+from emofeedback2.training.generator.trainer import GRPOTrainer
 
 from test_training_trainer import tiny_config
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from emofeedback2.training.heldout import HeldoutMonitor, hacking_warning, reward_roles
-from emofeedback2.training.rewards import BrightnessReward, CompositeReward
-from emofeedback2.training.trainer import GRPOTrainer
+from emofeedback2.training.generator.heldout import HeldoutMonitor, hacking_warning, reward_roles
+from emofeedback2.training.generator.rewards import BrightnessReward, CompositeReward
+from emofeedback2.training.generator.trainer import GRPOTrainer
 
 from test_training_trainer import tiny_config
 

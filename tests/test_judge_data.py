@@ -13,8 +13,8 @@ from PIL import Image
 
 from emofeedback2.cli import main
 from emofeedback2.engines.emotion_space import convert_scale, EmotionValueError
-from emofeedback2.training.judge_data import ManifestError, read_manifest, write_manifest
-from emofeedback2.training.judge_importers import import_emotic, import_findingemo, import_norm_table
+from emofeedback2.training.judge.data import ManifestError, read_manifest, write_manifest
+from emofeedback2.training.judge.importers import import_emotic, import_findingemo, import_norm_table
 
 
 def _png(path, value=128):

@@ -17,18 +17,18 @@ from safetensors.torch import load_file
 
 from emofeedback2.bench.judge import judge_run_config, write_synthetic_judge_set
 from emofeedback2.cli import main
-from emofeedback2.engines.lvlm_scorer import LVLMConfig, load_lvlm
-from emofeedback2.engines.paper_format import ANSWER_TAG, REASONING_INSTRUCTION, parse_paper_answer
-from emofeedback2.training import judge_grpo
-from emofeedback2.training.config import ConfigError
+from emofeedback2.engines.judge.lvlm_scorer import LVLMConfig, load_lvlm
+from emofeedback2.engines.judge.paper_format import ANSWER_TAG, REASONING_INSTRUCTION, parse_paper_answer
+from emofeedback2.training.judge import grpo_objective as judge_grpo
+from emofeedback2.training.generator.config import ConfigError
 from emofeedback2.training.grpo import group_advantages
-from emofeedback2.training.judge_config import JudgeTrainConfig, apply_judge_overrides, validate_judge_config
-from emofeedback2.training.judge_data import load_images
-from emofeedback2.training.judge_grpo import (
+from emofeedback2.training.judge.config import JudgeTrainConfig, apply_judge_overrides, validate_judge_config
+from emofeedback2.training.judge.data import load_images
+from emofeedback2.training.judge.grpo_objective import (
     attach_reference_logprobs, backward_rollout, build_rollout, completion_mask, completion_rewards, sample_rollout,
     token_logprobs,
 )
-from emofeedback2.training.judge_trainer import JudgeTrainer
+from emofeedback2.training.judge.trainer import JudgeTrainer
 
 PIXELS = 56
 
@@ -233,7 +233,7 @@ def test_train_judge_grpo_writes_a_loadable_adapter_and_finite_logs(tiny_lvlm_di
 
     tuned = load_lvlm(LVLMConfig(model=str(tiny_lvlm_dir), adapter=str(out), device="cpu", dtype="float32"))
     assert hasattr(tuned.model, "peft_config")
-    from emofeedback2.training.judge_data import read_manifest
+    from emofeedback2.training.judge.data import read_manifest
 
     image = load_images(read_manifest(judge_set).samples[:1])
     reading = tuned.score(image)[0]

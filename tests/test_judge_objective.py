@@ -6,16 +6,16 @@ import pytest
 import torch
 from PIL import Image
 
-from emofeedback2.engines.lvlm_scorer import LVLMConfig, LVLMScorer, load_lvlm
-from emofeedback2.training.judge_config import JudgeTrainConfig
-from emofeedback2.training.judge_objective import (
+from emofeedback2.engines.judge.lvlm_scorer import LVLMConfig, LVLMScorer, load_lvlm
+from emofeedback2.training.judge.config import JudgeTrainConfig
+from emofeedback2.training.judge.soft_label_objective import (
     digit_to_va,
     readout_logits,
     soft_digit_targets,
     soft_label_loss,
     va_to_digit,
 )
-from emofeedback2.training.judge_trainer import add_judge_lora
+from emofeedback2.training.judge.trainer import add_judge_lora
 
 
 def test_digit_mapping_is_the_scorers_and_inverts():
@@ -40,7 +40,7 @@ def test_soft_targets_are_distributions_centred_on_the_label():
 
 
 def test_loss_is_minimal_at_the_soft_target():
-    from emofeedback2.training.judge_objective import ReadoutLogits
+    from emofeedback2.training.judge.soft_label_objective import ReadoutLogits
 
     labels = torch.tensor([[1.0, -2.0]])
     target = soft_digit_targets(labels, 0.7)

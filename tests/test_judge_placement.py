@@ -8,12 +8,12 @@ import importlib.util
 import pytest
 import torch
 
-from emofeedback2.engines import lvlm_scorer
-from emofeedback2.training import judge_placement
-from emofeedback2.training.config import RewardSpec
-from emofeedback2.training.judge_placement import JudgePlacementError, judge_config
-from emofeedback2.training.rewards import ColorVAReward, CompositeReward, LVLMVAReward, build_reward
-from emofeedback2.training.trainer import GRPOTrainer
+from emofeedback2.engines.judge import lvlm_scorer
+from emofeedback2.engines.judge import placement as judge_placement
+from emofeedback2.training.generator.config import RewardSpec
+from emofeedback2.engines.judge.placement import JudgePlacementError, judge_config
+from emofeedback2.training.generator.rewards import ColorVAReward, CompositeReward, LVLMVAReward, build_reward
+from emofeedback2.training.generator.trainer import GRPOTrainer
 
 from test_training_trainer import tiny_config
 
@@ -104,7 +104,7 @@ def test_quantization_without_bitsandbytes_or_loader_support_names_the_fix(monke
 
 
 def test_attention_kernel_reaches_the_training_judge_and_bad_values_are_refused(monkeypatch, tmp_path):
-    from emofeedback2.training.config import ConfigError, validate
+    from emofeedback2.training.generator.config import ConfigError, validate
 
     seen = []
     monkeypatch.setattr(lvlm_scorer, "load_lvlm", lambda config: seen.append(config) or "scorer")

@@ -14,10 +14,10 @@ from safetensors.torch import load_file
 
 from emofeedback2.bench.judge import judge_run_config, write_synthetic_judge_set
 from emofeedback2.cli import main
-from emofeedback2.engines.lvlm_scorer import LVLMConfig, load_lvlm
-from emofeedback2.training.config import ConfigError
-from emofeedback2.training.judge_config import apply_judge_overrides, JudgeTrainConfig
-from emofeedback2.training.judge_trainer import JudgeTrainer
+from emofeedback2.engines.judge.lvlm_scorer import LVLMConfig, load_lvlm
+from emofeedback2.training.generator.config import ConfigError
+from emofeedback2.training.judge.config import apply_judge_overrides, JudgeTrainConfig
+from emofeedback2.training.judge.trainer import JudgeTrainer
 
 PIXELS = 56  # the tiny processor's smallest image: 4 image tokens, fastest
 
@@ -56,7 +56,7 @@ def test_train_judge_writes_a_peft_adapter_with_a_model_card(trained_adapter, ti
 
 
 def test_adapter_loads_through_the_engine_and_changes_readings(trained_adapter, tiny_lvlm_dir, judge_set):
-    from emofeedback2.training.judge_data import load_images, read_manifest
+    from emofeedback2.training.judge.data import load_images, read_manifest
 
     images = load_images(read_manifest(judge_set).samples[:3])
     plain = load_lvlm(LVLMConfig(model=str(tiny_lvlm_dir), device="cpu", dtype="float32")).score_details(images)
@@ -95,8 +95,8 @@ def test_score_cli_and_eval_judge_load_the_adapter(trained_adapter, tiny_lvlm_di
 
 def test_lvlm_loader_node_and_training_reward_load_the_adapter(trained_adapter, tiny_lvlm_dir, fake_comfy):
     from emofeedback2.nodes.loader_nodes import LVLMLoader, list_adapter_folders
-    from emofeedback2.training.config import RewardSpec
-    from emofeedback2.training.rewards import build_reward
+    from emofeedback2.training.generator.config import RewardSpec
+    from emofeedback2.training.generator.rewards import build_reward
 
     llm = fake_comfy.models_dir / "LLM"
     shutil.copytree(tiny_lvlm_dir, llm / "tiny-judge-base")
@@ -160,7 +160,7 @@ def test_config_errors_and_dry_run(tiny_lvlm_dir, judge_set, tmp_path, capsys):
 
 
 def test_train_judge_loads_its_base_with_the_configured_attention(tiny_lvlm_dir, judge_set, tmp_path, monkeypatch, capsys):
-    from emofeedback2.training import judge_trainer
+    from emofeedback2.training.judge import trainer as judge_trainer
 
     seen = []
 

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from emofeedback2.engines.color_scorer import ColorHeuristicScorer
-from emofeedback2.engines.refiner import subject_words
+from emofeedback2.engines.judge.color_scorer import ColorHeuristicScorer
+from emofeedback2.engines.loop.refiner import subject_words
 from emofeedback2.nodes.loop_nodes import EmoRewardLoop, FeedbackPromptRefiner
 from loop_fakes import ScriptedLVLM
 
@@ -65,7 +65,7 @@ def test_emo_reward_loop_inputs_follow_comfyui_lists(comfy_sampling):
     spec = EmoRewardLoop.INPUT_TYPES()["required"]
     assert spec["sampler_name"][0] == list(comfy_sampling.samplers.KSampler.SAMPLERS)
     assert spec["scheduler"][0] == list(comfy_sampling.samplers.KSampler.SCHEDULERS)
-    from emofeedback2.engines.feedback_loop import LoopConfig
+    from emofeedback2.engines.loop.feedback_loop import LoopConfig
 
     defaults = LoopConfig()
     assert spec["rounds"][1]["default"] == defaults.rounds and spec["candidates"][1]["default"] == defaults.candidates
@@ -106,8 +106,8 @@ def test_refiner_node_with_lvlm_text_and_measured_inputs(fake_comfy):
 def test_lvlm_refiner_with_a_real_tiny_lvlm_falls_back_flagged(tiny_lvlm_dir):
     # A random tiny Qwen2.5-VL writes gibberish through the real generate_text: the refiner must
     # contain it and fall back, flagged.
-    from emofeedback2.engines.lvlm_scorer import LVLMConfig, load_lvlm
-    from emofeedback2.engines.refiner import LVLMRefiner
+    from emofeedback2.engines.judge.lvlm_scorer import LVLMConfig, load_lvlm
+    from emofeedback2.engines.loop.refiner import LVLMRefiner
     from emofeedback2.engines.emotion_space import VA
     lvlm = load_lvlm(LVLMConfig(model=str(tiny_lvlm_dir), device="cpu", dtype="float32"))
     image = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(0))

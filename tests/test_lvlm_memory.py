@@ -14,7 +14,7 @@ import shutil
 import pytest
 import torch
 
-from emofeedback2.engines.lvlm_options import LVLMOptionError
+from emofeedback2.engines.judge.options import LVLMOptionError
 from emofeedback2.nodes import NODE_CLASS_MAPPINGS
 from emofeedback2.nodes.lvlm_memory import JudgePatcher
 
@@ -146,7 +146,7 @@ def test_a_quantised_judge_is_freed_on_eviction_and_reloaded_from_disk(fake_comf
 
 
 def test_quantisation_without_bitsandbytes_says_what_to_install(fake_comfy, llm_dir, monkeypatch):
-    import emofeedback2.engines.lvlm_options as options
+    import emofeedback2.engines.judge.options as options
 
     real = options._installed
     monkeypatch.setattr(options, "_installed", lambda module: False if module == "bitsandbytes" else real(module))

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from emofeedback2.engines.images import ImageBatchError
-from emofeedback2.engines.lvlm_scorer import LVLMConfig, LVLMLoadError, LVLMScorer, load_lvlm
-from emofeedback2.engines.scoring import EmotionScorer
+from emofeedback2.engines.judge.lvlm_scorer import LVLMConfig, LVLMLoadError, LVLMScorer, load_lvlm
+from emofeedback2.engines.judge.scoring import EmotionScorer
 
 
 @pytest.fixture(scope="module")

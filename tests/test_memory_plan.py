@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from emofeedback2.training import memory_plan as mp
-from emofeedback2.training.policies import add_lora
-from emofeedback2.training.trainer import GRPOTrainer
+from emofeedback2.training.generator import memory_plan as mp
+from emofeedback2.training.generator.policy_net import add_lora
+from emofeedback2.training.generator.trainer import GRPOTrainer
 
 from test_training_trainer import tiny_config
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _load(folder, arch):
     from emofeedback2.engines.devices import DTYPES
-    from emofeedback2.engines.diffusers_backend import DiffusersGeneratorConfig, load_pipeline
+    from emofeedback2.engines.generation.diffusers_backend import DiffusersGeneratorConfig, load_pipeline
 
     return load_pipeline(DiffusersGeneratorConfig(model=str(folder), dtype="float32", device="cpu"), torch.device("cpu"),
                          DTYPES["float32"])
@@ -60,7 +60,7 @@ def test_saved_bytes_agree_with_an_independent_storage_count(tiny_pipeline_dirs)
     """Count unique storages autograd saves (by data pointer, parameters' storages left out) on CPU."""
     comps = _real(tiny_pipeline_dirs["sd3"], "sd3")
     figures = _measure("sd3", comps, "cpu", guidance=1.0)
-    from emofeedback2.training.policies import Conditioning, PolicyNet
+    from emofeedback2.training.generator.policy_net import Conditioning, PolicyNet
 
     net = PolicyNet("sd3", comps["transformer"], None, torch.float32)
     params = {p.untyped_storage().data_ptr() for p in net.parameters()}

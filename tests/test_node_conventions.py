@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from emofeedback2.engines.errors import UserError
-from emofeedback2.engines.lvlm_scorer import LVLMLoadError
+from emofeedback2.engines.judge.lvlm_scorer import LVLMLoadError
 from emofeedback2.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from emofeedback2.nodes.errors import clean_errors, comfy_facing
 
@@ -76,7 +76,7 @@ def test_errors_from_elsewhere_pass_through_untouched():
     pack_error = LVLMLoadError("fix the folder")
     twin = comfy_facing(pack_error)
     assert type(twin).__name__ == "LVLMLoadError" and twin.args == pack_error.args
-    assert full_type_name(type(pack_error)).endswith(".engines.lvlm_scorer.LVLMLoadError")  # what ComfyUI showed
+    assert full_type_name(type(pack_error)).endswith(".engines.judge.lvlm_config.LVLMLoadError")  # what ComfyUI showed
 
 
 # --- limits and defaults as in core nodes ----------------------------------------------------------
@@ -93,7 +93,7 @@ def test_sampling_limits_match_ksampler_and_empty_latent_image(node):
 
 
 def test_a_size_that_is_not_a_multiple_of_8_is_floored_like_empty_latent_image(comfy_sampling):
-    from emofeedback2.engines.color_scorer import ColorHeuristicScorer
+    from emofeedback2.engines.judge.color_scorer import ColorHeuristicScorer
 
     loop = NODE_CLASS_MAPPINGS["EmoRewardLoop"]()
     best, *_ = loop.run(

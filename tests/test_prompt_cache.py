@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from emofeedback2.training.prompt_cache import PromptCacheError, PromptEmbeddingCache, cache_key
-from emofeedback2.training.trainer import GRPOTrainer
+from emofeedback2.training.generator.prompt_cache import PromptCacheError, PromptEmbeddingCache, cache_key
+from emofeedback2.training.generator.trainer import GRPOTrainer
 
 from test_training_trainer import tiny_config
 

@@ -4,7 +4,7 @@ import torch
 import pytest
 
 from emofeedback2.engines.emotion_space import VA
-from emofeedback2.engines.refiner import (
+from emofeedback2.engines.loop.refiner import (
     CLIP_TOKEN_BUDGET,
     MAX_FEEDBACK_CHARS,
     FallbackRefiner,

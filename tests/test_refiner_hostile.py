@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from emofeedback2.engines.emotion_space import VA
-from emofeedback2.engines.feedback_loop import LoopConfig, run_feedback_loop
-from emofeedback2.engines.refiner import FallbackRefiner, LVLMRefiner, contains_injection, drop_contradicting
+from emofeedback2.engines.loop.feedback_loop import LoopConfig, run_feedback_loop
+from emofeedback2.engines.loop.refiner import FallbackRefiner, LVLMRefiner, contains_injection, drop_contradicting
 from loop_fakes import PixelScorer, PromptResponsiveGenerator, ScriptedLVLM
 
 IMAGE = torch.full((1, 16, 16, 3), 0.5)
@@ -97,7 +97,7 @@ def test_a_trailing_explanation_or_second_attempt_never_joins_the_prompt(tail):
 def test_hostile_text_through_the_real_generate_text_path(tiny_lvlm_dir, monkeypatch):
     """The real scorer generates (tiny random Qwen2.5-VL), its decode is scripted to a hostile
     answer: sanitising in ``generate_text`` and parsing in the refiner together must contain it."""
-    from emofeedback2.engines.lvlm_scorer import LVLMConfig, load_lvlm
+    from emofeedback2.engines.judge.lvlm_scorer import LVLMConfig, load_lvlm
 
     lvlm = load_lvlm(LVLMConfig(model=str(tiny_lvlm_dir), device="cpu", dtype="float32"))
     answers = {

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from emofeedback2.training.config import RewardSpec, TrainConfig
-from emofeedback2.training.rewards import build_reward
-from emofeedback2.training.trainer import GRPOTrainer
+from emofeedback2.training.generator.config import RewardSpec, TrainConfig
+from emofeedback2.training.generator.rewards import build_reward
+from emofeedback2.training.generator.trainer import GRPOTrainer
 from test_training_cli import _tiny_clip
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -77,7 +77,7 @@ def test_digits_answer_parser_reads_the_scale_and_refuses_other_text():
 
 
 def test_low_digit_mass_readings_are_flagged_in_rows_and_the_cli(tiny_lvlm_dir, image_files, capsys):
-    from emofeedback2.engines.scoring import LOW_DIGIT_MASS, EmotionReading, reading_rows
+    from emofeedback2.engines.judge.scoring import LOW_DIGIT_MASS, EmotionReading, reading_rows
 
     rows = reading_rows([EmotionReading(1.0, 0.0, digit_mass=0.9), EmotionReading(1.0, 0.0, digit_mass=0.1),
                          EmotionReading(1.0, 0.0)])
@@ -95,7 +95,7 @@ def test_low_digit_mass_readings_are_flagged_in_rows_and_the_cli(tiny_lvlm_dir, 
 
 
 def _capture_configs(monkeypatch):
-    import emofeedback2.engines.lvlm_scorer as lvlm_scorer
+    import emofeedback2.engines.judge.lvlm_scorer as lvlm_scorer
 
     configs, real = [], lvlm_scorer.load_lvlm
 
@@ -123,7 +123,7 @@ def test_score_old_attn_spelling_still_works(tiny_lvlm_dir, image_files, capsys,
 
 @pytest.mark.parametrize("kind", ["8bit", "4bit"])
 def test_score_quantization_without_bitsandbytes_says_what_to_install(tiny_lvlm_dir, image_files, capsys, monkeypatch, kind):
-    import emofeedback2.engines.lvlm_options as options
+    import emofeedback2.engines.judge.options as options
 
     real = options._installed
     monkeypatch.setattr(options, "_installed", lambda module: False if module == "bitsandbytes" else real(module))

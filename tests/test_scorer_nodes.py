@@ -8,10 +8,10 @@ import shutil
 import pytest
 import torch
 
-from emofeedback2.engines.color_scorer import ColorHeuristicScorer
+from emofeedback2.engines.judge.color_scorer import ColorHeuristicScorer
 from emofeedback2.engines.emotion_space import EmotionValueError
 from emofeedback2.engines.images import ImageBatchError
-from emofeedback2.engines.lvlm_scorer import LVLMLoadError, LVLMScorer
+from emofeedback2.engines.judge.lvlm_scorer import LVLMLoadError, LVLMScorer
 from emofeedback2.nodes import NODE_CLASS_MAPPINGS
 from emofeedback2.nodes.loader_nodes import COLOUR_OPTION, LVLMLoader
 from emofeedback2.nodes.scorer_nodes import LVLMEmotionScorer

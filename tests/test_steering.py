@@ -3,7 +3,7 @@
 import pytest
 
 from emofeedback2.engines.emotion_space import VA
-from emofeedback2.engines.steering import SecantController
+from emofeedback2.engines.loop.steering import SecantController
 
 
 def linear_plant(s: VA) -> VA:

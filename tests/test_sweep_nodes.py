@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from emofeedback2.engines.sweep import (
+from emofeedback2.engines.generation.sweep import (
     SweepLayout,
     SweepValueError,
     labelled_grid,

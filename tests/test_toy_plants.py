@@ -3,9 +3,9 @@
 import torch
 
 from emofeedback2.engines.emotion_space import VA, va_distance
-from emofeedback2.engines.generation import GenerationRequest
-from emofeedback2.engines.refiner import FallbackRefiner, implied_point
-from emofeedback2.engines.toy_plants import PLANT_FAMILIES, make_plant, true_emotion
+from emofeedback2.engines.generation.protocol import GenerationRequest
+from emofeedback2.engines.loop.refiner import FallbackRefiner, implied_point
+from emofeedback2.engines.demo.toy_plants import PLANT_FAMILIES, make_plant, true_emotion
 
 
 def test_plants_are_seeded_and_differ_between_seeds():

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from emofeedback2.cli import main
-from emofeedback2.training.config import ConfigError
-from emofeedback2.training.rewards import (
+from emofeedback2.training.generator.config import ConfigError
+from emofeedback2.training.generator.rewards import (
     AsyncRewardRunner,
     BrightnessReward,
     CLIPQualityReward,
@@ -133,8 +133,8 @@ def test_bench_train_tiny_and_real_size_code_path(capsys):
 
 
 def test_lvlm_reward_through_build_reward(tiny_lvlm_dir):
-    from emofeedback2.training.config import RewardSpec
-    from emofeedback2.training.rewards import build_reward
+    from emofeedback2.training.generator.config import RewardSpec
+    from emofeedback2.training.generator.rewards import build_reward
 
     reward = build_reward([RewardSpec(kind="lvlm", path=str(tiny_lvlm_dir), device="cpu"), RewardSpec(kind="color")])
     assert reward.names == ["lvlm_va", "color_va"]
@@ -148,7 +148,7 @@ def test_bench_train_frees_each_run_before_measuring_the_next(monkeypatch, capsy
     import weakref
 
     from emofeedback2.bench import train as bench
-    from emofeedback2.training import trainer as trainer_module
+    from emofeedback2.training.generator import trainer as trainer_module
 
     alive_at_construction = []
     previous: list[weakref.ref] = []

@@ -1,4 +1,4 @@
-"""Opt-in: a LoRA exported by training/export.py, loaded by a real ComfyUI's stock LoRA code.
+"""Opt-in: a LoRA exported by training/generator/export.py, loaded by a real ComfyUI's stock LoRA code.
 
 Needs ``COMFYUI_DIR`` (a ComfyUI checkout) and, optionally, ``COMFYUI_PYTHON`` (its interpreter).
 Builds engineer E's slim SD1.5 checkpoint from a diffusers UNet, gives the *same* UNet a peft LoRA
@@ -72,8 +72,8 @@ def comfyui_dir() -> Path:
 
 def test_stock_comfyui_lora_loader_applies_the_exported_lora_in_full(comfyui_dir, tmp_path):
     from emofeedback2.tiny_models.comfy_checkpoint import build_slim_unet, write_slim_checkpoint
-    from emofeedback2.training.export import peft_to_kohya
-    from emofeedback2.training.policies import add_lora, lora_parameters
+    from emofeedback2.training.generator.export import peft_to_kohya
+    from emofeedback2.training.generator.policy_net import add_lora, lora_parameters
 
     checkpoint = write_slim_checkpoint(tmp_path / "slim.safetensors", unet=build_slim_unet(seed=3), seed=3)
     unet = build_slim_unet(seed=3)

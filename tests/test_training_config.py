@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from emofeedback2.training import checkpoint as ckpt
-from emofeedback2.training.config import (
+from emofeedback2.training.generator.config import (
     ConfigError,
     TrainConfig,
     apply_overrides,
@@ -17,7 +17,7 @@ from emofeedback2.training.config import (
     load_config,
     validate,
 )
-from emofeedback2.training.data import PromptTargetSampler, load_prompts, load_targets, quadrant
+from emofeedback2.training.generator.data import PromptTargetSampler, load_prompts, load_targets, quadrant
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 

@@ -12,8 +12,8 @@ import pytest
 SCRIPT = r'''
 import json, sys, torch
 torch.set_num_threads(1)
-from emofeedback2.training.config import load_config
-from emofeedback2.training.trainer import GRPOTrainer
+from emofeedback2.training.generator.config import load_config
+from emofeedback2.training.generator.trainer import GRPOTrainer
 trainer = GRPOTrainer(load_config(sys.argv[1]), log=False)
 init = torch.cat([p.detach().flatten().clone() for _, p in trainer.trainable])
 batch = trainer.sampler.sample(0, 2, 2, trainer.accelerator.process_index, trainer.accelerator.num_processes)

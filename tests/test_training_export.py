@@ -6,13 +6,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from emofeedback2.training.config import RewardSpec, TrainConfig
-from emofeedback2.training.export import (
+from emofeedback2.training.generator.config import RewardSpec, TrainConfig
+from emofeedback2.training.generator.export import (
     export_checkpoint,
     peft_to_kohya,
     text_encoder_to_kohya,
 )
-from emofeedback2.training.trainer import GRPOTrainer
+from emofeedback2.training.generator.trainer import GRPOTrainer
 
 
 # Tiny models run fastest single-threaded on a shared machine (no oversubscription).
@@ -65,8 +65,8 @@ def test_text_encoder_keys_get_text_model_back_for_transformers5():
 
 @pytest.mark.parametrize("arch", ["sd15", "sd3"])
 def test_exported_lora_loads_into_our_loader_with_the_full_delta(tiny_pipeline_dirs, tmp_path, arch):
-    from emofeedback2.engines.diffusers_backend import DiffusersGeneratorConfig, load_diffusers_generator
-    from emofeedback2.engines.emotion_adapter import load_emotion_adapter
+    from emofeedback2.engines.generation.diffusers_backend import DiffusersGeneratorConfig, load_diffusers_generator
+    from emofeedback2.engines.generation.emotion_adapter import load_emotion_adapter
 
     trainer = _trainer(tiny_pipeline_dirs[arch], tmp_path / "run")
     paths = trainer.export(tmp_path / "export")

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from emofeedback2.training.config import ConfigError, RewardSpec, TrainConfig
-from emofeedback2.training.precision import check_mixed_precision
-from emofeedback2.training.trainer import GRPOTrainer
+from emofeedback2.training.generator.config import ConfigError, RewardSpec, TrainConfig
+from emofeedback2.training.generator.precision import check_mixed_precision
+from emofeedback2.training.generator.trainer import GRPOTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

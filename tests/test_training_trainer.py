@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from emofeedback2.training.config import RewardSpec, TrainConfig
-from emofeedback2.training.trainer import GRPOTrainer
+from emofeedback2.training.generator.config import RewardSpec, TrainConfig
+from emofeedback2.training.generator.trainer import GRPOTrainer
 
 
 # Tiny models run fastest single-threaded on a shared machine (no oversubscription).

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from emofeedback2.engines.emotion_adapter import (
+from emofeedback2.engines.generation.emotion_adapter import (
     AdapterArchitectureError,
     EmotionAdapter,
     EmotionAdapterConfig,

@@ -210,7 +210,7 @@ def build_tiny_pipeline(out_dir: str | Path, arch: str = "sd15", seed: int = 0) 
     Deterministic given ``seed`` (weights are drawn under a forked RNG, so the caller's global torch
     RNG is untouched). Load it back with the ordinary ``<PipelineClass>.from_pretrained(out_dir)``
     (for ``sd3`` pass ``text_encoder_3=None, tokenizer_3=None``) or with
-    :func:`emofeedback2.engines.diffusers_backend.load_diffusers_generator`.
+    :func:`emofeedback2.engines.generation.diffusers_backend.load_diffusers_generator`.
     """
     if arch not in _BUILDERS:
         raise ValueError(f"arch must be one of {', '.join(ARCHES)}; got {arch!r}")

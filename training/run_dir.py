@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from .checkpoint import LATEST, CheckpointError, clean_leftovers, latest_checkpoint
-from .config import ConfigError
+from .config_fields import ConfigError
 
 RUN_FOLDERS = ("checkpoints", "export", "tb")
 

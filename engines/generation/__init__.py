@@ -1,0 +1,1 @@
+"""Generation: the generator protocol, the diffusers and ComfyUI backends, the emotion adapter, sweeps."""

@@ -1,0 +1,1 @@
+"""The feedback loop: generate, judge, refine the prompt, steer toward the target; its plot."""

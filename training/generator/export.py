@@ -1,0 +1,188 @@
+"""Export trained weights: a kohya-key LoRA for ComfyUI, a diffusers-format copy, the emotion adapter.
+
+ComfyUI's stock LoraLoader maps kohya keys ``lora_unet_<diffusers module path, dots → underscores>``
+(SD1.5/SDXL UNets) and ``lora_transformer_<…>`` (SD3 MMDiT; see ``model_lora_keys_unet`` in
+comfy/lora.py) with ``.lora_down.weight`` (peft ``lora_A``), ``.lora_up.weight`` (``lora_B``) and
+``.alpha``. It scales by ``alpha / rank``, peft by ``lora_alpha / r``, so ``.alpha`` must be
+``lora_alpha`` (writing the rank would silently change the strength). Text-encoder LoRAs use
+``lora_te1_``/``lora_te2_`` on the *transformers 4* CLIP layout; transformers 5 dropped the
+``text_model.`` level from CLIPTextModel state-dict keys, so it is re-inserted here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+KOHYA_PREFIX = {"sd15": "lora_unet", "sdxl": "lora_unet", "sd3": "lora_transformer"}
+KOHYA_FILE = "emofeedback2_lora.safetensors"
+DIFFUSERS_DIR = "diffusers_lora"
+ADAPTER_FILE = "emotion_adapter.safetensors"
+
+_PEFT_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<which>A|B)(?:\.(?P<adapter>[^.]+))?\.weight$")
+
+
+def clean_peft_state(state: dict[str, torch.Tensor], adapter_name: str = "default") -> dict[str, torch.Tensor]:
+    """Strip wrapper prefixes and the peft adapter name: ``<module>.lora_A.weight`` / ``.lora_B.weight``."""
+    out = {}
+    for key, value in state.items():
+        k = key
+        for prefix in ("denoiser.", "base_model.model.", "unet.", "transformer."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        k = k.replace(f".lora_A.{adapter_name}.weight", ".lora_A.weight").replace(
+            f".lora_B.{adapter_name}.weight", ".lora_B.weight"
+        )
+        if not _PEFT_KEY.match(k):
+            raise ValueError(f"{key!r} is not a peft LoRA weight key (<module>.lora_A/B[.adapter].weight)")
+        out[k] = value
+    return out
+
+
+def peft_to_kohya(state: dict[str, torch.Tensor], arch: str, lora_alpha: float,
+                  dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """peft/diffusers LoRA weights of a UNet / SD3 transformer → kohya keys with ``.alpha = lora_alpha``."""
+    if arch not in KOHYA_PREFIX:
+        raise ValueError(f"arch must be one of {sorted(KOHYA_PREFIX)}, got {arch!r}")
+    return _to_kohya(clean_peft_state(state), KOHYA_PREFIX[arch], lora_alpha, dtype)
+
+
+def text_encoder_module_path(module: str) -> str:
+    """A CLIP text-encoder module path in the layout kohya/ComfyUI expect (``text_model.`` re-inserted)."""
+    if module.startswith("text_model."):
+        return module
+    if module.startswith(("encoder.", "embeddings.", "final_layer_norm")):
+        return "text_model." + module
+    return module
+
+
+def text_encoder_to_kohya(state: dict[str, torch.Tensor], lora_alpha: float, prefix: str = "lora_te1",
+                          dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """peft LoRA weights of a (transformers 4 or 5) CLIP text encoder → ``lora_te1_text_model_…`` keys."""
+    cleaned = {}
+    for key, value in clean_peft_state(state).items():
+        module, suffix = key.rsplit(".lora_", 1)
+        cleaned[f"{text_encoder_module_path(module)}.lora_{suffix}"] = value
+    return _to_kohya(cleaned, prefix, lora_alpha, dtype)
+
+
+def _to_kohya(state: dict[str, torch.Tensor], prefix: str, lora_alpha: float, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    modules = set()
+    for key, value in state.items():
+        match = _PEFT_KEY.match(key)
+        module = match.group("module")
+        name = f"{prefix}_{module.replace('.', '_')}"
+        part = "lora_down" if match.group("which") == "A" else "lora_up"
+        out[f"{name}.{part}.weight"] = value.detach().to("cpu", dtype).contiguous()
+        modules.add(name)
+    for name in modules:
+        if f"{name}.lora_down.weight" not in out or f"{name}.lora_up.weight" not in out:
+            raise ValueError(f"LoRA module {name} lacks its lora_A or lora_B weight")
+        out[f"{name}.alpha"] = torch.tensor(float(lora_alpha), dtype=torch.float32)
+    return out
+
+
+def save_diffusers_lora(state: dict[str, torch.Tensor], arch: str, out_dir: str | Path,
+                        lora_config: Optional[dict] = None) -> Path:
+    """Write ``pytorch_lora_weights.safetensors`` with the pipeline's own ``save_lora_weights``."""
+    from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    cleaned = {k: v.detach().cpu().contiguous() for k, v in clean_peft_state(state).items()}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if arch == "sd3":
+        StableDiffusion3Pipeline.save_lora_weights(out_dir, transformer_lora_layers=cleaned,
+                                                   transformer_lora_adapter_metadata=lora_config)
+    else:
+        cls = StableDiffusionXLPipeline if arch == "sdxl" else StableDiffusionPipeline
+        cls.save_lora_weights(out_dir, unet_lora_layers=cleaned, unet_lora_adapter_metadata=lora_config)
+    return out_dir / "pytorch_lora_weights.safetensors"
+
+
+def export_all(out_dir: str | Path, arch: str, lora_state: dict[str, torch.Tensor], lora_rank: int,
+               lora_alpha: float, adapter=None, metadata: Optional[dict] = None) -> dict[str, Path]:
+    """Write the kohya LoRA, the diffusers copy and (if given) the emotion adapter into ``out_dir``."""
+    from safetensors.torch import save_file
+
+    from ..checkpoint import check_finite
+
+    check_finite(lora_state, "LoRA")
+    if adapter is not None:
+        check_finite(dict(adapter.state_dict()), "emotion adapter")
+    out_dir = _output_folder(out_dir)
+    meta = {"ss_network_dim": str(lora_rank), "ss_network_alpha": str(lora_alpha), "emofeedback2_arch": arch}
+    for k, v in (metadata or {}).items():
+        meta[str(k)] = v if isinstance(v, str) else json.dumps(v, default=str)
+    paths: dict[str, Path] = {}
+    kohya = peft_to_kohya(lora_state, arch, lora_alpha)
+    paths["kohya_lora"] = out_dir / KOHYA_FILE
+    save_file(kohya, str(paths["kohya_lora"]), metadata=meta)
+    lora_config = {"r": lora_rank, "lora_alpha": lora_alpha,
+                   "target_modules": sorted({k.rsplit(".lora_", 1)[0] for k in clean_peft_state(lora_state)})}
+    paths["diffusers_lora"] = save_diffusers_lora(lora_state, arch, out_dir / DIFFUSERS_DIR, lora_config)
+    if adapter is not None:
+        from ...engines.generation.emotion_adapter import save_emotion_adapter
+
+        paths["emotion_adapter"] = save_emotion_adapter(adapter, out_dir / ADAPTER_FILE, metadata=metadata)
+    return paths
+
+
+def _output_folder(out_dir: str | Path) -> Path:
+    from ..checkpoint import CheckpointError
+
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise CheckpointError(f"export folder {out_dir} (or a parent) is a file; choose a folder for --out") from exc
+    except OSError as exc:
+        raise CheckpointError(f"export folder {out_dir} cannot be created ({exc.strerror or exc})") from exc
+    return out_dir
+
+
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, use_ema: bool = True) -> dict[str, Path]:
+    """Export a training checkpoint folder (or a run folder with a ``latest`` pointer)."""
+    from ..checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_dir():
+        raise CheckpointError(f"--checkpoint {checkpoint} is not a folder; give a step-NNNNNN folder or a run folder")
+    if not (checkpoint / "manifest.json").exists():
+        root = checkpoint if (checkpoint / "latest").exists() else checkpoint / "checkpoints"
+        found = latest_checkpoint(root) if root.is_dir() else None
+        if found is None:
+            raise CheckpointError(f"{checkpoint} is neither a checkpoint (step-NNNNNN with manifest.json) nor a run "
+                                  "folder with checkpoints/latest")
+        checkpoint = found
+    weights, _state, meta = load_checkpoint(checkpoint)  # verifies the recorded sha256 of every file
+    try:
+        model = meta["config"]["model"]
+        arch, rank, alpha = meta["arch"], int(model["lora_rank"]), float(model["lora_alpha"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{checkpoint}/state.json lacks the run's model settings ({exc})") from exc
+    if use_ema and any(k.startswith("ema.") for k in weights):
+        weights = {k[len("ema."):]: v for k, v in weights.items() if k.startswith("ema.")}
+    else:
+        weights = {k: v for k, v in weights.items() if not k.startswith("ema.")}
+    lora = {k: v for k, v in weights.items() if k.startswith("denoiser.")}
+    adapter = None
+    adapter_state = {k[len("adapter."):]: v for k, v in weights.items() if k.startswith("adapter.")}
+    if adapter_state:
+        from ...engines.generation.emotion_adapter import EmotionAdapter, EmotionAdapterConfig
+
+        try:
+            adapter = EmotionAdapter(EmotionAdapterConfig(**meta["adapter_config"]))
+            full = adapter.state_dict()
+            full.update(adapter_state)
+            adapter.load_state_dict(full)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{checkpoint}: the emotion adapter does not match its recorded shape ({exc})") from exc
+    if not lora:
+        raise CheckpointError(f"{checkpoint} holds no LoRA tensors (denoiser.*); it is not a training checkpoint")
+    return export_all(out_dir, arch, lora, rank, alpha, adapter,
+                      metadata={"step": meta.get("step"), "source": str(checkpoint)})

@@ -1,0 +1,162 @@
+"""Held-out check against reward hacking: is the emotion reward rising while the images degrade?
+
+Every ``heldout.every`` steps the trainer generates a fixed evaluation set (held-out prompts × fixed
+V-A targets × fixed seeds) with the deterministic sampler, so two checks differ only by the weights.
+It logs, separately,
+
+- ``heldout/emotion``: the mean emotion reward (unweighted mean over the rewards with role
+  ``emotion``: the LVLM or colour reward),
+- ``heldout/quality``: the mean quality reward (role ``quality``: PickScore-style CLIP; a quality
+  reward with weight 0 is monitored without being trained on),
+- ``heldout/distance_to_base``: RMS pixel distance to the base model's images of the same set (made
+  once, with the LoRA and the emotion adapter disabled),
+
+and warns when the emotion reward rose while the quality fell since the previous check — the
+signature of the proxy reward being gamed (Flow-GRPO / DanceGRPO users' most common report).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+from .data import load_prompts
+from .policies import rollout
+from .policy_net import adapters_disabled
+
+QUALITY_KINDS = ("clip_quality",)
+
+
+def heldout_prompts(config, train_prompts: Sequence[str]) -> list[str]:
+    """The held-out prompts: ``heldout.prompts_file`` or the first ``num_prompts`` training prompts."""
+    h = config.heldout
+    if not h.every:
+        return []
+    pool = load_prompts(h.prompts_file, "heldout.prompts_file") if h.prompts_file else list(train_prompts)
+    return pool[: h.num_prompts]
+
+
+def hacking_warning(previous: dict[str, float], current: dict[str, float], tolerance: float = 0.0) -> Optional[str]:
+    """A warning when emotion rose and quality fell (by more than ``tolerance``) between two checks."""
+    if previous.get("quality") is None or current.get("quality") is None:
+        return None
+    d_emotion = current["emotion"] - previous["emotion"]
+    d_quality = current["quality"] - previous["quality"]
+    if d_emotion > tolerance and d_quality < -tolerance:
+        return (f"held-out emotion reward rose by {d_emotion:+.4f} while quality fell by {d_quality:+.4f} "
+                f"(distance to base images {current.get('distance_to_base', float('nan')):.4f}): possible reward "
+                "hacking; inspect the held-out images, raise grpo.kl_beta or the quality weight, or try "
+                "grpo.ratio_norm = 'grpo_guard'")
+    return None
+
+
+def reward_roles(reward, specs: Sequence) -> list[str]:
+    """Role of each part of a CompositeReward: its own ``role`` attribute, the config's, or by kind."""
+    roles = []
+    for i, (name, part) in enumerate(zip(reward.names, reward.rewards)):
+        role = getattr(part, "role", None)
+        if role is None and len(specs) == len(reward.rewards) and specs[i].role != "auto":
+            role = specs[i].role
+        if role is None:
+            role = "quality" if getattr(part, "name", name) in QUALITY_KINDS else "emotion"
+        roles.append(role)
+    return roles
+
+
+@dataclass
+class HeldoutSet:
+    prompts: list[str]
+    targets: torch.Tensor  # [N, 2]
+    seeds: list[int]
+
+
+def build_heldout_set(config, train_prompts: Sequence[str]) -> HeldoutSet:
+    prompts, targets, seeds = [], [], []
+    for i, prompt in enumerate(heldout_prompts(config, train_prompts)):
+        for j, (v, a) in enumerate(config.heldout.targets):
+            prompts.append(prompt)
+            targets.append([float(v), float(a)])
+            seeds.append(1_000_000_007 + 1000 * i + j)  # fixed, apart from the training seeds
+    return HeldoutSet(prompts, torch.tensor(targets, dtype=torch.float32), seeds)
+
+
+class HeldoutMonitor:
+    """Runs the held-out check for a :class:`~.trainer.GRPOTrainer` (see the module docstring)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        c = trainer.config
+        self.every = c.heldout.every
+        self.tolerance = c.heldout.tolerance
+        self.steps = c.heldout.steps or c.sampling.eval_steps
+        self.set = build_heldout_set(c, trainer.sampler.prompts)
+        self.roles = reward_roles(trainer.reward, c.rewards)
+        self.base_images: Optional[torch.Tensor] = None
+        self.records: list[dict[str, float]] = []
+        self.warnings: list[str] = []
+
+    @torch.no_grad()
+    def _images(self, base: bool) -> torch.Tensor:
+        t = self.trainer
+        c = t.config
+        s = self.set
+        cfg = c.sampling.guidance_scale != 1.0  # evaluation samples with guidance even when training is CFG-free
+        out = []
+        t.raw_net.eval()
+        for sl in t._chunks(len(s.prompts)):
+            cond = t.policy.encode(s.prompts[sl], c.sampling.negative_prompt, cfg)
+            va = s.targets[sl].to(t.device)
+            strength = 0.0 if base else c.sampling.adapter_strength
+            if base:
+                with adapters_disabled(t.raw_net):
+                    traj = rollout(t.policy, t.raw_net, cond, va, s.seeds[sl], self.steps, c.sampling.guidance_scale,
+                                   strength, stochastic=False)
+            else:
+                traj = rollout(t.policy, t.raw_net, cond, va, s.seeds[sl], self.steps, c.sampling.guidance_scale,
+                               strength, stochastic=False)
+            out.append(traj.images)
+        return torch.cat(out)
+
+    def due(self, step: int) -> bool:
+        return bool(self.every) and step % self.every == 0
+
+    def run(self, step: int) -> dict[str, float]:
+        """Generate, score and log the held-out set now; returns the figures."""
+        t = self.trainer
+        if self.base_images is None:
+            self.base_images = self._images(base=True)
+        images = self._images(base=False)
+        parts = t.reward.score_parts(images, self.set.prompts, self.set.targets)
+        record: dict[str, float] = {"step": float(step)}
+        by_role: dict[str, list[float]] = {"emotion": [], "quality": []}
+        for name, role in zip(t.reward.names, self.roles):
+            value = float(parts[name].mean())
+            record[f"heldout/{name}"] = value
+            by_role[role].append(value)
+        # unweighted means: a quality reward with weight 0 is monitored, not trained on
+        record["emotion"] = sum(by_role["emotion"]) / len(by_role["emotion"]) if by_role["emotion"] else float("nan")
+        record["quality"] = sum(by_role["quality"]) / len(by_role["quality"]) if by_role["quality"] else None
+        record["distance_to_base"] = float(((images - self.base_images) ** 2).mean().sqrt())
+        warning = hacking_warning(self.records[-1], record, self.tolerance) if self.records else None
+        record["hacking_warning"] = 1.0 if warning else 0.0
+        self.records.append(record)
+        if warning:
+            self.warnings.append(warning)
+            if t.accelerator.is_main_process:
+                print(f"[train] WARNING step {step}: {warning}")
+        if t.writer is not None:
+            for key in ("emotion", "quality", "distance_to_base", "hacking_warning"):
+                if record.get(key) is not None:
+                    t.writer.add_scalar(f"heldout/{key}", record[key], step)
+            if warning:
+                t.writer.add_text("heldout/warning", warning, step)
+        return record
+
+    def maybe_run(self, step: int) -> Optional[dict[str, float]]:
+        return self.run(step) if self.due(step) else None
+
+
+def attach_heldout(trainer) -> Optional[HeldoutMonitor]:
+    return HeldoutMonitor(trainer) if trainer.config.heldout.every else None
