@@ -23,13 +23,16 @@ class EmotionReading:
     """One image's measured emotion. ``analysis`` is sanitised model text ('' when not asked).
 
     ``digit_mass`` is the smaller of the two answer positions' probability on the scale digits, for
-    judges that read digits (``None`` for the colour heuristic).
+    judges that read digits (``None`` for the colour heuristic). ``unparsable`` marks a judge that
+    writes its answer (a preset, :mod:`.preset_judge`) whose answer could not be read on some axis:
+    that axis reads 0 and ``digit_mass`` is 0, so every low-mass flag shows it too.
     """
 
     valence: float
     arousal: float
     analysis: str = ""
     digit_mass: Optional[float] = None
+    unparsable: bool = False
 
     @property
     def low_digit_mass(self) -> bool:
@@ -76,6 +79,8 @@ def reading_rows(readings: Sequence[EmotionReading], target: Optional[VA] = None
         if reading.digit_mass is not None:
             row["digit_mass"] = round(reading.digit_mass, 4)
             row["low_digit_mass"] = reading.low_digit_mass
+        if reading.unparsable:
+            row["unparsable"] = True
         if reading.analysis:
             row["analysis"] = reading.analysis
         rows.append(row)
