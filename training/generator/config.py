@@ -88,13 +88,28 @@ class OptimConfig:
 
 @dataclass
 class RewardSpec:
-    kind: str = _f("color", "'lvlm' (V-A from the LVLM scorer), 'color' (colour heuristic V-A), "
-                   "'brightness' (toy: brightness toward target valence), 'clip_quality' (PickScore-style)")
+    kind: str = _f("color", "'lvlm' (V-A from the LVLM scorer's digit readout), 'lvlm_reasoning' (the judge writes "
+                   "an answer in a preset's format, e.g. the paper's reasoning format a GRPO-trained judge adapter "
+                   "writes, and it is parsed), 'color' (colour heuristic V-A), 'brightness' (toy: brightness toward "
+                   "target valence), 'clip_quality' (PickScore-style)")
     weight: float = _f(1.0, "weight in the summed reward")
     normalize: str = _f("group", "one rule for ALL terms: 'group' (divide by the term's within-group std: weights "
                         "set shares), 'batch' (z-score over the step) or 'none' (raw scales)")
-    path: str = _f("", "model folder / hub id: the LVLM for 'lvlm', a CLIPModel+processor for 'clip_quality'")
-    adapter: str = _f("", "'lvlm' only: a peft judge adapter folder from `emofeedback2 train-judge` ('' = none)")
+    path: str = _f("", "model folder / hub id: the LVLM for 'lvlm'/'lvlm_reasoning', a CLIPModel+processor for "
+                   "'clip_quality'")
+    adapter: str = _f("", "'lvlm'/'lvlm_reasoning': a peft judge adapter folder from `emofeedback2 train-judge` "
+                      "('' = none); a GRPO adapter needs 'lvlm_reasoning', a soft-label one 'lvlm'")
+    preset: str = _f("", "'lvlm_reasoning' only: how the judge is asked and read: 'paper' (default: the paper's "
+                     "reasoning format), 'eemo-logic', or a preset .toml/.json file")
+    samples: int = _f(1, "'lvlm_reasoning': answers per question and image; the reading is their mean (> 1 needs "
+                      "temperature > 0; their spread is logged)")
+    temperature: float = _f(0.0, "'lvlm_reasoning': 0 = greedy decoding; > 0 = sample at this temperature")
+    max_new_tokens: int = _f(0, "'lvlm_reasoning': cap on generated tokens per answer (0 = the GRPO adapter's "
+                             "training cap, else the preset's)")
+    reading: str = _f("expected", "'lvlm_reasoning': 'expected' (expected value of the written number's digits "
+                      "where the format allows it) or 'parsed' (the number as written)")
+    unparsable_reward: float = _f(0.0, "'lvlm_reasoning': reward of an answer that cannot be parsed (counted and "
+                                  "logged; 0 = the worst a readable answer gets)")
     device: str = _f("", "device of the reward model ('' = the training device)")
     dtype: str = _f("float32", "dtype of the reward model")
     offload: bool = _f(False, "move the reward model to CPU between uses (saves GPU memory); with "
@@ -364,6 +379,8 @@ def _check_device(device: str, name: str) -> None:
 
 
 NORMALIZATIONS = ("group", "batch", "none")
+REWARD_KINDS = ("lvlm", "lvlm_reasoning", "color", "brightness", "clip_quality")
+LVLM_REWARD_KINDS = ("lvlm", "lvlm_reasoning")
 
 
 def check_one_normalization(rules: list[str]) -> str:
@@ -408,10 +425,17 @@ def validate(config: TrainConfig) -> None:
         if not 0 <= start < end <= s.steps:
             raise ConfigError(f"grpo.train_window {g.train_window} must satisfy 0 <= start < end <= sampling.steps={s.steps}")
     for i, r in enumerate(config.rewards):
-        if r.kind not in ("lvlm", "color", "brightness", "clip_quality"):
-            raise ConfigError(f"rewards[{i}].kind must be lvlm, color, brightness or clip_quality, got {r.kind!r}")
-        if r.kind in ("lvlm", "clip_quality") and not r.path:
+        if r.kind not in REWARD_KINDS:
+            raise ConfigError(f"rewards[{i}].kind must be one of {', '.join(REWARD_KINDS)}, got {r.kind!r}")
+        if r.preset and r.kind != "lvlm_reasoning":
+            raise ConfigError(f"rewards[{i}].preset applies to kind = 'lvlm_reasoning' (the judge writes an answer in "
+                              f"the preset's format): set kind = 'lvlm_reasoning' or remove preset")
+        if r.kind in ("lvlm", "lvlm_reasoning", "clip_quality") and not r.path:
             raise ConfigError(f"rewards[{i}] ({r.kind}) needs path = a local model folder or hub id")
+        if r.kind == "lvlm_reasoning":
+            from .reasoning_reward import sampling_settings
+
+            sampling_settings(r, i)  # samples, temperature, max_new_tokens, reading, unparsable_reward
         if r.normalize not in NORMALIZATIONS:
             raise ConfigError(f"rewards[{i}].normalize must be 'group', 'batch' or 'none', got {r.normalize!r}")
         if r.dtype not in ("float32", "float16", "bfloat16"):
@@ -446,6 +470,10 @@ def check_inputs(config: TrainConfig, need_model: bool = True) -> None:
             _check_local_path(r.path, f"rewards[{i}].path", folder=True, required=True)
         if r.adapter:
             _check_local_path(r.adapter, f"rewards[{i}].adapter", folder=True, required=True)
+        if r.kind in LVLM_REWARD_KINDS:  # the judge read as its adapter was trained; preset files parsed
+            from .reasoning_reward import reading_choice
+
+            reading_choice(r, i)
 
 
 def _check_local_path(value: str, name: str, folder: bool, required: bool) -> None:
@@ -477,12 +505,12 @@ def _validate_one_gpu_options(config: TrainConfig) -> None:
     for i, r in enumerate(config.rewards):
         if r.quantization not in ("none", "8bit", "4bit"):
             raise ConfigError(f"rewards[{i}].quantization must be 'none', '8bit' or '4bit', got {r.quantization!r}")
-        if r.quantization != "none" and r.kind != "lvlm":
-            raise ConfigError(f"rewards[{i}].quantization applies to the LVLM judge only (kind = 'lvlm')")
+        if r.quantization != "none" and r.kind not in LVLM_REWARD_KINDS:
+            raise ConfigError(f"rewards[{i}].quantization applies to the LVLM judge only (kind = 'lvlm' or 'lvlm_reasoning')")
         if r.attention not in ATTENTION_SETTINGS:
             raise ConfigError(f"rewards[{i}].attention must be one of {', '.join(ATTENTION_SETTINGS)}, got {r.attention!r}")
-        if r.attention != "auto" and r.kind != "lvlm":
-            raise ConfigError(f"rewards[{i}].attention applies to the LVLM judge only (kind = 'lvlm')")
+        if r.attention != "auto" and r.kind not in LVLM_REWARD_KINDS:
+            raise ConfigError(f"rewards[{i}].attention applies to the LVLM judge only (kind = 'lvlm' or 'lvlm_reasoning')")
         if r.role not in ("auto", "emotion", "quality"):
             raise ConfigError(f"rewards[{i}].role must be 'auto', 'emotion' or 'quality', got {r.role!r}")
         if r.images_per_pass < 0:

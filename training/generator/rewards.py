@@ -200,6 +200,15 @@ class CompositeReward:
             out[name] = weight * value
         return out
 
+    def pop_stats(self) -> dict[str, float]:
+        """Diagnostics the terms keep about their last calls (e.g. unparsable judge answers), by term name."""
+        out = {}
+        for name, reward in zip(self.names, self.rewards):
+            pop = getattr(reward, "pop_stats", None)
+            if callable(pop):
+                out.update({f"reward_info/{name}/{key}": value for key, value in pop().items()})
+        return out
+
     def combine(self, parts: dict[str, torch.Tensor], group_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Sum of weighted, normalised parts over all of a step's samples (normalisation needs the whole step)."""
         return sum(self.normalized_parts(parts, group_ids).values())
@@ -218,16 +227,21 @@ class CompositeReward:
 
 def build_reward(specs, device: str = "cpu") -> CompositeReward:
     """A :class:`CompositeReward` from ``config.rewards`` (list of RewardSpec)."""
+    from .reasoning_reward import LVLMReasoningReward, reading_choice
+
     rewards = []
-    for spec in specs:
+    for index, spec in enumerate(specs):
         dev = spec.device or device
         if spec.kind == "color":
             rewards.append(ColorVAReward())
         elif spec.kind == "brightness":
             rewards.append(BrightnessReward())
         elif spec.kind == "lvlm":
+            reading_choice(spec, index)  # a GRPO-trained judge adapter is refused here, with the fix
             rewards.append(LVLMVAReward.from_path(spec.path, dev, spec.dtype, spec.offload, spec.quantization,
                                                   spec.images_per_pass, spec.adapter, spec.attention))
+        elif spec.kind == "lvlm_reasoning":
+            rewards.append(LVLMReasoningReward.from_spec(spec, dev, index))
         elif spec.kind == "clip_quality":
             rewards.append(CLIPQualityReward(spec.path, dev, spec.dtype, spec.offload))
         else:

@@ -225,6 +225,7 @@ class GRPOTrainer:
             metrics[f"reward/{name}"] = float(value.mean())
         for name, share in shares.items():  # which term sets the advantages (within-group variance)
             metrics[f"reward_share/{name}"] = share
+        metrics.update(getattr(self.reward, "pop_stats", dict)())  # e.g. the reasoning judge's unparsable answers and spread
         all_targets = acc.gather(torch.from_numpy(batch.targets).to(self.device)).cpu()
         regions: dict[str, list[float]] = {}
         for (v, a), r in zip(all_targets.tolist(), rewards.tolist()):
