@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from .loop_commands import _finite, _positive_int, _size
+from .judge_preset_args import add_judge_preset_arguments, judge_reading, preset_pixel_options, read_with, reading_record
 from .lvlm_args import add_lvlm_load_arguments, lvlm_load_options
 
 
@@ -38,6 +39,7 @@ def register(subparsers) -> None:
     p.add_argument("--lvlm", default=None, help="judge: Qwen-VL folder or hub id, or 'colour' for the colour heuristic (--demo: colour)")
     p.add_argument("--lvlm-adapter", default=None, help="a peft LoRA folder for the LVLM judge")
     add_lvlm_load_arguments(p)
+    add_judge_preset_arguments(p)
     p.add_argument("--prompts", default=None, help="prompts file, one per line (or a .csv with a 'prompt' column)")
     p.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable); instead of --prompts")
     targets = p.add_mutually_exclusive_group()
@@ -93,6 +95,8 @@ def _load(args, workdir: Path):
         components = build_demo_components(workdir)
         strength = 1.0 if args.text_strength is None else args.text_strength
         generator = TextRouteGenerator(components.generator, strength)
+        if args.lvlm is None:
+            judge_reading(args, None, "colour")  # a preset needs --lvlm: the demo's judge is the colour heuristic
         scorer = components.scorer if args.lvlm is None else _scorer(args)
         return generator, scorer, {"generator": f"demo: {generator.name}", "demo": True, "note": DEMO_NOTE,
                                    "text_strength": strength}
@@ -115,7 +119,9 @@ def _load(args, workdir: Path):
 def _scorer(args):
     from .loop_commands import load_scorer
 
-    return load_scorer(args.lvlm, args.device, args.dtype, args.lvlm_adapter, **lvlm_load_options(args))
+    choice = judge_reading(args, args.lvlm_adapter, args.lvlm)
+    return read_with(load_scorer(args.lvlm, args.device, args.dtype, args.lvlm_adapter, **lvlm_load_options(args),
+                                 **preset_pixel_options(choice)), choice, args)
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -159,6 +165,8 @@ def run_eval(args: argparse.Namespace) -> int:
         judge = getattr(scorer, "name", str(args.lvlm))
         models = {**{k: v for k, v in description.items() if k != "note"}, "judge": judge, "lvlm": args.lvlm,
                   "lvlm_adapter": args.lvlm_adapter}
+        if reading_record(scorer):  # a preset judge: its sampling settings are part of what was measured
+            models["judge_reading"] = reading_record(scorer)
         plan = EvalPlan(prompts=prompts, targets=targets, seeds=[args.seed + k for k in range(args.seeds)],
                         sampling=sampling, batch_size=args.batch_size, models=models)
         run = {**description, "judge": judge, "judge_is_heuristic": bool(getattr(scorer, "is_heuristic", False)),

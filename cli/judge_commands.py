@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from .judge_preset_args import add_judge_preset_arguments, judge_reading, preset_pixel_options, read_with
 from .lvlm_args import add_lvlm_load_arguments, lvlm_load_options
 
 
@@ -154,6 +155,7 @@ def _register_eval(subparsers) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     p.add_argument("--max-pixels", type=int, default=None, help="cap on pixels per image for the vision encoder")
     add_lvlm_load_arguments(p)
+    add_judge_preset_arguments(p)
     p.add_argument("--skip-bad", action="store_true", help="skip bad manifest rows (counted)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_eval)
@@ -184,8 +186,10 @@ def _eval(args: argparse.Namespace) -> int:
     else:
         constant = (sum(s.valence for s in rows) / len(rows), sum(s.arousal for s in rows) / len(rows))
         source = "mean of the evaluated rows (no training set known: optimistic for the constant)"
-    scorer = load_lvlm(LVLMConfig(model=args.lvlm, adapter=args.adapter, device=args.device, dtype=args.dtype,
-                                  max_pixels=args.max_pixels, **lvlm_load_options(args)))
+    choice = judge_reading(args, args.adapter, args.lvlm)  # a GRPO adapter: the paper's format it was trained on
+    options = {"max_pixels": args.max_pixels, **preset_pixel_options(choice, args.max_pixels)}
+    scorer = read_with(load_lvlm(LVLMConfig(model=args.lvlm, adapter=args.adapter, device=args.device, dtype=args.dtype,
+                                            **options, **lvlm_load_options(args))), choice, args)
     evaluation = evaluate_judge(scorer, rows, constant=constant, constant_source=source, eps=args.eps,
                                 low_mass=args.low_mass, batch_size=args.batch_size, progress=not args.json)
     plots = write_scatter_plots(evaluation, args.plots) if args.plots else []
@@ -201,6 +205,9 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"{axis:8s} MAE {m.mae:.3f}  constant MAE {m.mae_constant:.3f} ({verdict} it)  PLCC {_fmt(m.plcc)}  "
               f"SRCC {_fmt(m.srcc)}  acc@{args.eps:g} {m.acc_within_eps:.3f}")
     print(f"low digit-mass readings (< {args.low_mass:g}): {evaluation.low_mass_share:.1%}")
+    if evaluation.reading:
+        print(f"reading: {', '.join(f'{k}={v}' for k, v in evaluation.reading.items())}; unparsable answers "
+              f"(read as 0 on that axis): {evaluation.unparsable_share:.1%}")
     for path in plots:
         print(f"plot: {path}")
     if manifest.skipped:

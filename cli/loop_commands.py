@@ -23,6 +23,7 @@ from typing import Optional
 
 from ..engines.emotion_space import EmotionValueError, check_component
 from ..engines.errors import UserError
+from .judge_preset_args import add_judge_preset_arguments, judge_reading, preset_pixel_options, read_with
 from .lvlm_args import add_lvlm_load_arguments, lvlm_load_options
 
 SEED_LIMIT = 2**64  # ComfyUI's seed range; the loop's candidate seeds wrap at the same modulus
@@ -164,6 +165,7 @@ def register(subparsers) -> None:
     loop.add_argument("--adapter", default=None, help="a trained emotion adapter (.safetensors) to apply")
     loop.add_argument("--lvlm-adapter", default=None, help="a peft LoRA folder for the LVLM (from scorer fine-tuning)")
     add_lvlm_load_arguments(loop)
+    add_judge_preset_arguments(loop)
     _add_schedule_arguments(loop, steps=20, size=512, cfg=7.0)
     loop.set_defaults(func=run_loop)
 
@@ -397,8 +399,10 @@ def run_loop(args: argparse.Namespace) -> int:
         raise LoopCommandError(f"--adapter {args.adapter!r} does not fit this generator: {exc}") from exc
     except (ModelLoadError, FileNotFoundError) as exc:
         raise LoopCommandError(f"cannot load --generator {args.generator!r}: {exc}") from exc
+    choice = judge_reading(args, args.lvlm_adapter, args.lvlm)
     try:
-        scorer = load_scorer(args.lvlm, args.device, args.dtype, args.lvlm_adapter, **lvlm_load_options(args))
+        scorer = read_with(load_scorer(args.lvlm, args.device, args.dtype, args.lvlm_adapter, **lvlm_load_options(args),
+                                       **preset_pixel_options(choice)), choice, args)
     except (LVLMLoadError, FileNotFoundError) as exc:
         raise LoopCommandError(f"cannot load --lvlm {args.lvlm!r}: {exc}") from exc
     refiner = make_refiner(scorer)

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from .judge_preset_args import add_judge_preset_arguments, judge_reading, preset_pixel_options, read_with, reading_record
 from .lvlm_args import add_lvlm_load_arguments, lvlm_load_options
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
@@ -29,6 +30,7 @@ def register(subparsers) -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     add_lvlm_load_arguments(parser)
+    add_judge_preset_arguments(parser)
     parser.add_argument("--max-pixels", type=int, default=None, help="cap on pixels per image for the vision encoder")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow code shipped with the model to run")
     parser.add_argument("--analysis", action="store_true", help="also generate a short explanation per image")
@@ -72,15 +74,17 @@ def run(args: argparse.Namespace) -> int:
     target = VA(args.valence, args.arousal) if args.valence is not None else None
     files = _collect(args.images)
     images = _load_images(files)
+    choice = judge_reading(args, args.adapter, args.lvlm)
     if args.lvlm.strip().lower() in COLOUR_NAMES:
         from ..engines.judge.color_scorer import ColorHeuristicScorer
 
         scorer = ColorHeuristicScorer()
     else:
-        scorer = load_lvlm(LVLMConfig(
-            model=args.lvlm, dtype=args.dtype, device=args.device, adapter=args.adapter, trust_remote_code=args.trust_remote_code, max_pixels=args.max_pixels,
-            **lvlm_load_options(args),
-        ))
+        options = {"max_pixels": args.max_pixels, **preset_pixel_options(choice, args.max_pixels)}
+        scorer = read_with(load_lvlm(LVLMConfig(
+            model=args.lvlm, dtype=args.dtype, device=args.device, adapter=args.adapter, trust_remote_code=args.trust_remote_code,
+            **options, **lvlm_load_options(args),
+        )), choice, args)
     readings = scorer.score(images, analysis=args.analysis)
 
     rows = reading_rows(readings, target)
@@ -90,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({
             "scorer": scorer.name,
             "heuristic": scorer.is_heuristic,
+            "judge_reading": reading_record(scorer),
             "target": None if target is None else {"valence": target.valence, "arousal": target.arousal},
             "readings": rows,
         }, indent=2))
@@ -100,7 +105,9 @@ def run(args: argparse.Namespace) -> int:
         line = f"{row['image']}: valence {row['valence']:+.2f}  arousal {row['arousal']:+.2f}"
         if "reward" in row:
             line += f"  reward {row['reward']:.3f}"
-        if row.get("low_digit_mass"):
+        if row.get("unparsable"):
+            line += "  UNPARSABLE: the judge's answer could not be read in its preset's format (an axis reads 0)"
+        elif row.get("low_digit_mass"):
             line += (f"  LOW DIGIT MASS {row['digit_mass']:.2f} (< {LOW_DIGIT_MASS:g}): the judge was barely answering "
                      "with a scale digit, so this reading is unreliable")
         print(line)

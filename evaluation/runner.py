@@ -108,9 +108,9 @@ def score_images(scorer, images: Sequence[Image.Image]) -> list[tuple[float, flo
         d = details_fn(list(images))
         return [(float(v), float(a), float(mv), float(ma)) for v, a, mv, ma in
                 zip(d.valence.tolist(), d.arousal.tolist(), d.digit_mass_valence.tolist(), d.digit_mass_arousal.tolist())]
-    readings = scorer.score(list(images))
-    return [(float(r.valence), float(r.arousal), getattr(r, "digit_mass_valence", None), getattr(r, "digit_mass_arousal", None))
-            for r in readings]
+    readings = scorer.score(list(images))  # e.g. a preset judge: one digit mass per reading (0 when unparsable)
+    return [(float(r.valence), float(r.arousal), getattr(r, "digit_mass_valence", getattr(r, "digit_mass", None)),
+             getattr(r, "digit_mass_arousal", getattr(r, "digit_mass", None))) for r in readings]
 
 
 def check_output(out: Path, resume: bool) -> None:

@@ -15,6 +15,8 @@ from typing import Any
 from ..engines.judge.color_scorer import ColorHeuristicScorer
 from ..engines.judge.options import ATTENTION_CHOICES, QUANTIZATION_CHOICES
 from ..engines.judge.lvlm_scorer import LVLMConfig, LVLMLoadError, load_lvlm
+from ..engines.judge.preset_judge import choose_reading, judge_with_reading
+from ..engines.judge.presets import AUTO, DIGITS, shipped_preset_names
 from ..engines.judge.scoring import EmotionScorer
 from . import comfy_bridge
 from .errors import clean_errors
@@ -75,6 +77,32 @@ def list_model_folders() -> list[str]:
 def list_adapter_folders() -> list[str]:
     """peft LoRA adapter folders (with adapter_config.json) under the LLM paths."""
     return _find_folders("adapter_config.json")
+
+
+PRESET_FOLDER = "judge_presets"  # user preset files: models/LLM/judge_presets/<name>.toml (or .json)
+
+
+def list_judge_presets() -> list[str]:
+    """The preset widget's choices: auto, digits, the shipped presets, then user files under models/LLM/judge_presets."""
+    files = []
+    for base in llm_search_paths():
+        folder = os.path.join(base, PRESET_FOLDER)
+        if os.path.isdir(folder):
+            files += [name for name in sorted(os.listdir(folder)) if name.lower().endswith((".toml", ".json"))]
+    return [AUTO, DIGITS, *shipped_preset_names(), *dict.fromkeys(files)]
+
+
+def resolve_judge_preset(choice: str) -> str:
+    """A widget choice as :func:`choose_reading` takes it: a name, or the full path of a user preset file."""
+    if not choice.lower().endswith((".toml", ".json")):
+        return choice
+    if os.sep in choice or "/" in choice or ".." in choice:
+        raise LVLMLoadError(f"invalid judge preset {choice!r}: pick one from the list")
+    for base in llm_search_paths():
+        path = os.path.join(base, PRESET_FOLDER, choice)
+        if os.path.isfile(path):
+            return path
+    raise LVLMLoadError(f"judge preset file {choice!r} not found under models/LLM/{PRESET_FOLDER}/; put it there and refresh")
 
 
 def resolve_llm_folder(name: str, marker: str = "config.json") -> str:
@@ -150,7 +178,7 @@ class LVLMLoader:
                     "INT",
                     {"default": 401408, "min": 0, "max": 16777216, "step": 3136,
                      "tooltip": "Largest image area fed to the vision encoder (pixels); bigger is slower. "
-                                "0 keeps the model's own setting."},
+                                "0 keeps the model's own setting (or the judge preset's, e.g. eemo-logic's)."},
                 ),
                 "trust_remote_code": (
                     "BOOLEAN",
@@ -162,6 +190,15 @@ class LVLMLoader:
                     {"default": "none", "tooltip": "Load the weights in 8-bit or 4-bit (bitsandbytes, CUDA GPU) to "
                                                    "fit a 7B judge beside the diffusion model: about 1/2 or 1/4 of "
                                                    "the bfloat16 memory. Needs the bitsandbytes package."},
+                ),
+                "judge_preset": (
+                    list_judge_presets(),
+                    {"default": AUTO, "tooltip": "How the judge is asked and read. auto: as its adapter was trained "
+                                                 "(a GRPO adapter writes the paper's reasoning format, anything else "
+                                                 "answers 1-9 digits read as an expected value). digits: always the "
+                                                 "digit readout. paper / eemo-logic / your files in "
+                                                 "models/LLM/judge_presets: the judge writes a reasoned answer that "
+                                                 "is parsed (slower: it generates text; greedy, one answer)."},
                 ),
             },
         }
@@ -178,13 +215,20 @@ class LVLMLoader:
         max_pixels: int = 401408,
         trust_remote_code: bool = False,
         quantization: str = "none",
+        judge_preset: str = AUTO,
     ):
         if model == COLOUR_OPTION:
+            if judge_preset not in (AUTO, DIGITS):
+                raise LVLMLoadError(f"judge_preset {judge_preset!r} needs a model that writes text; the colour "
+                                    "heuristic reads none: pick a model folder or judge_preset auto")
             return (ColorHeuristicScorer(),)
         folder = resolve_llm_folder(model)
         adapter_path = None if adapter in (None, "", NO_ADAPTER) else resolve_llm_folder(adapter, "adapter_config.json")
         if device == "auto":
             device = str(comfy_bridge.torch_device())
+        reading = choose_reading(resolve_judge_preset(judge_preset), adapter_path)
+        if reading.warning:
+            print(f"[EmoFeedback2] warning: {reading.warning}")
         config = LVLMConfig(
             model=folder,
             dtype=dtype,
@@ -192,13 +236,15 @@ class LVLMLoader:
             attn_implementation=None if attention == "auto" else attention,
             adapter=adapter_path,
             trust_remote_code=bool(trust_remote_code),
-            max_pixels=int(max_pixels) or None,
+            # 0 = the model's own limit, or the preset's (the limits its released judge was run at)
+            max_pixels=int(max_pixels) or (reading.preset.max_pixels if reading.preset else None),
+            min_pixels=None if int(max_pixels) or reading.preset is None else reading.preset.min_pixels,
             offload_after_use=not keep_loaded,
             offload_device=str(comfy_bridge.offload_device()),
             quantization=quantization,
         )
         residency = ComfyResidency(keep_loaded=bool(keep_loaded))
-        scorer = load_lvlm(config, residency=residency)
+        scorer = judge_with_reading(load_lvlm(config, residency=residency), reading)
         comfy_bridge.soft_empty_cache()
         return (scorer,)
 

@@ -1,10 +1,12 @@
 """Evaluate a judge on a labelled manifest: per-axis MAE, PLCC, SRCC, accuracy within ε, beside the
-MAE of a constant predictor (the training set's mean); scatter plots; share of low digit-mass readings.
+MAE of a constant predictor (the training set's mean); scatter plots; share of low digit-mass readings and,
+for a judge read through a preset (it writes its answer), the share of unparsable answers.
 
 A judge that does not beat the constant predictor has learnt nothing about the images, whatever its
 MAE looks like on its own; PLCC/SRCC say whether it orders images right. Readings come from the
-scorer's normal path (:meth:`LVLMScorer.score_details`), so this measures what the loop and the
-rewards get.
+scorer's normal path (:meth:`LVLMScorer.score_details` for the digit readout, ``score`` for a preset
+judge, e.g. a GRPO adapter read in the paper's format), so this measures what the loop and the rewards
+get. An unparsable answer reads 0 on its axis and counts in the metrics as such (never dropped).
 """
 
 from __future__ import annotations
@@ -76,11 +78,14 @@ class JudgeEvaluation:
     low_mass_threshold: float
     constant_source: str
     predictions: dict = field(default_factory=dict, repr=False)  # axis -> (pred list, true list)
+    unparsable_share: float = 0.0  # preset judges: images whose answer could not be read on some axis
+    reading: Optional[dict] = None  # preset judges: preset and generation settings
 
     def to_dict(self) -> dict:
         return {"n": self.n, "eps": self.eps, "valence": asdict(self.valence), "arousal": asdict(self.arousal),
                 "low_mass_share": self.low_mass_share, "low_mass_threshold": self.low_mass_threshold,
-                "constant_source": self.constant_source}
+                "constant_source": self.constant_source, "unparsable_share": self.unparsable_share,
+                "reading": self.reading}
 
     def mean(self, name: str) -> Optional[float]:
         values = [getattr(getattr(self, axis), name) for axis in AXES]
@@ -110,18 +115,28 @@ def evaluate_judge(scorer: Any, samples: Sequence[JudgeSample], *, constant: tup
         raise ValueError("no images to evaluate on")
     pred = {axis: [] for axis in AXES}
     mass = {axis: [] for axis in AXES}
+    unparsable = 0
     chunks = range(0, len(samples), batch_size)
     if progress:
         from tqdm.auto import tqdm
 
         chunks = tqdm(chunks, desc="eval-judge")
+    digits = callable(getattr(scorer, "score_details", None))
     for start in chunks:
         images = load_images(samples[start:start + batch_size])
-        details = scorer.score_details(images)
-        pred["valence"] += details.valence.float().cpu().tolist()
-        pred["arousal"] += details.arousal.float().cpu().tolist()
-        mass["valence"] += details.digit_mass_valence.float().cpu().tolist()
-        mass["arousal"] += details.digit_mass_arousal.float().cpu().tolist()
+        if digits:
+            details = scorer.score_details(images)
+            pred["valence"] += details.valence.float().cpu().tolist()
+            pred["arousal"] += details.arousal.float().cpu().tolist()
+            mass["valence"] += details.digit_mass_valence.float().cpu().tolist()
+            mass["arousal"] += details.digit_mass_arousal.float().cpu().tolist()
+            continue
+        for reading in scorer.score(images):  # a preset judge: digit mass of its expected-value readings (nan: none)
+            pred["valence"].append(reading.valence)
+            pred["arousal"].append(reading.arousal)
+            for axis in AXES:
+                mass[axis].append(math.nan if reading.digit_mass is None else reading.digit_mass)
+            unparsable += bool(getattr(reading, "unparsable", False))
     true = {"valence": [s.valence for s in samples], "arousal": [s.arousal for s in samples]}
     per_axis = {axis: axis_metrics(pred[axis], true[axis], constant[i], eps, mass[axis], low_mass)
                 for i, axis in enumerate(AXES)}
@@ -129,7 +144,9 @@ def evaluate_judge(scorer: Any, samples: Sequence[JudgeSample], *, constant: tup
     return JudgeEvaluation(n=len(samples), eps=eps, valence=per_axis["valence"], arousal=per_axis["arousal"],
                            low_mass_share=float((all_mass < low_mass).mean()), low_mass_threshold=low_mass,
                            constant_source=constant_source,
-                           predictions={axis: (pred[axis], true[axis]) for axis in AXES})
+                           predictions={axis: (pred[axis], true[axis]) for axis in AXES},
+                           unparsable_share=unparsable / len(samples),
+                           reading=dict(getattr(scorer, "settings", None) or {}) or None)
 
 
 # --- scatter plots --------------------------------------------------------------------------------
