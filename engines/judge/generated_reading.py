@@ -112,6 +112,7 @@ class GeneratedReading:
     arousal: AxisReading = field(default_factory=AxisReading)
     texts: list[str] = field(default_factory=list)
     generated_tokens: int = 0
+    unparsable_answers: int = 0  # answers (texts) the preset's parser could not read
 
     def axis(self, name: str) -> AxisReading:
         return self.valence if name == "valence" else self.arousal
@@ -125,10 +126,6 @@ class GeneratedReading:
     def point(self) -> tuple[float, float]:
         return (self.valence.mean if self.valence.mean is not None else 0.0,
                 self.arousal.mean if self.arousal.mean is not None else 0.0)
-
-    @property
-    def unparsable_answers(self) -> int:
-        return sum(v is None for axis in (self.valence, self.arousal) for v in axis.values)
 
     @property
     def digit_mass(self) -> Optional[float]:
@@ -215,6 +212,7 @@ class GeneratedReader:
             reading.generated_tokens += len(kept) + (1 if ended else 0)
             reading.texts.append(sanitize_model_text(text, max_chars=TEXT_CHARS, keep_newlines=True))
             answer = parse_answer(self.preset, question, text)
+            reading.unparsable_answers += answer is None
             for axis in (AXES if question == BOTH else (question,)):
                 number = answer.numbers[axis] if answer is not None else None
                 target = reading.axis(axis)
