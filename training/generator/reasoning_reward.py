@@ -125,7 +125,7 @@ class LVLMReasoningReward:
         return sum(per_axis) / len(per_axis)
 
     def _record(self, readings: list[GeneratedReading]) -> None:
-        answers = sum(len(r.valence.values) + len(r.arousal.values) for r in readings)
+        answers = sum(len(r.texts) for r in readings)
         bad = sum(r.unparsable_answers for r in readings)
         kinds = [k for r in readings for axis in (r.valence, r.arousal) for k in axis.kinds if k is not None]
         with self._lock:
@@ -137,8 +137,8 @@ class LVLMReasoningReward:
                                ("arousal_std", sum(r.arousal.std for r in readings))):
                 s[key] = s.get(key, 0.0) + float(value)
         if bad:
-            _LOG.warning("reward %s: %d of %d answers unparsable (each scores %g): the judge did not answer in "
-                         "preset %r's format", self.name, bad, answers, self.unparsable_reward, self.judge.preset.name)
+            _LOG.warning("reward %s: %d of %d judge answers unparsable in the format of preset %r (each scores %g)",
+                         self.name, bad, answers, self.judge.preset.name, self.unparsable_reward)
 
     def pop_stats(self) -> dict[str, float]:
         """Diagnostics since the last call: unparsable answers, spread over samples, tokens, expected-value share."""
