@@ -12,9 +12,15 @@ Three judges are evaluated on the test split with the scorer's normal read path:
   zero and its MAE must not beat the constant predictor).
 
 Figures: per judge and axis MAE, PLCC, SRCC next to the constant predictor's MAE (training mean);
-training throughput (images/s, soft-label steps, forward + backward). The last line is
+training throughput (images/s, forward + backward). The last line is
 ``judge_plcc_gain=<trained PLCC - base PLCC, mean over the two axes>``; the line before gives the
 shuffled control's gain, which must stay near 0.
+
+``--objective grpo`` trains both adapters with GRPO on the paper's format instead and evaluates every
+judge in the format its adapter was trained on (the paper preset, :mod:`..engines.judge.preset_judge`),
+adding the share of unparsable answers per judge. ``--cost`` skips training and prints what a reading
+costs per image on the base judge (:mod:`.reading_cost`): the digit readout against judges that
+write their answer, with generated tokens per image and a control whose cost must follow them.
 """
 
 from __future__ import annotations
@@ -89,15 +95,20 @@ def train_judge(config, log: bool = False):
         trainer.close()
 
 
-def evaluate_folder(model_dir: str | Path, manifest: str | Path, adapter: Optional[str | Path], pixels: Optional[int]):
-    """Load the judge like every consumer does (LVLMConfig(adapter=...)) and evaluate it on the test split."""
+def evaluate_folder(model_dir: str | Path, manifest: str | Path, adapter: Optional[str | Path], pixels: Optional[int],
+                    reading: str = "auto"):
+    """Load the judge like every consumer does (LVLMConfig(adapter=...)), read it as its adapter was trained
+    (``reading="auto"``: a GRPO adapter in the paper's format) and evaluate it on the test split."""
     from ..engines.judge.lvlm_scorer import LVLMConfig, load_lvlm
+    from ..engines.judge.preset_judge import choose_reading, judge_with_reading
     from ..training.judge.data import read_manifest
     from ..training.judge.evaluate import evaluate_judge
 
     manifest = read_manifest(manifest)
-    scorer = load_lvlm(LVLMConfig(model=str(model_dir), adapter=str(adapter) if adapter else None, device="cpu",
-                                  dtype="float32", max_pixels=pixels * pixels if pixels else None))
+    choice = choose_reading(reading, str(adapter) if adapter else None)
+    scorer = judge_with_reading(load_lvlm(LVLMConfig(
+        model=str(model_dir), adapter=str(adapter) if adapter else None, device="cpu", dtype="float32",
+        max_pixels=pixels * pixels if pixels else None)), choice)
     rows = [s for s in manifest.samples if s.split == "test"]
     return evaluate_judge(scorer, rows, constant=manifest.label_means("train"))
 
@@ -112,6 +123,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pixels", type=int, default=112, help="image side in pixels (112 = 16 image tokens)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the model, data and training (default 0)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--objective", default="soft_label", choices=["soft_label", "grpo"],
+                        help="judge training objective; GRPO adapters are evaluated in the paper's format")
+    parser.add_argument("--new-tokens", type=int, default=32,
+                        help="grpo and --cost: cap on generated tokens per answer (default 32)")
+    parser.add_argument("--cost", action="store_true",
+                        help="only measure what a reading costs per image (digits vs presets), no training")
+    parser.add_argument("--repeats", type=int, default=3, help="--cost: timed calls per path, median (default 3)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -127,21 +145,29 @@ def run(args: argparse.Namespace) -> int:
         print(f"[bench judge] tiny {args.family}, {args.train_images} train / {args.test_images} test synthetic images "
               f"({args.pixels}px: valence = brightness, arousal = warm/cool), {args.steps} steps x {args.batch_size}, "
               f"{torch.get_num_threads()} CPU thread(s)")
-        results = {"base": evaluate_folder(model_dir, manifest, None, args.pixels)}
+        if args.cost:
+            return _cost(args, model_dir, manifest)
+        grpo = args.objective == "grpo"
+        # the base judge is read the way the trained ones are: digits, or the paper format for GRPO adapters
+        results = {"base": evaluate_folder(model_dir, manifest, None, args.pixels, "paper" if grpo else "auto")}
         speed = {}
         for name, shuffled in (("trained", False), ("shuffled", True)):
             config = judge_run_config(model_dir, manifest, root / name, seed=args.seed, steps=args.steps,
                                       batch_size=args.batch_size, shuffle_labels=shuffled, pixels=args.pixels)
+            if grpo:
+                config.objective.kind, config.objective.max_new_tokens = "grpo", args.new_tokens
             adapter, speed[name] = train_judge(config)
             results[name] = evaluate_folder(model_dir, manifest, adapter, args.pixels)
-        print(f"{'judge':9s} {'axis':8s} {'MAE':>6s} {'const':>6s} {'PLCC':>6s} {'SRCC':>6s} {'acc@.5':>6s}")
+        print(f"{'judge':9s} {'axis':8s} {'MAE':>6s} {'const':>6s} {'PLCC':>6s} {'SRCC':>6s} {'acc@.5':>6s}"
+              + (f" {'unparsable':>10s}" if grpo else ""))
         for name, ev in results.items():
             for axis in ("valence", "arousal"):
                 m = getattr(ev, axis)
                 f = lambda v: "   n/a" if v is None else f"{v:6.3f}"  # noqa: E731
-                print(f"{name:9s} {axis:8s} {m.mae:6.3f} {m.mae_constant:6.3f} {f(m.plcc)} {f(m.srcc)} {m.acc_within_eps:6.3f}")
-        print(f"training throughput: {speed['trained']:.1f} images/s (soft-label forward + backward, batch "
-              f"{args.batch_size}, {args.pixels}px)")
+                print(f"{name:9s} {axis:8s} {m.mae:6.3f} {m.mae_constant:6.3f} {f(m.plcc)} {f(m.srcc)} {m.acc_within_eps:6.3f}"
+                      + (f" {ev.unparsable_share:10.1%}" if grpo else ""))
+        print(f"training throughput: {speed['trained']:.1f} images/s ({args.objective}, batch {args.batch_size}, "
+              f"{args.pixels}px)")
         base_plcc = results["base"].mean("plcc") or 0.0
         gain = (results["trained"].mean("plcc") or 0.0) - base_plcc
         control = (results["shuffled"].mean("plcc") or 0.0) - base_plcc
@@ -149,4 +175,22 @@ def run(args: argparse.Namespace) -> int:
               f"shuffled control: {results['shuffled'].mean('mae') / results['shuffled'].mean('mae_constant'):.3f}")
         print(f"shuffled_control_plcc_gain={control:+.3f}")
         print(f"judge_plcc_gain={gain:+.3f}")
+    return 0
+
+
+def _cost(args: argparse.Namespace, model_dir: Path, manifest: Path) -> int:
+    import torch
+
+    from ..engines.judge.lvlm_scorer import LVLMConfig, load_lvlm
+    from ..training.judge.data import load_images, read_manifest
+    from .reading_cost import measure_reading_costs, print_reading_costs
+
+    scorer = load_lvlm(LVLMConfig(model=str(model_dir), device="cpu", dtype="float32",
+                                  max_pixels=args.pixels * args.pixels))
+    rows = [s for s in read_manifest(manifest).samples if s.split == "test"]
+    images = load_images(rows)
+    costs = measure_reading_costs(scorer, images, args.new_tokens, args.repeats)
+    print_reading_costs(costs, args.new_tokens, f"tiny {args.family}, random weights, CPU, "
+                        f"{torch.get_num_threads()} thread(s), batch of {len(images)} images of {args.pixels}px, "
+                        f"median of {args.repeats} calls")
     return 0

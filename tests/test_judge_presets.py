@@ -196,15 +196,15 @@ def _site(judge, question: str, answer: str, image, preset):
 
 
 @torch.no_grad()
-def _next_token_probs(judge, site, suffix: list[int]) -> torch.Tensor:
-    """Reference: one unpadded row, the full-vocabulary distribution after prompt + ``suffix``."""
+def _next_token_probs(judge, site, suffix: list[int], logits: bool = False) -> torch.Tensor:
+    """Reference: one unpadded row, the full-vocabulary distribution (or logits) after prompt + ``suffix``."""
     encoded = judge._encode([site.prompt], [site.image])
     ids = torch.cat([encoded["input_ids"], torch.tensor([suffix])], dim=1)
     rest = {k: v for k, v in encoded.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
     if "mm_token_type_ids" in encoded:  # the appended tokens are text (type 0)
         rest["mm_token_type_ids"] = torch.cat([encoded["mm_token_type_ids"], torch.zeros(1, len(suffix)).long()], 1)
-    logits = judge.model(input_ids=ids, attention_mask=torch.ones_like(ids), **rest).logits[0, -1].float()
-    return torch.softmax(logits, dim=-1)
+    out = judge.model(input_ids=ids, attention_mask=torch.ones_like(ids), **rest).logits[0, -1].float()
+    return out if logits else torch.softmax(out, dim=-1)
 
 
 def _exact_fraction(judge, site, digits: list[int], depth: int) -> float:
@@ -258,34 +258,70 @@ def test_signed_paper_answers_keep_the_written_sign_and_integer(judge):
 # --- the whole path on the tiny judge ---------------------------------------------------------------------------
 
 
-def scripted(judge, reader, answers: dict[str, str]):
-    """Make ``reader`` 'generate' fixed answers per question (keyed by a word of the question)."""
-    def fake(texts, images):
-        rows = []
-        for text in texts:
-            answer = next(a for key, a in answers.items() if key in text)
-            rows.append(judge.tokenizer.encode(answer, add_special_tokens=False) + [judge.tokenizer.eos_token_id])
-        width = max(map(len, rows))
-        return torch.tensor([row + [judge.tokenizer.pad_token_id] * (width - len(row)) for row in rows])
+class ForceAnswers:
+    """A logits processor that makes generation write given answers (one token list per row), then the end token.
+    It runs after the reader's digit recorder, so the recorded scores are the model's own at each position."""
 
-    reader._generate = fake
+    def __init__(self, rows: list[list[int]], end: int):
+        self.rows, self.end, self.start = rows, end, None
+
+    def __call__(self, input_ids, scores):
+        self.start = input_ids.shape[1] if self.start is None else self.start
+        step = input_ids.shape[1] - self.start
+        forced = torch.full_like(scores, float("-inf"))
+        for row, ids in enumerate(self.rows):
+            forced[row, ids[step] if step < len(ids) else self.end] = 0.0
+        return forced
+
+
+def script(judge, reader, n_images: int, answers: dict[str, str]):
+    """Make ``reader``'s next read generate ``answers[question]`` for every image and sample."""
+    rows = [judge.tokenizer.encode(answers[q], add_special_tokens=False)
+            for _ in range(n_images) for q in reader.preset.question_keys for _ in range(reader.settings.samples)]
+    reader.extra_processors = [ForceAnswers(rows, judge.tokenizer.eos_token_id)]
 
 
 def test_scripted_answers_are_read_as_expected_values_or_parsed_numbers(judge):
     preset = load_preset("eemo-logic")
-    answers = {"level of valence": "<think>x</think><answer>Valence: 0.6523</answer>",
-               "level of arousal": "<think>y</think><answer>Arousal: 1.7</answer>"}  # arousal out of scale
+    answers = {"valence": "<think>x</think><answer>Valence: 0.6523</answer>",
+               "arousal": "<think>y</think><answer>Arousal: 1.7</answer>"}  # arousal out of scale
     images = torch.rand(2, 56, 56, 3)
     expected = GeneratedReadingJudge(judge, preset)
-    scripted(judge, expected.reader, answers)
+    script(judge, expected.reader, 2, answers)
     readings = expected.read_details(images)
     assert [r.valence.kinds for r in readings] == [["expected"], ["expected"]]
     assert all(r.unparsable and r.arousal.values == [None] and r.unparsable_answers == 1 for r in readings)
+    assert readings[0].texts[0].endswith("<answer>Valence: 0.6523</answer>")
     parsed = GeneratedReadingJudge(judge, preset, SamplingSettings(reading="parsed"))
-    scripted(judge, parsed.reader, answers)
+    script(judge, parsed.reader, 2, answers)
     reading = parsed.score(images)[0]
     assert reading.valence == pytest.approx(6 * 0.6523 - 3) and reading.arousal == 0.0 and reading.unparsable
     assert reading.digit_mass == 0.0  # an unparsable axis: every low-mass flag fires
+
+
+def test_digit_by_digit_reading_equals_teacher_forced_distributions(judge):
+    preset = load_preset("eemo-logic")
+    answer = "<think>soft light</think><answer>Valence: 0.652</answer>"
+    reader = GeneratedReader(judge, preset, SamplingSettings(max_new_tokens=80))
+    script(judge, reader, 1, {"valence": answer, "arousal": "<answer>Arousal: 0.5</answer>"})
+    image = _image(7)
+    got = reader.read([image])[0].valence
+    site = _site(judge, preset.questions["valence"], answer, image, preset)
+    digits, prefix = digit_token_ids(judge.tokenizer), list(site.completion[:site.first_fraction_token])
+    keep = torch.ones(_next_token_probs(judge, site, prefix).shape[0], dtype=torch.bool)
+    keep[reader.suppress] = False  # generation masks the special tokens; so does the reference
+
+    def probs(suffix):
+        p = _next_token_probs(judge, site, prefix + suffix, logits=True)
+        return torch.softmax(p.masked_fill(~keep, float("-inf")), dim=-1)
+
+    first = probs([])
+    fraction = float((first[digits] / first[digits].sum() * torch.arange(10)).sum()) / 10
+    for j in range(3):  # the written digits 6, 5, 2 and the position after them
+        nxt = probs([digits[int(d)] for d in "652"[:j + 1]])
+        fraction += float((nxt[digits] * torch.arange(10)).sum()) / 10 ** (j + 2)
+    assert got.kinds == ["expected"] and got.values[0] == pytest.approx(6 * fraction - 3, abs=1e-4)
+    assert got.masses[0] == pytest.approx(float(first[digits].sum()), abs=1e-5)
 
 
 def test_a_random_tiny_judge_writes_garbage_and_the_unparsable_count_shows_it(judge):
@@ -297,7 +333,7 @@ def test_a_random_tiny_judge_writes_garbage_and_the_unparsable_count_shows_it(ju
 
 def test_generation_never_writes_vision_or_other_special_tokens(judge):
     reader = GeneratedReader(judge, PAPER, SamplingSettings(samples=4, temperature=2.0, max_new_tokens=40))
-    completions = reader._generate([judge._chat(REASONING_INSTRUCTION)] * 4, [_image(k) for k in range(4)])
+    completions, _ = reader._generate([judge._chat(REASONING_INSTRUCTION)] * 4, [_image(k) for k in range(4)])
     written = set(completions.flatten().tolist())
     specials = set(judge.tokenizer.all_special_ids) - reader.end_ids - {judge.tokenizer.pad_token_id}
     assert written and not written & specials and max(written) < len(judge.tokenizer)
@@ -317,14 +353,9 @@ def test_sampled_readings_are_seeded_and_their_spread_is_reported(judge):
 
 def test_the_spread_is_the_std_over_parsed_samples(judge):
     reader = GeneratedReader(judge, PAPER, SamplingSettings(samples=2, temperature=1.0, reading="parsed"))
-    answers = iter(["<think>a</think><answer>1.00, -2.00</answer>", "<think>b</think><answer>2.00, -1.00</answer>"])
-
-    def fake(texts, images):
-        rows = [judge.tokenizer.encode(next(answers), add_special_tokens=False) for _ in texts]
-        width = max(map(len, rows))
-        return torch.tensor([row + [judge.tokenizer.eos_token_id] * (width - len(row) + 1) for row in rows])
-
-    reader._generate = fake
+    rows = [judge.tokenizer.encode(text, add_special_tokens=False) for text in
+            ("<think>a</think><answer>1.00, -2.00</answer>", "<think>b</think><answer>2.00, -1.00</answer>")]
+    reader.extra_processors = [ForceAnswers(rows, judge.tokenizer.eos_token_id)]
     reading = reader.read(torch.rand(1, 56, 56, 3))[0]
     assert reading.point == (1.5, -1.5) and reading.valence.std == pytest.approx(0.5)
     assert reading.arousal.std == pytest.approx(0.5) and not reading.unparsable

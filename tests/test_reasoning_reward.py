@@ -183,3 +183,29 @@ def test_eval_judge_reads_a_grpo_adapter_in_its_format(grpo_adapter, tiny_lvlm_d
     assert main(args + ["--judge-preset", "digits"]) == 0  # explicit: kept, with the warning and the fix
     captured = capsys.readouterr()
     assert "warning" in captured.err and "--judge-preset paper" in captured.err and "reading:" not in captured.out
+
+
+# --- bench judge --------------------------------------------------------------------------------------------------
+
+
+def test_bench_judge_cost_prints_each_readings_cost_and_the_token_control(capsys, one_thread):
+    assert main(["bench", "judge", "--cost", "--test-images", "3", "--pixels", "28", "--new-tokens", "4",
+                 "--repeats", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    for name in ("digits", "paper", "paper_2x", "eemo-logic", "exact_expected_pass"):
+        assert any(line.split()[:1] == [name] and "ms/image" in line for line in lines), name
+    keys = [line.split("=")[0] for line in lines[-4:]]
+    assert keys == ["paper_generated_tokens_per_image", "exact_expected_pass_over_digits_time",
+                    "paper_2x_cap_over_paper_time", "paper_over_digits_time"]
+    assert 0 < float(lines[-4].split("=")[1]) <= 4 + 1
+
+
+def test_bench_judge_grpo_evaluates_the_adapters_in_the_paper_format(capsys, one_thread):
+    # 56 px, seed 0: a setting where train-judge's GRPO does not sample an image-pad token (issue 22 item 9)
+    assert main(["bench", "judge", "--objective", "grpo", "--steps", "1", "--batch-size", "2", "--pixels", "56",
+                 "--train-images", "2", "--test-images", "3", "--new-tokens", "8", "--seed", "0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("judge "))
+    rows = [line for line in lines if line.split()[1:2] in (["valence"], ["arousal"])]
+    assert header.split()[-1] == "unparsable" and len(rows) == 6
+    assert all(line.split()[-1] == "100.0%" for line in rows)  # a random tiny judge never writes the format

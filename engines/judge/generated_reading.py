@@ -13,7 +13,9 @@ image-pad token in an answer would corrupt a later forward pass); generation sto
 
 Each answer is parsed by the preset's parser (:mod:`.answer_parsing`); where the preset allows it and
 the answer is a decimal number, the reading is the expected value of its digits
-(:mod:`.digit_expectation`), else the parsed number. Numbers map linearly onto [-3, 3]. An image's
+(:mod:`.digit_expectation`: digit by digit from the distributions generation already computed, or, on
+request, exact to the second decimal with ten extra rows per number), else the parsed number.
+Numbers map linearly onto [-3, 3]. An image's
 reading is the mean over its parsed samples (their standard deviation is the spread); an axis with
 no parsable answer is *unparsable*: its value is 0 and it is flagged, counted and (as a reward)
 penalised — never a silent score.
@@ -32,10 +34,12 @@ from ..images import ImageBatch, to_pil_list
 from ..progress import ProgressCallback, report
 from ..text_safety import sanitize_model_text
 from .answer_parsing import parse_answer
-from .digit_expectation import NumberSite, digit_token_ids, expected_numbers, locate_site
+from .digit_expectation import (
+    DigitScores, NumberSite, digit_by_digit, digit_token_ids, expected_numbers, locate_site,
+)
 from .presets import AXES, BOTH, JudgePreset, JudgePresetError
 
-READINGS = ("expected", "parsed")
+READINGS = ("expected", "exact_expected", "parsed")
 MAX_SAMPLES = 64
 TEXT_CHARS = 2000  # of each answer kept for display and logs (sanitised)
 
@@ -50,7 +54,8 @@ class SamplingSettings:
     temperature: float = 0.0
     #: cap on generated tokens per answer; 0 = the preset's (or a GRPO adapter's training cap)
     max_new_tokens: int = 0
-    #: "expected" (digits' expected value where the format allows it, else the parsed number) or "parsed"
+    #: "expected" (digit-by-digit expected value where the format allows it, else the parsed number; free),
+    #: "exact_expected" (exact to the second decimal: ten extra rows per number) or "parsed" (the number as written)
     reading: str = "expected"
     #: base seed of sampled decoding (each call adds its call count)
     seed: int = 0
@@ -164,8 +169,9 @@ class GeneratedReader:
         self.settings.check()
         self.end_ids = end_token_ids(lvlm)
         self.suppress = special_token_ids_to_suppress(lvlm, self.end_ids)
-        use_digits = self.settings.reading == "expected" and preset.expected_value
+        use_digits = self.settings.reading != "parsed" and preset.expected_value
         self.digit_ids = digit_token_ids(lvlm.tokenizer) if use_digits else None
+        self.extra_processors: list[Any] = []  # run after the digit recorder (tests force scripted answers here)
         self.calls = 0
 
     def read(self, images: ImageBatch, *, progress: Optional[ProgressCallback] = None) -> list[GeneratedReading]:
@@ -187,24 +193,31 @@ class GeneratedReader:
                 report(progress, done, len(chunks))
         return readings
 
-    def _generate(self, texts: list[str], images: list[Any]) -> torch.Tensor:
+    def _generate(self, texts: list[str], images: list[Any]) -> tuple[torch.Tensor, Optional[DigitScores]]:
+        """Completion ids ``[rows, T]`` and, when digits are read, the digit scores of every step."""
+        from transformers import LogitsProcessorList
+
         s = self.settings
         encoded = self.lvlm._encode(texts, images)
         sampling: dict[str, Any] = {"do_sample": False}
         if s.temperature > 0:  # the full tempered distribution, whatever the checkpoint's defaults say
             sampling = {"do_sample": True, "temperature": s.temperature, "top_k": 0, "top_p": 1.0, "min_p": None,
                         "typical_p": 1.0, "repetition_penalty": 1.0}
+        recorder = DigitScores(self.digit_ids) if self.digit_ids is not None else None
+        processors = LogitsProcessorList(([recorder] if recorder else []) + self.extra_processors)
         generated = self.lvlm.model.generate(
             **encoded, max_new_tokens=s.new_tokens(self.preset), num_beams=1, suppress_tokens=self.suppress or None,
-            pad_token_id=self.lvlm.tokenizer.pad_token_id, **sampling)
-        return generated[:, encoded["input_ids"].shape[1]:].cpu()
+            pad_token_id=self.lvlm.tokenizer.pad_token_id, logits_processor=processors, **sampling)
+        return generated[:, encoded["input_ids"].shape[1]:].cpu(), recorder
 
     def _read_chunk(self, chunk: list[tuple[int, str]], prompts: dict[str, str], pil: list[Any],
                     readings: list[GeneratedReading]) -> None:
         tokenizer = self.lvlm.tokenizer
-        completions = self._generate([prompts[q] for _, q in chunk], [pil[i] for i, _ in chunk])
+        completions, recorder = self._generate([prompts[q] for _, q in chunk], [pil[i] for i, _ in chunk])
+        digits = recorder.digits() if recorder is not None else None
+        norms = recorder.log_norm() if recorder is not None else None
         sites, targets = [], []
-        for (image, question), row in zip(chunk, completions.tolist()):
+        for r, ((image, question), row) in enumerate(zip(chunk, completions.tolist())):
             ended = [k for k, token in enumerate(row) if token in self.end_ids]
             kept = row[:ended[0]] if ended else row
             text = tokenizer.decode(kept, skip_special_tokens=True)
@@ -222,7 +235,11 @@ class GeneratedReader:
                 if number is None or self.digit_ids is None:
                     continue
                 token = locate_site(tokenizer, kept, text, number, self.digit_ids)
-                if token is not None:
+                if token is None:
+                    continue
+                if self.settings.reading == "expected":
+                    self._store(target, len(target.values) - 1, digit_by_digit(number, token, digits[r], norms[r]))
+                else:
                     sites.append(NumberSite(prompts[question], pil[image], kept, token, number))
                     targets.append((target, len(target.values) - 1))
         size = self.lvlm.config.max_images_per_pass or len(sites)
@@ -230,9 +247,13 @@ class GeneratedReader:
             batch = sites[start:start + max(1, size)]
             for (target, k), expected in zip(targets[start:start + len(batch)],
                                              expected_numbers(self.lvlm, batch, self.digit_ids)):
-                target.values[k] = self._to_va(min(max(expected.value, self.preset.scale[0]), self.preset.scale[1]))
-                target.kinds[k] = "expected"
-                target.masses[k] = expected.digit_mass
+                self._store(target, k, expected)
+
+    def _store(self, target: AxisReading, k: int, expected: Any) -> None:
+        low, high = self.preset.scale
+        target.values[k] = self._to_va(min(max(expected.value, low), high))
+        target.kinds[k] = "expected"
+        target.masses[k] = expected.digit_mass
 
     def _to_va(self, value: float) -> float:
         return min(VA_MAX, max(VA_MIN, self.preset.to_va(value)))

@@ -106,8 +106,9 @@ class RewardSpec:
     temperature: float = _f(0.0, "'lvlm_reasoning': 0 = greedy decoding; > 0 = sample at this temperature")
     max_new_tokens: int = _f(0, "'lvlm_reasoning': cap on generated tokens per answer (0 = the GRPO adapter's "
                              "training cap, else the preset's)")
-    reading: str = _f("expected", "'lvlm_reasoning': 'expected' (expected value of the written number's digits "
-                      "where the format allows it) or 'parsed' (the number as written)")
+    reading: str = _f("expected", "'lvlm_reasoning': 'expected' (digit-by-digit expected value of the written "
+                      "number where the format allows it; free), 'exact_expected' (exact to the second decimal: ten "
+                      "extra rows per number) or 'parsed' (the number as written)")
     unparsable_reward: float = _f(0.0, "'lvlm_reasoning': reward of an answer that cannot be parsed (counted and "
                                   "logged; 0 = the worst a readable answer gets)")
     device: str = _f("", "device of the reward model ('' = the training device)")

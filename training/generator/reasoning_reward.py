@@ -17,9 +17,10 @@ Logged per step (TensorBoard ``reward_info/<name>/…`` and the run's history): 
 tokens per image and the share of expected-value readings. Settings (preset, decoding, temperature,
 max_new_tokens, samples) are printed when the reward is built and saved with the run's config.
 
-Cost per image: one generation of up to ``max_new_tokens`` tokens per question and sample, plus (for
-expected-value readings) one ten-row forward pass per number; the digit reward (``kind = "lvlm"``)
-generates nothing. ``docs/scoring.md`` has the measured figures.
+Cost per image: one generation of up to ``max_new_tokens`` tokens per question and sample (the
+default digit-by-digit expected value reuses the distributions generation computed; ``reading =
+"exact_expected"`` adds ten forward rows per number); the digit reward (``kind = "lvlm"``) generates
+nothing. ``docs/scoring.md`` has the measured figures.
 """
 
 from __future__ import annotations
