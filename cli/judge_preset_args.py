@@ -20,17 +20,17 @@ def add_judge_preset_arguments(parser: argparse.ArgumentParser) -> None:
     names = ", ".join(shipped_preset_names())
     parser.add_argument(
         "--judge-preset", default=AUTO, metavar="NAME_OR_FILE",
-        help=f"how the LVLM judge is asked and read: auto (default: as its adapter was trained), digits (the 1-9 "
+        help=f"how the LVLM judge is asked and read: auto (as its adapter was trained), digits (the 1-9 "
              f"digit readout), a preset ({names}: the judge writes its answer, which is parsed) or a preset "
              ".toml/.json file (see docs/judge.md)")
     parser.add_argument("--judge-samples", type=int, default=1,
-                        help="presets: answers per image and question; the reading is their mean (default 1; > 1 "
-                             "needs --judge-temperature > 0)")
+                        help="presets: answers per image and question; the reading is their mean (> 1 needs "
+                             "--judge-temperature > 0)")
     parser.add_argument("--judge-temperature", type=float, default=0.0,
-                        help="presets: 0 = greedy decoding (default), > 0 = sample at this temperature")
+                        help="presets: 0 = greedy decoding, > 0 = sample at this temperature")
     parser.add_argument("--judge-max-new-tokens", type=int, default=0,
-                        help="presets: cap on generated tokens per answer (default 0 = the GRPO adapter's training "
-                             "cap, else the preset's)")
+                        help="presets: cap on generated tokens per answer; 0 = the GRPO adapter's training cap, "
+                             "else the preset's")
 
 
 def judge_reading(args: argparse.Namespace, adapter: Optional[str], lvlm: str = "") -> Any:
