@@ -427,3 +427,13 @@ def test_loader_node_offers_the_presets_and_returns_a_preset_judge(fake_comfy, t
     mine = node.load(model="tiny", dtype="float32", device="cpu", judge_preset="mine.toml")[0]
     assert mine.preset.name == "mine" and mine.lvlm.config.max_pixels == 401408
     assert not isinstance(node.load(model="tiny", dtype="float32", device="cpu")[0], GeneratedReadingJudge)
+
+
+def test_a_preset_judge_still_drives_the_prompt_refiner(judge):
+    from emofeedback2.engines.loop.refiner import LVLMRefiner, make_refiner
+
+    preset_judge = GeneratedReadingJudge(judge, PAPER, SamplingSettings(max_new_tokens=8))
+    refiner = make_refiner(preset_judge)
+    assert isinstance(refiner, LVLMRefiner) and refiner._keeps_lines()
+    texts = preset_judge.generate_text(torch.rand(1, 56, 56, 3), "Describe the light.", max_new_tokens=4)
+    assert len(texts) == 1 and isinstance(texts[0], str)

@@ -72,16 +72,16 @@ class DigitScores:
         self._norm: list[torch.Tensor] = []
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        values = scores.float()
-        self._digits.append(values[:, self.ids.to(values.device)].cpu())
-        self._norm.append(torch.logsumexp(values, dim=-1).cpu())
+        values = scores.float()  # kept on the device until the end: no host sync per generated token
+        self._digits.append(values[:, self.ids.to(values.device)])
+        self._norm.append(torch.logsumexp(values, dim=-1))
         return scores
 
     def digits(self) -> torch.Tensor:
-        return torch.stack(self._digits, dim=1) if self._digits else torch.zeros(0, 0, 10)
+        return torch.stack(self._digits, dim=1).cpu() if self._digits else torch.zeros(0, 0, 10)
 
     def log_norm(self) -> torch.Tensor:
-        return torch.stack(self._norm, dim=1) if self._norm else torch.zeros(0, 0)
+        return torch.stack(self._norm, dim=1).cpu() if self._norm else torch.zeros(0, 0)
 
 
 def digit_by_digit(number: ParsedNumber, first_fraction_token: int, digits: torch.Tensor,

@@ -186,6 +186,8 @@ class GeneratedReader:
         seed = s.seed + self.calls
         self.calls += 1
         devices = [self.lvlm.device] if self.lvlm.device.type == "cuda" else []
+        # sampled answers are seeded (seed + call count) without touching the caller's random stream; greedy
+        # decoding draws nothing, so it forks nothing (a reward on a worker thread stays out of the way)
         with self.lvlm._on_device(), torch.random.fork_rng(devices=devices, enabled=s.temperature > 0):
             torch.manual_seed(seed)
             for done, chunk in enumerate(chunks, 1):

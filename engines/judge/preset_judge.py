@@ -14,7 +14,7 @@ is kept but comes with a warning naming the fix (the generator's training reward
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from ..images import ImageBatch
 from ..progress import ProgressCallback
@@ -103,9 +103,11 @@ class GeneratedReadingJudge:
                                       unparsable=reading.unparsable))
         return out
 
-    def generate_text(self, *args: Any, **kwargs: Any) -> list[str]:
-        """The wrapped model's free-text generation (the prompt refiner's)."""
-        return self.lvlm.generate_text(*args, **kwargs)
+    def generate_text(self, images: Optional[ImageBatch], instructions: Union[list[str], str], max_new_tokens: int = 128,
+                      max_chars: int = 600, keep_newlines: bool = False) -> list[str]:
+        """The wrapped model's free-text generation (the prompt refiner's), same signature."""
+        return self.lvlm.generate_text(images, instructions, max_new_tokens=max_new_tokens, max_chars=max_chars,
+                                       keep_newlines=keep_newlines)
 
 
 def judge_with_reading(scorer: Any, choice: ReadingChoice, settings: Optional[SamplingSettings] = None) -> Any:
