@@ -437,3 +437,19 @@ def test_a_preset_judge_still_drives_the_prompt_refiner(judge):
     assert isinstance(refiner, LVLMRefiner) and refiner._keeps_lines()
     texts = preset_judge.generate_text(torch.rand(1, 56, 56, 3), "Describe the light.", max_new_tokens=4)
     assert len(texts) == 1 and isinstance(texts[0], str)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_both_expected_readings_run_on_every_tiny_family_and_agree_within_the_stated_bound(tiny_lvlm_dirs, family,
+                                                                                            one_thread):
+    judge = load_lvlm(LVLMConfig(model=str(tiny_lvlm_dirs[family]), device="cpu", dtype="float32"))
+    answers = {"valence": "<answer>Valence: 0.65</answer>", "arousal": "<answer>Arousal: 0.2</answer>"}
+    values = {}
+    for reading in ("expected", "exact_expected"):
+        reader = GeneratedReader(judge, load_preset("eemo-logic"), SamplingSettings(reading=reading, max_new_tokens=40))
+        script(judge, reader, 2, answers)
+        out = reader.read(torch.rand(2, 56, 72, 3, generator=torch.Generator().manual_seed(1)))
+        assert all(r.valence.kinds == ["expected"] and r.arousal.kinds == ["expected"] for r in out)
+        values[reading] = [r.point for r in out]
+    for (v1, a1), (v2, a2) in zip(values["expected"], values["exact_expected"]):
+        assert abs(v1 - v2) <= 0.6 and abs(a1 - a2) <= 0.6  # digit by digit: < 0.1 of [0, 1] from the exact reading
