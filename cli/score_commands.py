@@ -90,6 +90,11 @@ def run(args: argparse.Namespace) -> int:
     rows = reading_rows(readings, target)
     for row, file in zip(rows, files):
         row["image"] = str(file)
+    for row, details in zip(rows, getattr(scorer, "last_details", [])):  # a preset judge: answers and spread
+        row["answers"] = len(details.texts)
+        row["unparsable_answers"] = details.unparsable_answers
+        if len(details.valence.values) > 1:
+            row["valence_std"], row["arousal_std"] = round(details.valence.std, 4), round(details.arousal.std, 4)
     if args.json:
         print(json.dumps({
             "scorer": scorer.name,
@@ -105,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
         line = f"{row['image']}: valence {row['valence']:+.2f}  arousal {row['arousal']:+.2f}"
         if "reward" in row:
             line += f"  reward {row['reward']:.3f}"
+        if "valence_std" in row:
+            line += f"  spread {row['valence_std']:.2f}/{row['arousal_std']:.2f} over {row['answers']} answers"
         if row.get("unparsable"):
             line += "  UNPARSABLE: the judge's answer could not be read in its preset's format (an axis reads 0)"
         elif row.get("low_digit_mass"):

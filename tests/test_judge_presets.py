@@ -401,9 +401,18 @@ def test_score_cli_with_the_eemo_logic_preset_flags_every_garbage_answer(tiny_lv
     assert out["judge_reading"]["preset"] == "eemo-logic" and out["judge_reading"]["decoding"] == "greedy"
     assert out["judge_reading"]["max_new_tokens"] == 16
     assert all(row["unparsable"] and row["low_digit_mass"] for row in out["readings"])
+    assert all(row["answers"] == 2 and row["unparsable_answers"] == 2 for row in out["readings"])
     assert main(["score", str(tmp_path / "0.png"), "--lvlm", str(tiny_lvlm_dir), "--device", "cpu",
                  "--judge-preset", "eemo-logic", "--judge-max-new-tokens", "8"]) == 0
     assert "UNPARSABLE" in capsys.readouterr().out
+    assert main(["score", str(tmp_path / "0.png"), "--lvlm", str(tiny_lvlm_dir), "--device", "cpu", "--json",
+                 "--judge-preset", "paper", "--judge-samples", "3", "--judge-temperature", "1", "--judge-max-new-tokens",
+                 "6"]) == 0
+    row = json.loads(capsys.readouterr().out)["readings"][0]
+    assert row["answers"] == 3 and row["valence_std"] == 0.0  # no answer parsed: no spread to measure
+    assert main(["score", str(tmp_path / "0.png"), "--lvlm", str(tiny_lvlm_dir), "--judge-preset", "paper",
+                 "--judge-samples", "3"]) == 2
+    assert "temperature > 0" in capsys.readouterr().err
     assert main(["score", str(tmp_path / "0.png"), "--lvlm", "colour", "--judge-preset", "paper"]) == 2
     assert "colour heuristic" in capsys.readouterr().err
 

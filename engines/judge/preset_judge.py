@@ -80,6 +80,7 @@ class GeneratedReadingJudge:
         self.preset = preset
         self.reader = GeneratedReader(lvlm, preset, settings)
         self.name = f"{lvlm.name} [preset {preset.name}]"
+        self.last_details: list[GeneratedReading] = []  # of the last ``score`` call: spreads, answers, tokens
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -96,7 +97,8 @@ class GeneratedReadingJudge:
         ``analysis=True`` returns the first answer's text (the judge's own reasoning, sanitised).
         """
         out = []
-        for reading in self.read_details(images, progress=progress):
+        self.last_details = self.read_details(images, progress=progress)
+        for reading in self.last_details:
             valence, arousal = reading.point
             text = reading.texts[0][:400] if analysis and reading.texts else ""
             out.append(EmotionReading(valence=valence, arousal=arousal, analysis=text, digit_mass=reading.digit_mass,
