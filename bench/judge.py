@@ -142,11 +142,11 @@ def run(args: argparse.Namespace) -> int:
         root = Path(tmp)
         model_dir = build_tiny_lvlm(root / "model", family=args.family, seed=args.seed)
         manifest = write_synthetic_judge_set(root / "data", args.train_images, args.test_images, args.seed, args.pixels)
-        print(f"[bench judge] tiny {args.family}, {args.train_images} train / {args.test_images} test synthetic images "
-              f"({args.pixels}px: valence = brightness, arousal = warm/cool), {args.steps} steps x {args.batch_size}, "
-              f"{torch.get_num_threads()} CPU thread(s)")
         if args.cost:
             return _cost(args, model_dir, manifest)
+        print(f"[bench judge] tiny {args.family}, {args.train_images} train / {args.test_images} test synthetic images "
+              f"({args.pixels}px: valence = brightness, arousal = warm/cool), {args.objective}, {args.steps} steps x "
+              f"{args.batch_size}, {torch.get_num_threads()} CPU thread(s)")
         grpo = args.objective == "grpo"
         # the base judge is read the way the trained ones are: digits, or the paper format for GRPO adapters
         results = {"base": evaluate_folder(model_dir, manifest, None, args.pixels, "paper" if grpo else "auto")}
