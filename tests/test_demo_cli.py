@@ -74,7 +74,7 @@ def test_loop_runs_on_a_local_pipeline_folder(tmp_path, models_dir, capsys):
 
 def test_cli_defaults_are_the_loop_engine_defaults():
     from emofeedback2.cli.loop_commands import LOOP_DEFAULTS
-    from emofeedback2.engines.loop.feedback_loop import LoopConfig
+    from emofeedback2.engines.loop.loop_config import LoopConfig
 
     config = LoopConfig()
     for name, value in vars(LOOP_DEFAULTS).items():
