@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .arg_types import finite_number, image_size, positive_int
 from .lvlm_args import add_lvlm_load_arguments, lvlm_load_options
+from .run_info import run_identity
 
 
 def register(subparsers) -> None:
@@ -124,17 +125,10 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.compare:
         print(compare_table(args.compare))
         return 0
-    import torch
-    from tqdm.auto import tqdm
-
-    from ..engines.devices import resolve_device
     from ..engines.emotion_space import VA
-    from ..evaluation.clip_metrics import CLIPMetrics
-    from ..evaluation.lpips_metric import LPIPSMetric
-    from ..evaluation.plots import write_pictures
-    from ..evaluation.report import QualityScores, build_report, markdown_table, write_report
-    from ..evaluation.runner import EvalPlan, Sampling, check_output, run_evaluation
+    from ..evaluation.runner import Sampling, check_output
     from ..evaluation.targets import grid_targets, read_targets
+    from ..training.run_lock import hold_run_folder, remove_empty_folders, top_missing
 
     started = time.perf_counter()
     prompts = _prompts(args)
@@ -147,6 +141,27 @@ def run_eval(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     check_output(out, args.resume)
+    created = top_missing(out)
+    lock = hold_run_folder(out, "--out")  # held until the report is written: a second eval here is refused
+    try:
+        return _evaluate(args, out, prompts, targets, sampling, started)
+    finally:
+        lock.release()
+        remove_empty_folders(out, created)  # a run that failed before writing anything leaves no empty folder
+
+
+def _evaluate(args, out: Path, prompts, targets, sampling, started: float) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..engines.devices import resolve_device
+    from ..evaluation.clip_metrics import CLIPMetrics
+    from ..evaluation.lpips_metric import LPIPSMetric
+    from ..evaluation.plots import write_pictures
+    from ..evaluation.report import QualityScores, build_report, markdown_table, write_report
+    from ..evaluation.runner import EvalPlan, run_evaluation
+
+    demo = args.demo
     if demo:
         torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     # the quality models first: a wrong --clip or --lpips folder should stop the run before it starts
@@ -163,7 +178,9 @@ def run_eval(args: argparse.Namespace) -> int:
                         sampling=sampling, batch_size=args.batch_size, models=models)
         run = {**description, "judge": judge, "judge_is_heuristic": bool(getattr(scorer, "is_heuristic", False)),
                "label": args.label, "prompts": prompts, "targets": [[t.valence, t.arousal] for t in targets],
-               "seeds": plan.seeds, "sampling": plan.fingerprint()["sampling"]}
+               "seeds": plan.seeds, "sampling": plan.fingerprint()["sampling"], "lvlm": args.lvlm,
+               "lvlm_adapter": args.lvlm_adapter, "device": args.device, "dtype": args.dtype, **lvlm_load_options(args),
+               **run_identity(args.seed)}
         print(f"evaluating {description['generator']} with judge {judge}: {len(prompts)} prompt(s) × {len(plan.seeds)} seed(s) "
               f"× {len(targets)} target(s) = {plan.total} images → {out}")
         bar = tqdm(total=plan.total, desc="eval", unit="img")

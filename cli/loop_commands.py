@@ -16,9 +16,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from .arg_types import finite_number, image_size, positive_int, seed_value, tolerance_value, va_component
+from .arg_types import (
+    finite_number,
+    image_size,
+    positive_int,
+    seed_value,
+    tolerance_value,
+    va_component,
+)
+from .console import quiet_prompt_truncation
 from .loop_outputs import LoopCommandError, RoundWriter, prepare_out, write_outputs
 from .lvlm_args import add_lvlm_load_arguments, load_scorer, lvlm_load_options
+from .run_info import run_identity
 
 # The loop engine's defaults (LoopConfig), restated so `emofeedback2 --help` does not import torch;
 # tests/test_demo_cli.py pins them to LoopConfig().
@@ -109,14 +118,16 @@ def _run_and_report(generator, scorer, refiner, prompt: str, target, config, out
 
     bar = TqdmProgress("feedback loop", total=config.rounds * (config.candidates + 1))
     try:
-        result = run_feedback_loop(generator, scorer, refiner, prompt, target, config, progress=bar,
-                                   on_round=RoundWriter(out, extra))
+        with quiet_prompt_truncation() as truncations:
+            result = run_feedback_loop(generator, scorer, refiner, prompt, target, config, progress=bar,
+                                       on_round=RoundWriter(out, extra))
     except BaseException as exc:
         bar.close()
         partial = getattr(exc, "partial_result", None)
         if partial is not None and partial.rounds:
             try:
-                write_outputs(out, partial, {**extra, "complete": False, "error": f"{type(exc).__name__}: {exc}"[:500]})
+                write_outputs(out, partial, {**extra, "complete": False, "error": f"{type(exc).__name__}: {exc}"[:500],
+                                             "prompt_truncations": truncations.count})
                 print(f"stopped ({partial.stop_reason}); partial results of {len(partial.rounds)} round(s) in {out}",
                       file=sys.stderr)
             except Exception as write_error:  # noqa: BLE001 - the round folders and partial report are on disk
@@ -124,7 +135,9 @@ def _run_and_report(generator, scorer, refiner, prompt: str, target, config, out
                       file=sys.stderr)
         raise
     bar.close()
-    report = write_outputs(out, result, {**extra, "complete": True})
+    report = write_outputs(out, result, {**extra, "complete": True, "prompt_truncations": truncations.count})
+    if truncations.note():
+        print(truncations.note())
     best = result.best
     counts = report["counts"]
     print(f"target {target}; {len(result.rounds)} round(s), stopped: {result.stop_reason}")
@@ -148,7 +161,7 @@ def run_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     if args.prompt is not None and not args.prompt.strip():
         raise LoopCommandError("--prompt is empty: say what to draw, or leave --prompt out for the demo's own prompt")
-    out = prepare_out(Path(args.out), args.overwrite)
+    folder = prepare_out(Path(args.out), args.overwrite)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     print(HONESTY_NOTE)
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="emofeedback2-demo-"))
@@ -160,11 +173,16 @@ def run_demo(args: argparse.Namespace) -> int:
             "demo": True,
             "note": HONESTY_NOTE,
             "seconds_to_build_models": round(components.seconds_to_build, 3),
+            "models": {"generator": f"demo: {components.generator.name} (tiny random weights, built in a temporary "
+                                    "folder) + toy mood grade", "lora": None, "adapter": None,
+                       "lvlm": "colour", "lvlm_adapter": None},
+            **run_identity(args.seed),
         }
         code = _run_and_report(components.generator, components.scorer, components.refiner,
                                DEMO_PROMPT if args.prompt is None else args.prompt, target,
-                               _config(args), out, extra)
+                               _config(args), folder.path, extra)
     finally:
+        folder.close()
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     print(f"demo finished in {time.perf_counter() - started:.1f} s (untrained demo models: see the note above)")
@@ -172,15 +190,26 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_loop(args: argparse.Namespace) -> int:
-    from ..engines.generation.diffusers_backend import DiffusersGeneratorConfig, ModelLoadError, load_diffusers_generator
-    from ..engines.generation.emotion_adapter import AdapterArchitectureError
+    if not args.prompt or not args.prompt.strip():
+        raise LoopCommandError("--prompt is required (what to draw, e.g. 'a lighthouse on a rocky coast')")
+    folder = prepare_out(Path(args.out), args.overwrite)
+    try:
+        return _load_and_loop(args, folder.path)
+    finally:
+        folder.close()  # a run that failed before its first round leaves no empty --out behind
+
+
+def _load_and_loop(args: argparse.Namespace, out: Path) -> int:
     from ..engines.emotion_space import VA
+    from ..engines.generation.diffusers_backend import (
+        DiffusersGeneratorConfig,
+        ModelLoadError,
+        load_diffusers_generator,
+    )
+    from ..engines.generation.emotion_adapter import AdapterArchitectureError
     from ..engines.judge.lvlm_scorer import LVLMLoadError
     from ..engines.loop.refiner import make_refiner
 
-    if not args.prompt or not args.prompt.strip():
-        raise LoopCommandError("--prompt is required (what to draw, e.g. 'a lighthouse on a rocky coast')")
-    out = prepare_out(Path(args.out), args.overwrite)
     try:
         generator = load_diffusers_generator(DiffusersGeneratorConfig(
             model=args.generator, device=args.device, dtype=args.dtype, lora=args.lora, adapter=args.adapter,
@@ -195,6 +224,12 @@ def run_loop(args: argparse.Namespace) -> int:
         raise LoopCommandError(f"cannot load --lvlm {args.lvlm!r}: {exc}") from exc
     refiner = make_refiner(scorer)
     print(f"generator: {args.generator} ({generator.arch}); judge: {getattr(scorer, 'name', args.lvlm)}; refiner: {refiner.name}")
-    extra = {"demo": False, "generator": args.generator, "lvlm": args.lvlm}
+    extra = {
+        "demo": False, "generator": args.generator, "lvlm": args.lvlm,
+        "models": {"generator": args.generator, "arch": generator.arch, "lora": args.lora, "adapter": args.adapter,
+                   "lvlm": args.lvlm, "lvlm_adapter": args.lvlm_adapter, "device": args.device, "dtype": args.dtype,
+                   **lvlm_load_options(args)},
+        **run_identity(args.seed),
+    }
     return _run_and_report(generator, scorer, refiner, args.prompt, VA(args.valence, args.arousal),
                            _config(args), out, extra)

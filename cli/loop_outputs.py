@@ -2,7 +2,9 @@
 
 ``OUT/round_NN/candidate_KK_seedS.png`` and a partial ``report.json`` after every round (so a later
 failure loses nothing), then ``best.png``, ``trajectory.png`` and the final ``report.json``. A
-non-empty ``OUT`` is refused unless ``--overwrite``, which removes only what an earlier run wrote.
+non-empty ``OUT`` is refused unless ``--overwrite``, which removes only what an earlier run wrote;
+a folder another live run holds is refused in every case. A run that fails before writing anything
+leaves no empty folder behind.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ import math
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from ..engines.errors import UserError
+from ..training.run_lock import LOCK_FILE, RunLock, check_not_held, hold_run_folder, remove_empty_folders, top_missing
 
 
 class LoopCommandError(UserError):
@@ -53,11 +58,12 @@ def _ours(entry: Path) -> bool:
     return entry.is_file() and bool(_OUTPUT_FILES.fullmatch(entry.name))
 
 
-def _clear_previous_run(out: Path, overwrite: bool) -> None:
-    """Refuse a non-empty ``out`` (rounds of two runs would mix); with ``overwrite`` remove only a run's outputs."""
-    entries = sorted(out.iterdir())
+def _check_previous_run(out: Path, overwrite: bool) -> list[Path]:
+    """Refuse a non-empty ``out`` (rounds of two runs would mix) unless ``overwrite``, and with it a folder
+    holding anything a run does not write; returns what ``overwrite`` would remove. Read-only."""
+    entries = sorted(e for e in out.iterdir() if e.name != LOCK_FILE)
     if not entries:
-        return
+        return []
     shown = ", ".join(e.name for e in entries[:4]) + (" ..." if len(entries) > 4 else "")
     if not overwrite:
         raise LoopCommandError(f"--out {out} is not empty ({shown}); choose a new folder, or pass --overwrite "
@@ -67,15 +73,27 @@ def _clear_previous_run(out: Path, overwrite: bool) -> None:
         raise LoopCommandError(f"--out {out} holds files a loop/demo run does not write ({', '.join(foreign[:4])}); "
                                "--overwrite only replaces round_NN/, best.png, trajectory.png and report.json: "
                                "choose another folder")
-    for entry in entries:
-        if entry.is_dir():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
+    return entries
 
 
-def prepare_out(out: Path, overwrite: bool = False) -> Path:
-    """Check and create ``--out`` before anything is generated (a bad folder must not cost the run)."""
+@dataclass
+class OutFolder:
+    """``--out``, held by this run (:mod:`..training.run_lock`) from before anything in it is removed."""
+
+    path: Path
+    lock: RunLock
+    created: Optional[Path]  # the top-most folder this run created (``path`` or a parent), None if it existed
+
+    def close(self) -> None:
+        """Release the folder (its lock file goes with it); when the run wrote nothing, also remove the
+        folders it made. Partial rounds, when there are any, stay."""
+        self.lock.release()
+        remove_empty_folders(self.path, self.created)
+
+
+def prepare_out(out: Path, overwrite: bool = False) -> OutFolder:
+    """Check, create and hold ``--out`` before anything is generated (a bad folder must not cost the run).
+    A folder another live run holds is refused before anything in it is touched."""
     if out.exists() and not out.is_dir():
         raise LoopCommandError(f"--out {out} is a file; choose a folder")
     for parent in out.parents:
@@ -83,16 +101,28 @@ def prepare_out(out: Path, overwrite: bool = False) -> Path:
             if not parent.is_dir():
                 raise LoopCommandError(f"--out {out} lies under {parent}, which is a file; choose another folder")
             break
+    check_not_held(out, "--out")
+    if out.is_dir():
+        _check_previous_run(out, overwrite)  # refused before the folder is held or anything is created
+    created = top_missing(out)
     try:
-        if out.is_dir():
-            _clear_previous_run(out, overwrite)
-        out.mkdir(parents=True, exist_ok=True)
+        lock = hold_run_folder(out, "--out")
+    except OSError as exc:
+        raise LoopCommandError(f"--out {out} cannot be written ({exc.strerror or exc}); choose another folder") from exc
+    folder = OutFolder(out, lock, created)
+    try:
+        for entry in _check_previous_run(out, overwrite):  # again under the lock; removes only a run's outputs
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
         probe = out / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
+        folder.close()
         raise LoopCommandError(f"--out {out} cannot be written ({exc.strerror or exc}); choose another folder") from exc
-    return out
+    except BaseException:
+        folder.close()
+        raise
+    return folder
 
 
 class RoundWriter:

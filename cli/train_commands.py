@@ -7,6 +7,9 @@ groups; rewards are gathered before advantages).
 from __future__ import annotations
 
 import argparse
+import sys
+
+from .interrupts import interrupted_note
 
 
 def register(subparsers) -> None:
@@ -83,9 +86,17 @@ def _train(args: argparse.Namespace) -> int:
         print_plan_or_reason(config)
         return 0
     from ..training.generator.trainer import GRPOTrainer
+    from ..training.run_lock import hold_run_folder, is_main_rank
 
+    if is_main_rank():  # held before the models load and before --overwrite deletes anything; other ranks wait
+        hold_run_folder(config.output_dir, "output_dir")
     trainer = GRPOTrainer(config)
-    history = trainer.train(resume=args.resume, overwrite=args.overwrite, allow_change=args.allow_change)
+    try:
+        history = trainer.train(resume=args.resume, overwrite=args.overwrite, allow_change=args.allow_change)
+    except KeyboardInterrupt:
+        if is_main_rank():
+            print(interrupted_note(config.output_dir, "train", getattr(args, "argv", None)), file=sys.stderr)
+        raise
     if history and trainer.accelerator.is_main_process:
         last = history[-1]
         raw = ", ".join(f"{name} {last[f'reward/{name}']:.4f}" for name in trainer.reward.names)
