@@ -54,7 +54,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (default auto)")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"), help="weights dtype (default auto)")
     p.add_argument("--clip", default=None, help="CLIP folder or hub id (CLIPModel + CLIPProcessor) for clip_score and clip_iqa")
-    p.add_argument("--lpips", default=None, help="LPIPS weights folder for lpips_continuous (see README: backbone + heads)")
+    p.add_argument("--lpips", default=None, help="LPIPS weights folder for lpips_continuous (backbone + heads; layout in docs/evaluation.md)")
     p.add_argument("--lpips-net", default="alex", choices=("alex", "vgg", "squeeze"), help="LPIPS backbone (default alex)")
     p.add_argument("--label", default=None, help="name of this run in --compare tables (default: the folder name)")
     p.add_argument("--out", default="eval_out", help="output folder (default eval_out)")
