@@ -294,3 +294,15 @@ def test_ci_runs_exactly_the_readme_test_command():
     command = readme_test_command()
     assert shlex.split(command)[:3] == ["python", "-m", "pytest"]
     assert command in [line.strip() for line in ci], f"{command!r} is not a line of .ci/run"
+
+
+_REPO_PATH = re.compile(r"`((?:engines|training|cli|nodes|bench|evaluation|tiny_models|tests|workflows|docs|\.ci)/[\w./-]*)`")
+
+
+@pytest.mark.parametrize("page", [*PAGES, ROOT / "ARCHITECTURE.md"], ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_repository_path_the_docs_name_exists(page):
+    """A `engines/loop/refiner.py`-style path in a page names a file or folder that is there (no stale
+    paths after a move)."""
+    missing = [f"{page.name}: {m}" for m in _REPO_PATH.findall(page.read_text(encoding="utf-8"))
+               if not (ROOT / m.rstrip("/")).exists()]
+    assert not missing, "\n".join(missing)
