@@ -128,7 +128,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..engines.emotion_space import VA
     from ..evaluation.runner import Sampling, check_output
     from ..evaluation.targets import grid_targets, read_targets
-    from ..training.run_lock import hold_run_folder, remove_empty_folders, top_missing
+    from ..training.run_lock import holding
 
     started = time.perf_counter()
     prompts = _prompts(args)
@@ -141,13 +141,8 @@ def run_eval(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     check_output(out, args.resume)
-    created = top_missing(out)
-    lock = hold_run_folder(out, "--out")  # held until the report is written: a second eval here is refused
-    try:
+    with holding(out, "--out"):  # until the report is written; a run that writes nothing leaves no folder
         return _evaluate(args, out, prompts, targets, sampling, started)
-    finally:
-        lock.release()
-        remove_empty_folders(out, created)  # a run that failed before writing anything leaves no empty folder
 
 
 def _evaluate(args, out: Path, prompts, targets, sampling, started: float) -> int:

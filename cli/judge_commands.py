@@ -80,7 +80,7 @@ def _held_out_split(manifest, requested):
 def _train(args: argparse.Namespace) -> int:
     from ..training.judge.config import describe_judge_fields, judge_config_to_dict
     from ..training.judge.data import read_manifest
-    from ..training.run_lock import check_not_held, hold_run_folder
+    from ..training.run_lock import check_not_held, holding
 
     if args.help_config:
         print(describe_judge_fields())
@@ -96,9 +96,13 @@ def _train(args: argparse.Namespace) -> int:
               f"{sorted(manifest.splits) or ['(none)']}, {len(train_rows)} training rows, held-out split "
               f"{held_out or '(none)'}" + (f", {len(manifest.skipped)} bad rows skipped" if manifest.skipped else ""))
         return 0
+    with holding(config.output_dir, "output_dir"):  # before the trainer opens tb/ or reads a checkpoint there
+        return _run_judge_trainer(config, manifest, held_out, args)
+
+
+def _run_judge_trainer(config, manifest, held_out, args: argparse.Namespace) -> int:
     from ..training.judge.trainer import JudgeTrainer
 
-    hold_run_folder(config.output_dir, "output_dir")  # before the trainer opens tb/ or reads a checkpoint there
     trainer = JudgeTrainer(config, manifest=manifest)
     try:
         try:

@@ -85,11 +85,18 @@ def _train(args: argparse.Namespace) -> int:
 
         print_plan_or_reason(config)
         return 0
-    from ..training.generator.trainer import GRPOTrainer
-    from ..training.run_lock import hold_run_folder, is_main_rank
+    from ..training.run_lock import holding, is_main_rank
 
-    if is_main_rank():  # held before the models load and before --overwrite deletes anything; other ranks wait
-        hold_run_folder(config.output_dir, "output_dir")
+    if not is_main_rank():  # rank 0 holds the folder for the whole launch; the other ranks wait for it
+        return _run_trainer(config, args)
+    with holding(config.output_dir, "output_dir"):  # before the models load and before --overwrite deletes anything
+        return _run_trainer(config, args)
+
+
+def _run_trainer(config, args: argparse.Namespace) -> int:
+    from ..training.generator.trainer import GRPOTrainer
+    from ..training.run_lock import is_main_rank
+
     trainer = GRPOTrainer(config)
     try:
         history = trainer.train(resume=args.resume, overwrite=args.overwrite, allow_change=args.allow_change)

@@ -109,14 +109,18 @@ def test_loop_report_names_every_model_version_and_seed_and_truncation_is_one_no
             shown.append(record.getMessage())
 
     collect = Collect()
-    logging.getLogger("diffusers").addHandler(collect)
+    library = logging.getLogger("diffusers")
+    level = library.level  # the demo (run earlier in this process) turns library warnings off
+    library.setLevel(logging.WARNING)
+    library.addHandler(collect)
     try:
         code = main(["loop", "--generator", str(models_dir / "tiny-sd15"), "--adapter", str(adapter_file),
                      "--lvlm", "colour", "--prompt", "a lighthouse on a rocky coast", "--valence", "2", "--arousal", "1",
                      "--rounds", "2", "--candidates", "2", "--size", "16", "--steps", "1", "--seed", "7",
                      "--device", "cpu", "--out", str(out)])
     finally:
-        logging.getLogger("diffusers").removeHandler(collect)
+        library.removeHandler(collect)
+        library.setLevel(level)
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert report["models"] == {"generator": str(models_dir / "tiny-sd15"), "arch": "sd15", "lora": None,

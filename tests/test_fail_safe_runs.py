@@ -178,7 +178,7 @@ def test_train_judge_eval_resume_and_demo_overwrite_in_a_held_folder_are_refused
             assert snapshot(out) == before, name
 
 
-def test_a_failed_loop_leaves_no_folder_it_made_and_an_existing_one_as_it_was(tmp_path, capsys):
+def test_a_failed_loop_or_eval_leaves_no_folder_it_made_and_an_existing_one_as_it_was(tmp_path, capsys):
     def loop(out: Path) -> int:
         return main(["loop", "--generator", str(tmp_path / "no-such-model"), "--lvlm", "colour", "--valence", "1",
                      "--arousal", "1", "--prompt", "a house", "--out", str(out)])
@@ -190,6 +190,10 @@ def test_a_failed_loop_leaves_no_folder_it_made_and_an_existing_one_as_it_was(tm
     existing.mkdir()
     assert loop(existing) == 2
     assert existing.is_dir() and not any(existing.iterdir())
+    assert main(["eval", "--generator", str(tmp_path / "no-such-model"), "--lvlm", "colour", "--prompt", "a house",
+                 "--out", str(tmp_path / "eval" / "out")]) == 2
+    assert "no-such-model" in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()
 
 
 # --- a disk that fills inside a save ----------------------------------------------------------------

@@ -23,9 +23,10 @@ import os
 import socket
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from ..engines.errors import UserError
 
@@ -264,3 +265,16 @@ def top_missing(folder: str | Path) -> Optional[Path]:
     """The top-most of ``folder`` and its parents that does not exist yet (what creating it will make)."""
     folder = Path(folder)
     return next((p for p in reversed((folder, *folder.parents)) if not p.exists()), None)
+
+
+@contextmanager
+def holding(folder: str | Path, what: str = "run folder") -> Iterator[RunLock]:
+    """Hold ``folder`` for the block; if the block fails before anything was written there, the folders
+    this call created go again (a run that could not start leaves no empty folder behind)."""
+    created = top_missing(folder)
+    lock = hold_run_folder(folder, what)
+    try:
+        yield lock
+    finally:
+        lock.release()
+        remove_empty_folders(folder, created)
