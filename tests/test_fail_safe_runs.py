@@ -154,6 +154,22 @@ def test_train_overwrite_and_resume_in_a_live_run_are_refused_and_touch_nothing(
     assert (run / "checkpoints" / "step-000002").is_dir()
 
 
+def test_a_two_process_launch_over_a_live_run_is_refused_on_every_rank(trained_run, tmp_path):
+    """torchrun with two ranks and --overwrite: rank 0 would take the lock, rank 1 would wait for it; a live
+    holder of another launch stops both before anything is deleted."""
+    run, config = copy_run(trained_run, tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    with live_holder(run) as proc:
+        before = snapshot(run)
+        launch = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                                 "-m", "emofeedback2.cli", "train", "--config", str(config), "--overwrite"],
+                                capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+        assert launch.returncode != 0
+        refusals = [line for line in launch.stderr.splitlines() if f"in use by pid {proc.pid}" in line]
+        assert len(refusals) == 2, launch.stderr[-3000:]  # one per rank
+        assert snapshot(run) == before
+
+
 def test_train_judge_eval_resume_and_demo_overwrite_in_a_held_folder_are_refused(tmp_path, capsys):
     manifest = tmp_path / "m.csv"
     manifest.write_text("image,valence,arousal\na.png,0,0\n", encoding="utf-8")
