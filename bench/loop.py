@@ -121,7 +121,7 @@ def whole(result):
 
 def schedules(seed: int):
     """Label → (LoopConfig, budgets to read off the run) for one target's runs."""
-    from ..engines.loop.feedback_loop import LoopConfig
+    from ..engines.loop.loop_config import LoopConfig
 
     small = dict(width=8, height=8, steps=1, seed=seed)
     ours = LoopConfig(**small)
@@ -137,7 +137,8 @@ def schedules(seed: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engines.loop.feedback_loop import LoopConfig, run_feedback_loop
+    from ..engines.loop.feedback_loop import run_feedback_loop
+    from ..engines.loop.loop_config import LoopConfig
     from ..engines.loop.refiner import FallbackRefiner
     from ..engines.demo.toy_plants import PLANT_FAMILIES, make_plant
 

@@ -20,6 +20,7 @@ from . import (bench_commands, eval_commands, export_commands, judge_commands, l
                score_commands, train_commands)
 from .. import __version__
 from ..engines.errors import UserError
+from ..training.disk_space import DISK_FULL_ERRNOS, disk_full_message
 
 # A hand-written default note: "(default X)", "(default: X; more)" or a trailing "; default: X".
 _HANDWRITTEN_DEFAULT = re.compile(
@@ -97,6 +98,10 @@ def _anticipated(exc: BaseException) -> Optional[str]:
     """The one-line message for an anticipated failure, or None for a bug (which keeps its traceback)."""
     if isinstance(exc, UserError):
         return str(exc)
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS and exc.filename:
+        return disk_full_message(exc.filename, exc) + "; free space, then run again"
+    if "No space left on device" in str(exc) or (isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS):  # a library's own writer (safetensors, torch) wrapping ENOSPC
+        return f"no space left on device ({' '.join(str(exc).split())[:200]}); free space, then run again"
     if isinstance(exc, OSError) and not isinstance(exc, (ConnectionError, BlockingIOError)):
         where = f" {exc.filename}" if exc.filename else ""
         return f"cannot use{where}: {exc.strerror or exc}; check the path and its permissions"
@@ -108,6 +113,7 @@ def _anticipated(exc: BaseException) -> Optional[str]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # what a resume hint repeats
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -3,7 +3,7 @@ baselines, correlations, slopes, monotonicity, CLIPScore, CLIP-IQA, LPIPS-Contin
 generator of this project, and ``eval --compare`` to put several runs in one Markdown table.
 
 The engine is :mod:`..evaluation`; this module only parses arguments and loads the models the way
-``emofeedback2 loop`` does (:func:`.loop_commands.load_scorer`, the diffusers backend's loader).
+``emofeedback2 loop`` does (:func:`.lvlm_args.load_scorer`, the diffusers backend's loader).
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from .loop_commands import _finite, _positive_int, _size
+from .arg_types import finite_number, image_size, positive_int
 from .judge_preset_args import add_judge_preset_arguments, judge_reading, preset_pixel_options, read_with, reading_record
 from .lvlm_args import add_lvlm_load_arguments, lvlm_load_options
+from .run_info import run_identity
 
 
 def register(subparsers) -> None:
@@ -33,9 +34,9 @@ def register(subparsers) -> None:
     p.add_argument("--generator", default=None, help="diffusers pipeline folder (model_index.json) or hub id")
     p.add_argument("--lora", default=None, help="a trained generator LoRA (.safetensors) to apply")
     p.add_argument("--adapter", default=None, help="a trained emotion adapter (.safetensors) to apply")
-    p.add_argument("--text-strength", type=_finite("--text-strength", 0.0, 2.0), default=None,
+    p.add_argument("--text-strength", type=finite_number("--text-strength", 0.0, 2.0), default=None,
                    help="text route: weave each target's emotion words into the prompt, 0..2 (default 0; --demo: 1)")
-    p.add_argument("--adapter-strength", type=_finite("--adapter-strength", 0.0, 2.0), default=1.0, help="emotion adapter strength, 0..2 (default 1)")
+    p.add_argument("--adapter-strength", type=finite_number("--adapter-strength", 0.0, 2.0), default=1.0, help="emotion adapter strength, 0..2 (default 1)")
     p.add_argument("--lvlm", default=None, help="judge: Qwen-VL folder or hub id, or 'colour' for the colour heuristic (--demo: colour)")
     p.add_argument("--lvlm-adapter", default=None, help="a peft LoRA folder for the LVLM judge")
     add_lvlm_load_arguments(p)
@@ -43,19 +44,19 @@ def register(subparsers) -> None:
     p.add_argument("--prompts", default=None, help="prompts file, one per line (or a .csv with a 'prompt' column)")
     p.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable); instead of --prompts")
     targets = p.add_mutually_exclusive_group()
-    targets.add_argument("--grid", type=_positive_int("--grid", 9), default=5, help="N × N targets, V and A evenly spaced over [-3, 3] (default 5)")
+    targets.add_argument("--grid", type=positive_int("--grid", 9), default=5, help="N × N targets, V and A evenly spaced over [-3, 3] (default 5)")
     targets.add_argument("--targets", default=None, help="targets file: one 'valence, arousal' pair per line")
-    p.add_argument("--seeds", type=_positive_int("--seeds", 1000), default=1, help="seeds per prompt and target: seed, seed+1, ... (default 1)")
+    p.add_argument("--seeds", type=positive_int("--seeds", 1000), default=1, help="seeds per prompt and target: seed, seed+1, ... (default 1)")
     p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     p.add_argument("--negative", default="", help="negative prompt")
-    p.add_argument("--steps", type=_positive_int("--steps", 1000), default=None, help="sampling steps (default 20; --demo: 2)")
+    p.add_argument("--steps", type=positive_int("--steps", 1000), default=None, help="sampling steps (default 20; --demo: 2)")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default 7; --demo: 1)")
-    p.add_argument("--size", type=_size, default=None, help="image width and height, multiple of 8 (default 512; --demo: 32)")
-    p.add_argument("--batch-size", type=_positive_int("--batch-size", 256), default=8, help="targets generated per call (default 8)")
+    p.add_argument("--size", type=image_size, default=None, help="image width and height, multiple of 8 (default 512; --demo: 32)")
+    p.add_argument("--batch-size", type=positive_int("--batch-size", 256), default=8, help="targets generated per call (default 8)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (default auto)")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"), help="weights dtype (default auto)")
     p.add_argument("--clip", default=None, help="CLIP folder or hub id (CLIPModel + CLIPProcessor) for clip_score and clip_iqa")
-    p.add_argument("--lpips", default=None, help="LPIPS weights folder for lpips_continuous (see README: backbone + heads)")
+    p.add_argument("--lpips", default=None, help="LPIPS weights folder for lpips_continuous (backbone + heads; layout in docs/evaluation.md)")
     p.add_argument("--lpips-net", default="alex", choices=("alex", "vgg", "squeeze"), help="LPIPS backbone (default alex)")
     p.add_argument("--label", default=None, help="name of this run in --compare tables (default: the folder name)")
     p.add_argument("--out", default="eval_out", help="output folder (default eval_out)")
@@ -117,7 +118,7 @@ def _load(args, workdir: Path):
 
 
 def _scorer(args):
-    from .loop_commands import load_scorer
+    from .lvlm_args import load_scorer
 
     choice = judge_reading(args, args.lvlm_adapter, args.lvlm)
     return read_with(load_scorer(args.lvlm, args.device, args.dtype, args.lvlm_adapter, **lvlm_load_options(args),
@@ -130,17 +131,10 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.compare:
         print(compare_table(args.compare))
         return 0
-    import torch
-    from tqdm.auto import tqdm
-
-    from ..engines.devices import resolve_device
     from ..engines.emotion_space import VA
-    from ..evaluation.clip_metrics import CLIPMetrics
-    from ..evaluation.lpips_metric import LPIPSMetric
-    from ..evaluation.plots import write_pictures
-    from ..evaluation.report import QualityScores, build_report, markdown_table, write_report
-    from ..evaluation.runner import EvalPlan, Sampling, check_output, run_evaluation
+    from ..evaluation.runner import Sampling, check_output
     from ..evaluation.targets import grid_targets, read_targets
+    from ..training.run_lock import holding
 
     started = time.perf_counter()
     prompts = _prompts(args)
@@ -153,6 +147,22 @@ def run_eval(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     check_output(out, args.resume)
+    with holding(out, "--out"):  # until the report is written; a run that writes nothing leaves no folder
+        return _evaluate(args, out, prompts, targets, sampling, started)
+
+
+def _evaluate(args, out: Path, prompts, targets, sampling, started: float) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..engines.devices import resolve_device
+    from ..evaluation.clip_metrics import CLIPMetrics
+    from ..evaluation.lpips_metric import LPIPSMetric
+    from ..evaluation.plots import write_pictures
+    from ..evaluation.report import QualityScores, build_report, markdown_table, write_report
+    from ..evaluation.runner import EvalPlan, run_evaluation
+
+    demo = args.demo
     if demo:
         torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     # the quality models first: a wrong --clip or --lpips folder should stop the run before it starts
@@ -171,7 +181,9 @@ def run_eval(args: argparse.Namespace) -> int:
                         sampling=sampling, batch_size=args.batch_size, models=models)
         run = {**description, "judge": judge, "judge_is_heuristic": bool(getattr(scorer, "is_heuristic", False)),
                "label": args.label, "prompts": prompts, "targets": [[t.valence, t.arousal] for t in targets],
-               "seeds": plan.seeds, "sampling": plan.fingerprint()["sampling"]}
+               "seeds": plan.seeds, "sampling": plan.fingerprint()["sampling"], "lvlm": args.lvlm,
+               "lvlm_adapter": args.lvlm_adapter, "device": args.device, "dtype": args.dtype, **lvlm_load_options(args),
+               **run_identity(args.seed)}
         print(f"evaluating {description['generator']} with judge {judge}: {len(prompts)} prompt(s) × {len(plan.seeds)} seed(s) "
               f"× {len(targets)} target(s) = {plan.total} images → {out}")
         bar = tqdm(total=plan.total, desc="eval", unit="img")

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from .judge_preset_args import add_judge_preset_arguments, judge_reading, preset_pixel_options, read_with
+from .interrupts import interrupted_note
 from .lvlm_args import add_lvlm_load_arguments, lvlm_load_options
 
 
@@ -80,6 +81,7 @@ def _held_out_split(manifest, requested):
 def _train(args: argparse.Namespace) -> int:
     from ..training.judge.config import describe_judge_fields, judge_config_to_dict
     from ..training.judge.data import read_manifest
+    from ..training.run_lock import check_not_held, holding
 
     if args.help_config:
         print(describe_judge_fields())
@@ -88,17 +90,27 @@ def _train(args: argparse.Namespace) -> int:
     manifest = read_manifest(config.data.manifest, skip_bad=config.data.skip_bad)
     held_out = _held_out_split(manifest, args.eval_split)
     train_rows = manifest.split(config.data.train_split)
+    check_not_held(config.output_dir, "output_dir")  # a live run's folder: refused before anything loads
     if args.dry_run:
         print(json.dumps(judge_config_to_dict(config), indent=2))
         print(f"[train-judge] manifest {manifest.path}: {len(manifest.samples)} rows, splits "
               f"{sorted(manifest.splits) or ['(none)']}, {len(train_rows)} training rows, held-out split "
               f"{held_out or '(none)'}" + (f", {len(manifest.skipped)} bad rows skipped" if manifest.skipped else ""))
         return 0
+    with holding(config.output_dir, "output_dir"):  # before the trainer opens tb/ or reads a checkpoint there
+        return _run_judge_trainer(config, manifest, held_out, args)
+
+
+def _run_judge_trainer(config, manifest, held_out, args: argparse.Namespace) -> int:
     from ..training.judge.trainer import JudgeTrainer
 
     trainer = JudgeTrainer(config, manifest=manifest)
     try:
-        trainer.train(resume=args.resume)
+        try:
+            trainer.train(resume=args.resume)
+        except KeyboardInterrupt:
+            print(interrupted_note(config.output_dir, "train-judge", getattr(args, "argv", None)), file=sys.stderr)
+            raise
         metrics = {}
         if held_out:
             metrics = _held_out_metrics(trainer, manifest, held_out)

@@ -10,95 +10,25 @@ Heavy libraries are imported inside the command functions so ``emofeedback2 --he
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import os
-import re
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
 
-from ..engines.emotion_space import EmotionValueError, check_component
-from ..engines.errors import UserError
+from .arg_types import (
+    finite_number,
+    image_size,
+    positive_int,
+    seed_value,
+    tolerance_value,
+    va_component,
+)
+from .console import quiet_prompt_truncation
 from .judge_preset_args import add_judge_preset_arguments, judge_reading, preset_pixel_options, read_with
-from .lvlm_args import add_lvlm_load_arguments, lvlm_load_options
-
-SEED_LIMIT = 2**64  # ComfyUI's seed range; the loop's candidate seeds wrap at the same modulus
-
-
-class LoopCommandError(UserError):
-    """A loop/demo argument or output folder that cannot be used."""
-
-
-def _component(name: str):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number in [-3, 3], got {text!r}") from None
-        try:
-            return check_component(value, name)
-        except EmotionValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return parse
-
-
-def _positive_int(name: str, maximum: int = 1000):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {text!r}") from None
-        if not 1 <= value <= maximum:
-            raise argparse.ArgumentTypeError(f"{name} must be in 1..{maximum}, got {value}")
-        return value
-
-    return parse
-
-
-def _finite(name: str, lo: float, hi: float):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number in [{lo:g}, {hi:g}], got {text!r}") from None
-        if not (math.isfinite(value) and lo <= value <= hi):  # NaN would reach report.json as invalid JSON
-            raise argparse.ArgumentTypeError(f"{name} must be a finite number in [{lo:g}, {hi:g}], got {text!r}")
-        return value
-
-    return parse
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seed must be a whole number, got {text!r}") from None
-    if not 0 <= value < SEED_LIMIT:
-        raise argparse.ArgumentTypeError(f"seed must be in 0..{SEED_LIMIT - 1} (2**64-1), got {value}")
-    return value
-
-
-def _tolerance(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"tolerance must be a number in [0, 6], got {text!r}") from None
-    if not 0.0 <= value <= 6.0:
-        raise argparse.ArgumentTypeError(f"tolerance is a V-A distance in [0, 6], got {value}")
-    return value
-
-
-def _size(text: str) -> int:
-    value = _positive_int("size", 4096)(text)
-    if value % 8:
-        raise argparse.ArgumentTypeError(f"size must be a multiple of 8, got {value}")
-    return value
-
+from .loop_outputs import LoopCommandError, RoundWriter, prepare_out, write_outputs
+from .lvlm_args import add_lvlm_load_arguments, load_scorer, lvlm_load_options
+from .run_info import run_identity
 
 # The loop engine's defaults (LoopConfig), restated so `emofeedback2 --help` does not import torch;
 # tests/test_demo_cli.py pins them to LoopConfig().
@@ -111,18 +41,18 @@ def _add_schedule_arguments(parser: argparse.ArgumentParser, steps: int, size: i
     parser.add_argument("--prompt", default=None,
                         help=f"what to draw; subject and composition words are kept every round{prompt_note}")
     parser.add_argument("--negative", default="", help="negative prompt, the same every round")
-    parser.add_argument("--rounds", type=_positive_int("rounds", 50), default=defaults.rounds,
+    parser.add_argument("--rounds", type=positive_int("rounds", 50), default=defaults.rounds,
                         help=f"most rounds of generate → judge → rewrite (default {defaults.rounds})")
-    parser.add_argument("--candidates", type=_positive_int("candidates", 256), default=defaults.candidates,
+    parser.add_argument("--candidates", type=positive_int("candidates", 256), default=defaults.candidates,
                         help=f"images per round, judged in one batch (default {defaults.candidates})")
-    parser.add_argument("--tolerance", type=_tolerance, default=defaults.tolerance,
+    parser.add_argument("--tolerance", type=tolerance_value, default=defaults.tolerance,
                         help=f"stop once the best image is this close to the target, mean |ΔV|,|ΔA| (default {defaults.tolerance}; 0 = never)")
-    parser.add_argument("--min-improvement", type=_finite("min-improvement", 0.0, 6.0), default=defaults.min_improvement,
+    parser.add_argument("--min-improvement", type=finite_number("min-improvement", 0.0, 6.0), default=defaults.min_improvement,
                         help=f"stop when a round brings the best and the mean reading less than this closer (default {defaults.min_improvement}; 0 = never)")
-    parser.add_argument("--seed", type=_seed, default=0, help="seed of the first candidate; candidate k uses seed + k (default 0)")
-    parser.add_argument("--steps", type=_positive_int("steps", 1000), default=steps, help=f"sampling steps per image (default {steps})")
-    parser.add_argument("--cfg", type=_finite("cfg", 0.0, 100.0), default=cfg, help="classifier-free guidance scale")
-    parser.add_argument("--size", type=_size, default=size, help=f"image width and height in pixels, multiple of 8 (default {size})")
+    parser.add_argument("--seed", type=seed_value, default=0, help="seed of the first candidate; candidate k uses seed + k (default 0)")
+    parser.add_argument("--steps", type=positive_int("steps", 1000), default=steps, help=f"sampling steps per image (default {steps})")
+    parser.add_argument("--cfg", type=finite_number("cfg", 0.0, 100.0), default=cfg, help="classifier-free guidance scale")
+    parser.add_argument("--size", type=image_size, default=size, help=f"image width and height in pixels, multiple of 8 (default {size})")
 
 
 def _add_out_arguments(parser: argparse.ArgumentParser, default: str) -> None:
@@ -142,8 +72,8 @@ def register(subparsers) -> None:
     )
     _add_out_arguments(demo, "demo_out")
     # DEMO_TARGET restated (engines.demo imports torch); tests/test_cli_outputs.py pins them to it
-    demo.add_argument("--valence", type=_component("valence"), default=2.0, help="target valence in [-3, 3]")
-    demo.add_argument("--arousal", type=_component("arousal"), default=1.5, help="target arousal in [-3, 3]")
+    demo.add_argument("--valence", type=va_component("valence"), default=2.0, help="target valence in [-3, 3]")
+    demo.add_argument("--arousal", type=va_component("arousal"), default=1.5, help="target arousal in [-3, 3]")
     demo.add_argument("--workdir", default=None, help="where to build the tiny models (default: a temporary folder, removed after)")
     _add_schedule_arguments(demo, steps=2, size=64, cfg=1.0, prompt_note=" (default: the demo's own prompt)")
     demo.set_defaults(func=run_demo)
@@ -156,8 +86,8 @@ def register(subparsers) -> None:
     )
     loop.add_argument("--generator", required=True, help="diffusers pipeline folder (with model_index.json) or hub id (SD1.5/SDXL/SD3.x)")
     loop.add_argument("--lvlm", required=True, help="Qwen-VL model folder or hub id, or 'colour' for the weight-free colour heuristic")
-    loop.add_argument("--valence", type=_component("valence"), required=True, help="target valence in [-3, 3]")
-    loop.add_argument("--arousal", type=_component("arousal"), required=True, help="target arousal in [-3, 3]")
+    loop.add_argument("--valence", type=va_component("valence"), required=True, help="target valence in [-3, 3]")
+    loop.add_argument("--arousal", type=va_component("arousal"), required=True, help="target arousal in [-3, 3]")
     _add_out_arguments(loop, "loop_out")
     loop.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (default auto)")
     loop.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"), help="weights dtype (default auto)")
@@ -174,7 +104,7 @@ def register(subparsers) -> None:
 
 
 def _config(args):
-    from ..engines.loop.feedback_loop import LoopConfig
+    from ..engines.loop.loop_config import LoopConfig
 
     return LoopConfig(
         rounds=args.rounds, candidates=args.candidates, tolerance=args.tolerance,
@@ -184,135 +114,22 @@ def _config(args):
     )
 
 
-def strict_json(value):
-    """``value`` with NaN/inf floats replaced by None, so the report is valid (strict) JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(v) for v in value]
-    return value
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-# What RoundWriter and _write_outputs put in --out (plus their temp/probe files): all --overwrite removes.
-_ROUND_FOLDER = re.compile(r"round_\d{2,}")
-_CANDIDATE_FILE = re.compile(r"candidate_\d{2,}_seed\d+\.png")
-_OUTPUT_FILES = re.compile(r"(best\.png|trajectory\.png|report\.json|\.report\.json\.tmp|\.write-test-\d+)")
-
-
-def _ours(entry: Path) -> bool:
-    if entry.is_symlink():  # never followed: removing through a link could reach another folder
-        return False
-    if entry.is_dir():
-        return bool(_ROUND_FOLDER.fullmatch(entry.name)) and all(
-            f.is_file() and not f.is_symlink() and _CANDIDATE_FILE.fullmatch(f.name) for f in entry.iterdir())
-    return entry.is_file() and bool(_OUTPUT_FILES.fullmatch(entry.name))
-
-
-def _clear_previous_run(out: Path, overwrite: bool) -> None:
-    """Refuse a non-empty ``out`` (rounds of two runs would mix); with ``overwrite`` remove only a run's outputs."""
-    entries = sorted(out.iterdir())
-    if not entries:
-        return
-    shown = ", ".join(e.name for e in entries[:4]) + (" ..." if len(entries) > 4 else "")
-    if not overwrite:
-        raise LoopCommandError(f"--out {out} is not empty ({shown}); choose a new folder, or pass --overwrite "
-                               "to replace the earlier run's outputs in it")
-    foreign = [e.name for e in entries if not _ours(e)]
-    if foreign:  # checked before anything is removed: all or nothing
-        raise LoopCommandError(f"--out {out} holds files a loop/demo run does not write ({', '.join(foreign[:4])}); "
-                               "--overwrite only replaces round_NN/, best.png, trajectory.png and report.json: "
-                               "choose another folder")
-    for entry in entries:
-        if entry.is_dir():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
-
-
-def prepare_out(out: Path, overwrite: bool = False) -> Path:
-    """Check and create ``--out`` before anything is generated (a bad folder must not cost the run)."""
-    if out.exists() and not out.is_dir():
-        raise LoopCommandError(f"--out {out} is a file; choose a folder")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise LoopCommandError(f"--out {out} lies under {parent}, which is a file; choose another folder")
-            break
-    try:
-        if out.is_dir():
-            _clear_previous_run(out, overwrite)
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise LoopCommandError(f"--out {out} cannot be written ({exc.strerror or exc}); choose another folder") from exc
-    return out
-
-
-class RoundWriter:
-    """Writes each round's candidates and a partial ``report.json`` as soon as the round is committed."""
-
-    def __init__(self, out: Path, extra: dict):
-        self.out, self.extra = out, extra
-
-    def __call__(self, result, images) -> None:
-        from ..engines.images import to_pil_list
-
-        record = result.rounds[-1]
-        folder = self.out / f"round_{record.round:02d}"
-        folder.mkdir(exist_ok=True)
-        for candidate, image in zip(record.candidates, to_pil_list(images)):
-            image.save(folder / f"candidate_{candidate.index:02d}_seed{candidate.seed}.png")
-        write_report(self.out, result, {**self.extra, "complete": False}, {"rounds": str(self.out / "round_NN")})
-
-
-def write_report(out: Path, result, extra: dict, files: dict) -> dict:
-    report = result.to_dict()
-    report.update(extra)
-    report["files"] = {**files, "report": str(out / "report.json")}
-    report = strict_json(report)
-    _write_atomic(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False).encode("utf-8"))
-    return report
-
-
-def _write_outputs(out: Path, result, extra: dict) -> dict:
-    """best.png, trajectory.png, report.json; returns the report."""
-    from ..engines.images import to_pil_list
-    from ..engines.loop.trajectory_plot import plot_trajectory
-
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"rounds": str(out / "round_NN")}
-    if result.best_image is not None:
-        to_pil_list(result.best_image)[0].save(out / "best.png")
-        files["best"] = str(out / "best.png")
-    plot_trajectory(result).save(out / "trajectory.png")
-    files["trajectory"] = str(out / "trajectory.png")
-    return write_report(out, result, extra, files)
-
-
 def _run_and_report(generator, scorer, refiner, prompt: str, target, config, out: Path, extra: dict) -> int:
     from ..engines.loop.feedback_loop import run_feedback_loop
     from ..engines.progress import TqdmProgress
 
     bar = TqdmProgress("feedback loop", total=config.rounds * (config.candidates + 1))
     try:
-        result = run_feedback_loop(generator, scorer, refiner, prompt, target, config, progress=bar,
-                                   on_round=RoundWriter(out, extra))
+        with quiet_prompt_truncation() as truncations:
+            result = run_feedback_loop(generator, scorer, refiner, prompt, target, config, progress=bar,
+                                       on_round=RoundWriter(out, extra))
     except BaseException as exc:
         bar.close()
         partial = getattr(exc, "partial_result", None)
         if partial is not None and partial.rounds:
             try:
-                _write_outputs(out, partial, {**extra, "complete": False, "error": f"{type(exc).__name__}: {exc}"[:500]})
+                write_outputs(out, partial, {**extra, "complete": False, "error": f"{type(exc).__name__}: {exc}"[:500],
+                                             "prompt_truncations": truncations.count})
                 print(f"stopped ({partial.stop_reason}); partial results of {len(partial.rounds)} round(s) in {out}",
                       file=sys.stderr)
             except Exception as write_error:  # noqa: BLE001 - the round folders and partial report are on disk
@@ -320,7 +137,9 @@ def _run_and_report(generator, scorer, refiner, prompt: str, target, config, out
                       file=sys.stderr)
         raise
     bar.close()
-    report = _write_outputs(out, result, {**extra, "complete": True})
+    report = write_outputs(out, result, {**extra, "complete": True, "prompt_truncations": truncations.count})
+    if truncations.note():
+        print(truncations.note())
     best = result.best
     counts = report["counts"]
     print(f"target {target}; {len(result.rounds)} round(s), stopped: {result.stop_reason}")
@@ -344,7 +163,7 @@ def run_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     if args.prompt is not None and not args.prompt.strip():
         raise LoopCommandError("--prompt is empty: say what to draw, or leave --prompt out for the demo's own prompt")
-    out = prepare_out(Path(args.out), args.overwrite)
+    folder = prepare_out(Path(args.out), args.overwrite)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     print(HONESTY_NOTE)
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="emofeedback2-demo-"))
@@ -356,41 +175,43 @@ def run_demo(args: argparse.Namespace) -> int:
             "demo": True,
             "note": HONESTY_NOTE,
             "seconds_to_build_models": round(components.seconds_to_build, 3),
+            "models": {"generator": f"demo: {components.generator.name} (tiny random weights, built in a temporary "
+                                    "folder) + toy mood grade", "lora": None, "adapter": None,
+                       "lvlm": "colour", "lvlm_adapter": None},
+            **run_identity(args.seed),
         }
         code = _run_and_report(components.generator, components.scorer, components.refiner,
                                DEMO_PROMPT if args.prompt is None else args.prompt, target,
-                               _config(args), out, extra)
+                               _config(args), folder.path, extra)
     finally:
+        folder.close()
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     print(f"demo finished in {time.perf_counter() - started:.1f} s (untrained demo models: see the note above)")
     return code
 
 
-def load_scorer(spec: str, device: str = "auto", dtype: str = "auto", adapter: Optional[str] = None, **options):
-    """``colour``/``color`` → the colour heuristic; anything else → an LVLM folder or hub id.
-
-    ``options``: further :class:`LVLMConfig` fields, e.g. from :func:`.lvlm_args.lvlm_load_options`.
-    """
-    if spec.lower() in ("colour", "color", "colour-heuristic", "color-heuristic"):
-        from ..engines.judge.color_scorer import ColorHeuristicScorer
-
-        return ColorHeuristicScorer()
-    from ..engines.judge.lvlm_scorer import LVLMConfig, load_lvlm
-
-    return load_lvlm(LVLMConfig(model=spec, device=device, dtype=dtype, adapter=adapter, **options))
-
-
 def run_loop(args: argparse.Namespace) -> int:
-    from ..engines.generation.diffusers_backend import DiffusersGeneratorConfig, ModelLoadError, load_diffusers_generator
-    from ..engines.generation.emotion_adapter import AdapterArchitectureError
+    if not args.prompt or not args.prompt.strip():
+        raise LoopCommandError("--prompt is required (what to draw, e.g. 'a lighthouse on a rocky coast')")
+    folder = prepare_out(Path(args.out), args.overwrite)
+    try:
+        return _load_and_loop(args, folder.path)
+    finally:
+        folder.close()  # a run that failed before its first round leaves no empty --out behind
+
+
+def _load_and_loop(args: argparse.Namespace, out: Path) -> int:
     from ..engines.emotion_space import VA
+    from ..engines.generation.diffusers_backend import (
+        DiffusersGeneratorConfig,
+        ModelLoadError,
+        load_diffusers_generator,
+    )
+    from ..engines.generation.emotion_adapter import AdapterArchitectureError
     from ..engines.judge.lvlm_scorer import LVLMLoadError
     from ..engines.loop.refiner import make_refiner
 
-    if not args.prompt or not args.prompt.strip():
-        raise LoopCommandError("--prompt is required (what to draw, e.g. 'a lighthouse on a rocky coast')")
-    out = prepare_out(Path(args.out), args.overwrite)
     try:
         generator = load_diffusers_generator(DiffusersGeneratorConfig(
             model=args.generator, device=args.device, dtype=args.dtype, lora=args.lora, adapter=args.adapter,
@@ -407,6 +228,12 @@ def run_loop(args: argparse.Namespace) -> int:
         raise LoopCommandError(f"cannot load --lvlm {args.lvlm!r}: {exc}") from exc
     refiner = make_refiner(scorer)
     print(f"generator: {args.generator} ({generator.arch}); judge: {getattr(scorer, 'name', args.lvlm)}; refiner: {refiner.name}")
-    extra = {"demo": False, "generator": args.generator, "lvlm": args.lvlm}
+    extra = {
+        "demo": False, "generator": args.generator, "lvlm": args.lvlm,
+        "models": {"generator": args.generator, "arch": generator.arch, "lora": args.lora, "adapter": args.adapter,
+                   "lvlm": args.lvlm, "lvlm_adapter": args.lvlm_adapter, "device": args.device, "dtype": args.dtype,
+                   **lvlm_load_options(args)},
+        **run_identity(args.seed),
+    }
     return _run_and_report(generator, scorer, refiner, args.prompt, VA(args.valence, args.arousal),
                            _config(args), out, extra)

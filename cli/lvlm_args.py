@@ -9,7 +9,7 @@ machine without a CUDA GPU, or 8-bit/4-bit without bitsandbytes, stops with one 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, Optional
 
 from ..engines.judge.options import ATTENTION_CHOICES, QUANTIZATION_CHOICES
 
@@ -34,3 +34,18 @@ def lvlm_load_options(args: argparse.Namespace) -> dict[str, Any]:
         "attn_implementation": getattr(args, "attention", None),
         "quantization": getattr(args, "quantization", None) or "none",
     }
+
+
+def load_scorer(spec: str, device: str = "auto", dtype: str = "auto", adapter: Optional[str] = None, **options):
+    """``colour``/``color`` → the colour heuristic; anything else → an LVLM folder or hub id.
+
+    ``options``: further :class:`LVLMConfig` fields, e.g. from :func:`.lvlm_args.lvlm_load_options`.
+    """
+    if spec.lower() in ("colour", "color", "colour-heuristic", "color-heuristic"):
+        from ..engines.judge.color_scorer import ColorHeuristicScorer
+
+        return ColorHeuristicScorer()
+    from ..engines.judge.lvlm_scorer import LVLMConfig, load_lvlm
+
+    return load_lvlm(LVLMConfig(model=spec, device=device, dtype=dtype, adapter=adapter, **options))
+

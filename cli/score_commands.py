@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .judge_preset_args import add_judge_preset_arguments, judge_reading, preset_pixel_options, read_with, reading_record
 from .lvlm_args import add_lvlm_load_arguments, lvlm_load_options
+from .run_info import run_identity
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 COLOUR_NAMES = ("colour", "color")
@@ -100,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
             "scorer": scorer.name,
             "heuristic": scorer.is_heuristic,
             "judge_reading": reading_record(scorer),
+            "models": {"lvlm": args.lvlm, "lvlm_adapter": args.adapter, "device": args.device, "dtype": args.dtype,
+                       "max_pixels": args.max_pixels, **lvlm_load_options(args)},
+            **run_identity(None),  # scoring draws no random numbers (the analysis text is greedy)
             "target": None if target is None else {"valence": target.valence, "arousal": target.arousal},
             "readings": rows,
         }, indent=2))

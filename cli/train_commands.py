@@ -7,6 +7,9 @@ groups; rewards are gathered before advantages).
 from __future__ import annotations
 
 import argparse
+import sys
+
+from .interrupts import interrupted_note
 
 
 def register(subparsers) -> None:
@@ -82,10 +85,25 @@ def _train(args: argparse.Namespace) -> int:
 
         print_plan_or_reason(config)
         return 0
+    from ..training.run_lock import holding, is_main_rank
+
+    if not is_main_rank():  # rank 0 holds the folder for the whole launch; the other ranks wait for it
+        return _run_trainer(config, args)
+    with holding(config.output_dir, "output_dir"):  # before the models load and before --overwrite deletes anything
+        return _run_trainer(config, args)
+
+
+def _run_trainer(config, args: argparse.Namespace) -> int:
     from ..training.generator.trainer import GRPOTrainer
+    from ..training.run_lock import is_main_rank
 
     trainer = GRPOTrainer(config)
-    history = trainer.train(resume=args.resume, overwrite=args.overwrite, allow_change=args.allow_change)
+    try:
+        history = trainer.train(resume=args.resume, overwrite=args.overwrite, allow_change=args.allow_change)
+    except KeyboardInterrupt:
+        if is_main_rank():
+            print(interrupted_note(config.output_dir, "train", getattr(args, "argv", None)), file=sys.stderr)
+        raise
     if history and trainer.accelerator.is_main_process:
         last = history[-1]
         raw = ", ".join(f"{name} {last[f'reward/{name}']:.4f}" for name in trainer.reward.names)

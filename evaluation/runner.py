@@ -22,6 +22,7 @@ from ..engines.emotion_space import VA
 from ..engines.errors import UserError
 from ..engines.generation.protocol import GenerationRequest
 from ..engines.images import to_pil_list
+from ..training.run_lock import check_not_held, hold_run_folder
 from .records import ImageRecord, RecordWriter, read_records, rewrite_records
 
 CSV_NAME = "images.csv"
@@ -114,7 +115,9 @@ def score_images(scorer, images: Sequence[Image.Image]) -> list[tuple[float, flo
 
 
 def check_output(out: Path, resume: bool) -> None:
-    """Fail before any model loads when ``out`` holds a run and ``--resume`` was not given."""
+    """Fail before any model loads when another live process writes ``out``, or when ``out`` holds a run
+    and ``--resume`` was not given."""
+    check_not_held(out, "--out")
     if (Path(out) / RUN_NAME).is_file() and not resume:
         raise EvalOutputError(f"{out} already holds an evaluation; pass --resume to continue it or choose another --out")
 
@@ -156,8 +159,16 @@ def run_evaluation(
     describe: Optional[dict[str, Any]] = None,
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> list[ImageRecord]:
-    """Make every missing cell of ``plan`` in ``out``; return all rows in plan order."""
+    """Make every missing cell of ``plan`` in ``out``; return all rows in plan order. ``out`` is held for
+    this process (:mod:`..training.run_lock`) while the cells are made: a second run there is refused."""
     out = Path(out)
+    check_output(out, resume)
+    with hold_run_folder(out, "--out"):
+        return _run_cells(generator, scorer, plan, out, resume, describe, progress)
+
+
+def _run_cells(generator, scorer, plan: EvalPlan, out: Path, resume: bool, describe: Optional[dict[str, Any]],
+               progress: Optional[Callable[[int, int], None]]) -> list[ImageRecord]:
     done = {r.key: r for r in prepare_output(out, plan, resume, describe or {})}
     total = plan.total
     if progress is not None:

@@ -223,3 +223,18 @@ def test_bench_train_lora_rank_sets_the_trained_lora_size(capsys):
         counts[int(rank)] = int(count)
     assert set(counts) == {4, 2}  # 4 is the tiny model's default
     assert counts[4] == 2 * counts[2] > 0  # LoRA parameters grow linearly with the rank
+
+
+def test_score_json_names_the_judge_its_options_and_the_versions(tmp_path, capsys):
+    from importlib import metadata
+
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), (200, 120, 40)).save(tmp_path / "a.png")
+    assert main(["score", str(tmp_path / "a.png"), "--lvlm", "colour", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["models"]["lvlm"] == "colour" and printed["models"]["lvlm_adapter"] is None
+    assert printed["models"]["quantization"] == "none" and "attn_implementation" in printed["models"]
+    assert printed["seed"] is None  # scoring draws nothing at random
+    assert printed["versions"]["torch"] == metadata.version("torch")
+    assert printed["versions"]["transformers"] == metadata.version("transformers")

@@ -1,6 +1,7 @@
 """The command line: `emofeedback2 demo` end to end (smallest settings) and argument errors."""
 
 import json
+import logging
 
 import pytest
 from PIL import Image
@@ -74,7 +75,7 @@ def test_loop_runs_on_a_local_pipeline_folder(tmp_path, models_dir, capsys):
 
 def test_cli_defaults_are_the_loop_engine_defaults():
     from emofeedback2.cli.loop_commands import LOOP_DEFAULTS
-    from emofeedback2.engines.loop.feedback_loop import LoopConfig
+    from emofeedback2.engines.loop.loop_config import LoopConfig
 
     config = LoopConfig()
     for name, value in vars(LOOP_DEFAULTS).items():
@@ -90,3 +91,48 @@ def test_loop_refuses_an_adapter_made_for_another_architecture(tmp_path, models_
                  "--prompt", "a cat", "--valence", "1", "--arousal", "0", "--out", str(tmp_path / "o")])
     message = capsys.readouterr().err
     assert code == 2 and "--adapter" in message and "sdxl" in message
+
+
+def test_loop_report_names_every_model_version_and_seed_and_truncation_is_one_note(tmp_path, models_dir, capfd):
+    """What a newcomer could not find in report.json, and the console flood of CLIP truncation warnings."""
+    from importlib import metadata
+
+    from emofeedback2.engines.generation.emotion_adapter import EmotionAdapter, EmotionAdapterConfig, save_emotion_adapter
+
+    adapter_file = tmp_path / "identity_tiny_sd15.safetensors"  # the tiny pipeline's text context is 32 wide
+    save_emotion_adapter(EmotionAdapter(EmotionAdapterConfig(arch="sd15", context_dim=32, hidden_dim=8)), adapter_file)
+    out = tmp_path / "loop_out"
+    shown = []  # what diffusers' console handler would print (its stream is bound before capture starts)
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            shown.append(record.getMessage())
+
+    collect = Collect()
+    library = logging.getLogger("diffusers")
+    level = library.level  # the demo (run earlier in this process) turns library warnings off
+    library.setLevel(logging.WARNING)
+    library.addHandler(collect)
+    try:
+        code = main(["loop", "--generator", str(models_dir / "tiny-sd15"), "--adapter", str(adapter_file),
+                     "--lvlm", "colour", "--prompt", "a lighthouse on a rocky coast", "--valence", "2", "--arousal", "1",
+                     "--rounds", "2", "--candidates", "2", "--size", "16", "--steps", "1", "--seed", "7",
+                     "--device", "cpu", "--out", str(out)])
+    finally:
+        library.removeHandler(collect)
+        library.setLevel(level)
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["models"] == {"generator": str(models_dir / "tiny-sd15"), "arch": "sd15", "lora": None,
+                                "adapter": str(adapter_file), "lvlm": "colour", "lvlm_adapter": None, "device": "cpu",
+                                "dtype": "auto", "attn_implementation": None, "quantization": "none"}
+    assert report["seed"] == 7 and report["config"]["seed"] == 7
+    for package in ("torch", "diffusers", "transformers", "peft"):
+        assert report["versions"][package] == metadata.version(package), package
+    assert report["versions"]["emofeedback2"]
+    printed = capfd.readouterr()
+    console = printed.out + printed.err
+    # the tiny tokenizer splits words finer than CLIP's, so the loop's prompts overflow it here
+    assert report["prompt_truncations"] > 0
+    assert not [m for m in shown if "can only handle sequences" in m]
+    assert console.count("the text encoder truncated") == 1

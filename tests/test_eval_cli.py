@@ -121,3 +121,15 @@ def test_bad_targets_file_names_file_and_line(tmp_path, capsys):
 def test_an_existing_run_needs_resume(runs, workdir, capsys):
     assert main(["eval", "--demo", "--grid", "3", "--workdir", str(workdir), "--out", str(runs["text"])]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_the_report_names_the_models_versions_and_seed(runs):
+    from importlib import metadata
+
+    run = json.loads((runs["text"] / "report.json").read_text())["run"]
+    assert run["demo"] is True and run["lvlm"] is None and run["judge_is_heuristic"] is True
+    assert run["lvlm_adapter"] is None and "generator" in run and "text_strength" in run
+    assert run["seed"] == 0 and run["seeds"] == [0]
+    for package in ("torch", "diffusers", "transformers"):
+        assert run["versions"][package] == metadata.version(package), package
+    assert not (runs["text"] / ".lock").exists()  # released (and removed) when the run ended

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import shutil
+import subprocess
 
 import pytest
 import torch
 
 from emofeedback2.training import checkpoint as ckpt
+from emofeedback2.training.disk_space import DiskFullError
 
 
 def _save(root, step, value, keep=2):
@@ -150,3 +155,91 @@ def test_pruning_keeps_the_newest_by_step_number_and_cleans_temp_leftovers(tmp_p
     for step in (8, 9, 10, 1000000):
         _save(root, step, float(step), keep=2)
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step-000010", "step-1000000"]
+
+
+# --- a disk that fills inside a save ----------------------------------------------------------------
+
+
+class FillsUp:
+    """``open`` inside the checkpoint module, with the disk filling halfway through writing ``name``."""
+
+    def __init__(self, monkeypatch, name: str):
+        self.name, self.hit = name, False
+        real_open = open
+
+        def fake_open(path, mode="r", *args, **kwargs):
+            handle = real_open(path, mode, *args, **kwargs)
+            if "w" in mode and os.path.basename(str(path)).startswith((self.name, f".{self.name}")):
+                return _HalfWriter(handle, self)
+            return handle
+
+        monkeypatch.setattr(ckpt, "open", fake_open, raising=False)
+
+
+class _HalfWriter:
+    def __init__(self, handle, fault):
+        self.handle, self.fault = handle, fault
+
+    def write(self, data):
+        self.handle.write(data[: max(1, len(data) // 2)])
+        self.fault.hit = True
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.close()
+
+
+@pytest.mark.parametrize("name", [ckpt.WEIGHTS, ckpt.STATE, ckpt.LATEST])
+def test_a_full_disk_inside_a_save_ends_in_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, name):
+    root = tmp_path / "c"
+    _save(root, 1, 1.0)
+    with monkeypatch.context() as m:
+        fault = FillsUp(m, name)
+        with pytest.raises(DiskFullError) as full:
+            _save(root, 2, 2.0)
+    assert fault.hit
+    message = str(full.value)
+    assert len(message.splitlines()) == 1
+    assert message.startswith("no space left on ") and f"{name}" in message
+    assert re.search(r"needed ~\d+\.\d MiB, \d+\.\d MiB free", message), message
+    assert "step-000001 is intact" in message and "--resume" in message
+    # nothing of the failed save is left (it would keep the disk full); the previous one is whole
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step-000001"]
+    assert ckpt.latest_checkpoint(root).name == "step-000001"
+    weights, _, meta = ckpt.load_checkpoint(root / "step-000001")
+    assert meta["step"] == 1 and float(weights["w"][0]) == 1.0
+    _save(root, 2, 2.0)  # space freed: the next save works
+    assert ckpt.latest_checkpoint(root).name == "step-000002"
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real 1 MiB file system (tmpfs) when this machine lets us mount one (root in a permissive sandbox)."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode(errors='replace').strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_real_full_disk_keeps_the_previous_checkpoint_resumable(small_tmpfs):
+    root = small_tmpfs / "c"
+    weights = {"w": torch.ones(150_000)}  # 600 kB: one checkpoint fits in 1 MiB, two do not
+    ckpt.save_checkpoint(root, 1, weights, {"rng": ckpt.rng_state()}, {"config": {}}, keep=2)
+    with pytest.raises(DiskFullError, match=r"no space left on tmpfs \(mounted at .*\) writing .*needed ~0\.\d MiB"):
+        ckpt.save_checkpoint(root, 2, {"w": torch.full((150_000,), 2.0)}, {"rng": ckpt.rng_state()}, {"config": {}})
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step-000001"]
+    loaded, _, meta = ckpt.load_checkpoint(ckpt.latest_checkpoint(root))
+    assert meta["step"] == 1 and torch.equal(loaded["w"], weights["w"])

@@ -200,7 +200,7 @@ def test_every_scorer_has_the_same_size_rule(tiny_lvlm_dir):
 
 
 def test_strict_json_replaces_nan():
-    from emofeedback2.cli.loop_commands import strict_json
+    from emofeedback2.cli.loop_outputs import strict_json
 
     cleaned = strict_json({"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": 2.5}})
     assert cleaned == {"a": None, "b": [1.0, None], "c": {"d": 2.5}}

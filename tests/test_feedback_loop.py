@@ -7,8 +7,10 @@ import torch
 
 from emofeedback2.engines.emotion_space import VA, va_distance
 from emofeedback2.engines.demo.toy_plants import true_emotion
-from emofeedback2.engines.loop.feedback_loop import FeedbackLoop, LoopConfig, candidate_seed, run_feedback_loop
-from emofeedback2.engines.loop.refiner import FallbackRefiner, LVLMRefiner, subject_words
+from emofeedback2.engines.loop.feedback_loop import FeedbackLoop, run_feedback_loop
+from emofeedback2.engines.loop.loop_config import LoopConfig, candidate_seed
+from emofeedback2.engines.loop.prompt_text import subject_words
+from emofeedback2.engines.loop.refiner import FallbackRefiner, LVLMRefiner
 from loop_fakes import PixelScorer, PromptResponsiveGenerator, ScriptedLVLM, ignoring_plant, obedient_plant
 
 PROMPT = "a lighthouse on a rocky cliff, wide shot"

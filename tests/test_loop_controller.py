@@ -6,7 +6,8 @@ from dataclasses import replace
 import pytest
 
 from emofeedback2.bench.loop import BENCH_PROMPTS, BENCH_TARGETS, truncated
-from emofeedback2.engines.loop.feedback_loop import LoopConfig, run_feedback_loop
+from emofeedback2.engines.loop.feedback_loop import run_feedback_loop
+from emofeedback2.engines.loop.loop_config import LoopConfig
 from emofeedback2.engines.loop.refiner import FallbackRefiner
 from emofeedback2.engines.demo.toy_plants import PLANT_FAMILIES, ToyPlant, draw_params, make_plant
 from learning_stats import RunComparison, seed_base

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from emofeedback2.engines.judge.color_scorer import ColorHeuristicScorer
-from emofeedback2.engines.loop.refiner import subject_words
+from emofeedback2.engines.loop.prompt_text import subject_words
 from emofeedback2.nodes.loop_nodes import EmoRewardLoop, FeedbackPromptRefiner
 from loop_fakes import ScriptedLVLM
 
@@ -65,7 +65,7 @@ def test_emo_reward_loop_inputs_follow_comfyui_lists(comfy_sampling):
     spec = EmoRewardLoop.INPUT_TYPES()["required"]
     assert spec["sampler_name"][0] == list(comfy_sampling.samplers.KSampler.SAMPLERS)
     assert spec["scheduler"][0] == list(comfy_sampling.samplers.KSampler.SCHEDULERS)
-    from emofeedback2.engines.loop.feedback_loop import LoopConfig
+    from emofeedback2.engines.loop.loop_config import LoopConfig
 
     defaults = LoopConfig()
     assert spec["rounds"][1]["default"] == defaults.rounds and spec["candidates"][1]["default"] == defaults.candidates

@@ -4,17 +4,15 @@ import torch
 import pytest
 
 from emofeedback2.engines.emotion_space import VA
-from emofeedback2.engines.loop.refiner import (
+from emofeedback2.engines.loop.prompt_text import (
     CLIP_TOKEN_BUDGET,
     MAX_FEEDBACK_CHARS,
-    FallbackRefiner,
-    LVLMRefiner,
     estimate_clip_tokens,
     implied_point,
-    make_refiner,
     split_prompt,
     subject_words,
 )
+from emofeedback2.engines.loop.refiner import FallbackRefiner, LVLMRefiner, make_refiner
 from loop_fakes import ScriptedLVLM
 
 IMAGE = torch.full((1, 16, 16, 3), 0.5)

@@ -7,8 +7,11 @@ import pytest
 import torch
 
 from emofeedback2.engines.emotion_space import VA
-from emofeedback2.engines.loop.feedback_loop import LoopConfig, run_feedback_loop
-from emofeedback2.engines.loop.refiner import FallbackRefiner, LVLMRefiner, contains_injection, drop_contradicting
+from emofeedback2.engines.loop.feedback_loop import run_feedback_loop
+from emofeedback2.engines.loop.loop_config import LoopConfig
+from emofeedback2.engines.loop.answer_parsing import contains_injection
+from emofeedback2.engines.loop.prompt_text import drop_contradicting
+from emofeedback2.engines.loop.refiner import FallbackRefiner, LVLMRefiner
 from loop_fakes import PixelScorer, PromptResponsiveGenerator, ScriptedLVLM
 
 IMAGE = torch.full((1, 16, 16, 3), 0.5)

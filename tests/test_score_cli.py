@@ -162,7 +162,7 @@ def test_every_command_that_loads_the_judge_takes_the_same_options(argv):
 
 
 def test_loop_and_eval_load_the_judge_with_those_options(tiny_lvlm_dir, monkeypatch):
-    from emofeedback2.cli.loop_commands import load_scorer
+    from emofeedback2.cli.lvlm_args import load_scorer
 
     configs = _capture_configs(monkeypatch)
     scorer = load_scorer(str(tiny_lvlm_dir), "cpu", "float32", None, attn_implementation="eager", quantization="none")

@@ -4,7 +4,8 @@ import torch
 
 from emofeedback2.engines.emotion_space import VA, va_distance
 from emofeedback2.engines.generation.protocol import GenerationRequest
-from emofeedback2.engines.loop.refiner import FallbackRefiner, implied_point
+from emofeedback2.engines.loop.prompt_text import implied_point
+from emofeedback2.engines.loop.refiner import FallbackRefiner
 from emofeedback2.engines.demo.toy_plants import PLANT_FAMILIES, make_plant, true_emotion
 
 

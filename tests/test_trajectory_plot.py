@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from emofeedback2.engines.emotion_space import VA
-from emofeedback2.engines.loop.feedback_loop import LoopConfig, run_feedback_loop
+from emofeedback2.engines.loop.feedback_loop import run_feedback_loop
+from emofeedback2.engines.loop.loop_config import LoopConfig
 from emofeedback2.engines.loop.trajectory_plot import TARGET_COLOUR, ROUND_COLOURS, plot_to_tensor, plot_trajectory
 from loop_fakes import PixelScorer, PromptResponsiveGenerator
 

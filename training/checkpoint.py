@@ -6,7 +6,9 @@ numbers, loaded with ``weights_only=True``) and ``state.json`` (step, config), p
 the sha256 of each file (verified on resume and export). It is written into a temporary folder and
 moved into place with ``os.replace``; only then is the ``latest`` pointer file (also temp + fsync +
 replace) switched to it, and only after that are older checkpoints pruned. A crash at any moment
-leaves ``latest`` naming a complete checkpoint (or nothing).
+leaves ``latest`` naming a complete checkpoint (or nothing). A disk that fills inside a save removes
+what that save wrote and ends in one line (:class:`.disk_space.DiskFullError`: which device, which
+file, how much was needed and free); ``latest`` still names the previous checkpoint.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 from ..engines.errors import UserError
+from .disk_space import DISK_FULL_ERRNOS, DiskFullError, disk_full_message
 
 LATEST = "latest"
 WEIGHTS = "trainable.safetensors"
@@ -126,7 +129,7 @@ def save_checkpoint(
     prune older checkpoints and leftovers. A crash at any point leaves ``latest`` naming a complete,
     verifiable checkpoint: the previous one until the switch, the new one after it.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save as save_weights
 
     check_finite(weights)
     root = Path(root)
@@ -140,24 +143,65 @@ def save_checkpoint(
     tmp = root / f"{TMP_PREFIX}{name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS))
-    torch.save(state, tmp / STATE)
-    (tmp / META).write_text(json.dumps({**meta, "step": step}, indent=2, default=str), encoding="utf-8")
-    manifest = {"step": step, "sha256": {f: sha256_file(tmp / f) for f in FILES}}
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    for f in tmp.iterdir():
-        with open(f, "rb") as handle:
-            os.fsync(handle.fileno())
-    _fsync_dir(tmp)
-    if final.exists():  # an orphan of a save killed before the pointer switch: 'latest' does not name it
-        os.replace(final, root / f"{TRASH_PREFIX}{name}-{os.getpid()}")
-    os.replace(tmp, final)
-    _fsync_dir(root)
-    _write_text_atomic(root / LATEST, name)
+    writing = tmp
+    try:
+        tmp.mkdir()
+        # Written through Python file objects: a full disk then raises OSError(ENOSPC), where
+        # safetensors' and torch's own file writers raise errors that do not say so.
+        writing = tmp / WEIGHTS
+        data = save_weights({k: v.detach().cpu().contiguous() for k, v in weights.items()})
+        with open(writing, "wb") as handle:
+            handle.write(data)
+        del data
+        writing = tmp / STATE
+        with open(writing, "wb") as handle:
+            torch.save(state, handle)
+        writing = tmp / META
+        writing.write_text(json.dumps({**meta, "step": step}, indent=2, default=str), encoding="utf-8")
+        manifest = {"step": step, "sha256": {f: sha256_file(tmp / f) for f in FILES}}
+        writing = tmp / MANIFEST
+        writing.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        for f in tmp.iterdir():
+            with open(f, "rb") as handle:
+                os.fsync(handle.fileno())
+        _fsync_dir(tmp)
+        if final.exists():  # an orphan of a save killed before the pointer switch: 'latest' does not name it
+            os.replace(final, root / f"{TRASH_PREFIX}{name}-{os.getpid()}")
+        os.replace(tmp, final)
+        _fsync_dir(root)
+        writing = root / LATEST
+        _write_text_atomic(writing, name)
+    except OSError as exc:
+        if exc.errno not in DISK_FULL_ERRNOS:
+            raise
+        # Free what this save wrote ('latest' still names the previous checkpoint), then say so in one line.
+        shutil.rmtree(tmp, ignore_errors=True)
+        if final.is_dir() and _pointer_target(root) != name:
+            shutil.rmtree(final, ignore_errors=True)
+        for stale in root.glob(f".{LATEST}.tmp-*"):
+            stale.unlink(missing_ok=True)
+        previous = _pointer_target(root)
+        kept = (f"the previous checkpoint {root / previous} is intact: free space, then continue with --resume"
+                if previous else "no earlier checkpoint exists: free space and start again")
+        raise DiskFullError(disk_full_message(writing, exc, needed=_checkpoint_bytes(weights, state), after=kept)) from exc
     _prune(root, keep, protect=name)
     clean_leftovers(root)
     return final
+
+
+def _checkpoint_bytes(weights: dict[str, torch.Tensor], state: Any) -> int:
+    """About what a checkpoint takes on disk: its tensors' bytes plus a margin for the small files."""
+
+    def tensor_bytes(value: Any) -> int:
+        if isinstance(value, torch.Tensor):
+            return value.numel() * value.element_size()
+        if isinstance(value, dict):
+            return sum(tensor_bytes(v) for v in value.values())
+        if isinstance(value, (list, tuple)):
+            return sum(tensor_bytes(v) for v in value)
+        return 0
+
+    return tensor_bytes(weights) + tensor_bytes(state) + (64 << 10)
 
 
 def clean_leftovers(root: str | Path) -> None:

@@ -28,238 +28,24 @@ as ``exc.partial_result`` (``cancelled=True``), so callers can still report it.
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional, Sequence
 
 import torch
 
 from ..emotion_space import VA, va_distance, va_reward
 from ..generation.protocol import GenerationRequest, Generator
-from ..progress import ProgressCallback, report
-from .refiner import FallbackRefiner, Refiner, split_prompt
 from ..judge.scoring import EmotionScorer
+from ..progress import ProgressCallback, report
+from .loop_config import SEED_MODULUS, LoopConfig, candidate_seed, progress_units
+from .loop_records import CandidateRecord, LoopCounts, LoopResult, RoundRecord
+from .prompt_text import split_prompt
+from .refiner import FallbackRefiner, Refiner
 from .steering import SecantController
 
 #: Optional quality term: images [B,H,W,3] in 0..1 → one score per image in [0, 1].
 QualityFn = Callable[[torch.Tensor], Sequence[float]]
-
-SEED_MODULUS = 2**64
-
-
-def candidate_seed(seed: int, round_index: int, index: int, candidates: int) -> int:
-    """Seed of candidate ``index`` in round ``round_index`` (0-based) of a constant schedule:
-    consecutive from ``seed``, like ComfyUI's batch seeds, so any candidate can be re-made in a
-    plain KSampler (the loop numbers candidates of any schedule consecutively)."""
-    return (int(seed) + round_index * candidates + index) % SEED_MODULUS
-
-
-@dataclass
-class LoopConfig:
-    """Schedule and sampling settings of one loop run. Defaults are our benchmarked schedule.
-
-    rounds / candidates: at most ``rounds × candidates`` generated images.
-    tolerance: stop once the best reading is this close to the target (``va_distance``, 0..6).
-    min_improvement: stop when a round brings neither the best distance nor the round's mean
-      distance down by this much (0 = never).
-    initial_prompt: ``"descriptors"`` adds target mood/light/motion phrases to the user's subject
-      for round 1; ``"as_is"`` sends the user's prompt unchanged (the paper's start).
-    quality_weight: weight of the optional quality term in the selection score
-      ``reward + quality_weight × quality``.
-    steer_on: the reading the refiner corrects: ``"mean"`` of the round's candidates (the prompt's
-      effect with seed luck averaged out) or the round's ``"best"`` candidate. The refiner always
-      sees the round's best image.
-    controller: ``"secant"`` (fit the generator's response, aim where it predicts the target) or
-      ``"integral"`` (the refiner's fixed-gain step). Only refiners that take a ``steer`` keyword
-      (the descriptor fallback) can follow the secant controller; others write their own prompt.
-    max_evaluations: most judge evaluations (scored candidates + images shown to an LVLM refiner)
-      per run; 0 = no cap beyond ``rounds × candidates``.
-    confidence: the tolerance stop needs ``best distance + confidence × σ̂ ≤ tolerance``
-      (σ̂: pooled within-round spread of the readings; 0 = trust a single reading).
-    """
-
-    rounds: int = 6
-    candidates: int = 2
-    tolerance: float = 0.4
-    min_improvement: float = 0.0
-    seed: int = 0
-    steps: int = 20
-    cfg: float = 7.0
-    width: int = 512
-    height: int = 512
-    negative_prompt: str = ""
-    adapter_strength: float = 1.0
-    initial_prompt: str = "descriptors"
-    quality_weight: float = 0.0
-    steer_on: str = "mean"
-    generator_batch_size: int = 0  # 0 = the whole round in one generate call
-    controller: str = "secant"
-    max_evaluations: int = 0
-    confidence: float = 0.5
-    schedule: tuple = ()  # per-round candidate counts; when given it replaces rounds × candidates
-    noise_aware: bool = True  # the secant step shrinks errors the readings' spread cannot resolve
-
-    def __post_init__(self) -> None:
-        if self.rounds < 1:
-            raise ValueError(f"rounds must be at least 1, got {self.rounds}")
-        if self.candidates < 1:
-            raise ValueError(f"candidates must be at least 1, got {self.candidates}")
-        if not 0.0 <= self.tolerance <= 6.0:
-            raise ValueError(f"tolerance is a V-A distance in [0, 6], got {self.tolerance}")
-        if self.min_improvement < 0:
-            raise ValueError(f"min_improvement must be >= 0, got {self.min_improvement}")
-        if self.initial_prompt not in ("descriptors", "as_is"):
-            raise ValueError(f"initial_prompt must be 'descriptors' or 'as_is', got {self.initial_prompt!r}")
-        if self.steer_on not in ("mean", "best"):
-            raise ValueError(f"steer_on must be 'mean' or 'best', got {self.steer_on!r}")
-        if self.generator_batch_size < 0:
-            raise ValueError("generator_batch_size must be >= 0 (0 = whole round)")
-        if self.controller not in ("secant", "integral"):
-            raise ValueError(f"controller must be 'secant' or 'integral', got {self.controller!r}")
-        if self.max_evaluations < 0:
-            raise ValueError(f"max_evaluations must be >= 0 (0 = rounds × candidates), got {self.max_evaluations}")
-        if self.confidence < 0:
-            raise ValueError(f"confidence must be >= 0, got {self.confidence}")
-        self.schedule = tuple(int(n) for n in self.schedule)
-        if self.schedule:
-            if any(n < 1 for n in self.schedule):
-                raise ValueError(f"schedule holds candidates per round, each >= 1; got {self.schedule}")
-            self.rounds, self.candidates = len(self.schedule), max(self.schedule)
-
-    def candidates_in_round(self, round_index: int) -> int:
-        """Candidates planned for round ``round_index`` (0-based), before any budget cut."""
-        return self.schedule[round_index] if self.schedule else self.candidates
-
-    @property
-    def evaluation_budget(self) -> int:
-        """Most candidates the run may score (``max_evaluations`` or ``rounds × candidates``)."""
-        full = sum(self.schedule) if self.schedule else self.rounds * self.candidates
-        return min(full, self.max_evaluations) if self.max_evaluations else full
-
-    @classmethod
-    def paper(cls, **overrides) -> "LoopConfig":
-        """The paper's fixed schedule: 3 rounds × 8 candidates, no early stop, the refiner's own
-        fixed-gain correction (same first prompt as ours unless ``initial_prompt`` is overridden)."""
-        settings = dict(rounds=3, candidates=8, tolerance=0.0, min_improvement=0.0, controller="integral",
-                        max_evaluations=0, confidence=0.0)
-        settings.update(overrides)
-        return cls(**settings)
-
-
-@dataclass
-class CandidateRecord:
-    round: int  # 1-based
-    index: int  # 0-based within the round
-    prompt: str
-    seed: int
-    valence: float
-    arousal: float
-    reward: float
-    distance: float
-    quality: Optional[float] = None
-    score: float = 0.0  # what selection maximises: reward (+ quality_weight × quality)
-    image_index: int = 0  # position in LoopResult.images
-
-
-@dataclass
-class RoundRecord:
-    round: int
-    prompt: str
-    candidates: list[CandidateRecord]
-    best_index: int  # best of this round
-    best_so_far: tuple[int, int]  # (round, index) of the best candidate up to this round
-    best_so_far_reward: float
-    best_so_far_distance: float
-    mean_valence: float
-    mean_arousal: float
-    mean_distance: float
-    seconds: float
-    feedback: str = ""
-    refined_prompt: Optional[str] = None  # prompt for the next round (None: none was asked for)
-    refiner_used_fallback: Optional[bool] = None
-    refiner_reason: str = ""
-    steer: Optional[tuple[float, float]] = None  # the V-A point this round's prompt was written for, when known
-
-
-@dataclass
-class LoopCounts:
-    generator_images: int = 0
-    generator_calls: int = 0
-    scorer_calls: int = 0
-    scorer_images: int = 0
-    refiner_calls: int = 0
-    refiner_lvlm_images: int = 0  # images the LVLM read while writing feedback (0 for the fallback)
-
-    @property
-    def image_evaluations(self) -> int:
-        """Images the judge looked at: scored candidates plus images shown to the LVLM refiner."""
-        return self.scorer_images + self.refiner_lvlm_images
-
-
-@dataclass
-class LoopResult:
-    target: VA
-    base_prompt: str
-    config: LoopConfig
-    rounds: list[RoundRecord] = field(default_factory=list)
-    best: Optional[CandidateRecord] = None
-    images: Optional[torch.Tensor] = None  # every candidate of the recorded rounds, in order
-    final_prompt: str = ""
-    stop_reason: str = ""
-    cancelled: bool = False
-    counts: LoopCounts = field(default_factory=LoopCounts)
-    timings: dict = field(default_factory=dict)
-    generator_name: str = ""
-    scorer_name: str = ""
-    refiner_name: str = ""
-    scorer_is_heuristic: bool = False
-
-    @property
-    def best_image(self) -> Optional[torch.Tensor]:
-        if self.best is None or self.images is None:
-            return None
-        return self.images[self.best.image_index : self.best.image_index + 1]
-
-    @property
-    def best_rewards(self) -> list[float]:
-        return [r.best_so_far_reward for r in self.rounds]
-
-    def to_dict(self) -> dict:
-        counts = asdict(self.counts)
-        counts["image_evaluations"] = self.counts.image_evaluations
-        return {
-            "target": {"valence": self.target.valence, "arousal": self.target.arousal},
-            "base_prompt": self.base_prompt,
-            "final_prompt": self.final_prompt,
-            "stop_reason": self.stop_reason,
-            "cancelled": self.cancelled,
-            "best": asdict(self.best) if self.best else None,
-            "rounds": [asdict(r) for r in self.rounds],
-            "counts": counts,
-            "timings": dict(self.timings),
-            "config": asdict(self.config),
-            "components": {
-                "generator": self.generator_name,
-                "scorer": self.scorer_name,
-                "scorer_is_heuristic": self.scorer_is_heuristic,
-                "refiner": self.refiner_name,
-            },
-        }
-
-    def to_json(self, indent: Optional[int] = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
-
-
-def progress_units(config: LoopConfig) -> int:
-    """Progress units of a full run: per round, one per image plus one for scoring (a node sizes
-    its progress bar with this; an early stop shrinks the total to what was done)."""
-    images, rounds, planned = config.evaluation_budget, 0, 0
-    while planned < images and rounds < config.rounds:
-        planned += config.candidates_in_round(rounds)
-        rounds += 1
-    return images + rounds
 
 
 def first_prompt(prompt: str, target: VA, config: LoopConfig, refiner: Refiner) -> str:
@@ -530,3 +316,9 @@ def run_feedback_loop(
 ) -> LoopResult:
     """Run the loop once; see :class:`FeedbackLoop` (a raised cancel carries ``partial_result``)."""
     return FeedbackLoop(generator, scorer, refiner, config, quality_fn).run(prompt, target, progress, on_round=on_round)
+
+
+__all__ = [
+    "CandidateRecord", "FeedbackLoop", "LoopConfig", "LoopCounts", "LoopResult", "QualityFn", "RoundRecord",
+    "SEED_MODULUS", "candidate_seed", "first_prompt", "progress_units", "run_feedback_loop",
+]
