@@ -33,16 +33,22 @@ class Family:
     text_tokens: int  # length of the conditioning sequence the pipeline's encode_prompt returns
     true_cfg: bool  # False: guidance-distilled, no negative branch whatever guidance_scale says
     lora_targets: tuple[str, ...]  # attention projections (used when model.lora_targets is empty)
-    latent: Callable[[nn.Module, int], tuple[int, ...]]  # (denoiser, resolution) -> one sample's model input
-    decoded: Callable[[nn.Module, int], tuple[int, ...]]  # (vae, resolution) -> one sample's VAE input
+    latent: Callable[[nn.Module, int], tuple[int, ...]]  # (denoiser, latent side) -> one sample's model input
+    decoded: Callable[[nn.Module, int], tuple[int, ...]]  # (vae, latent side) -> one sample's VAE input
     inputs: Inputs  # builds the denoiser's keyword arguments
 
 
 # --- FLUX.1 (FluxPipeline): 2x2-packed 16-channel latents, 3-axis ids, CLIP pooled + T5 sequence ------
 
-def _flux_latent(denoiser: nn.Module, resolution: int) -> tuple[int, ...]:
-    side = resolution // 16  # VAE /8, then 2x2 packing
-    return (side * side, denoiser.config.in_channels)
+def vae_scale(vae: nn.Module) -> int:
+    """Pixels per latent cell: 8 for every real family (the tiny test VAEs have fewer blocks)."""
+    if hasattr(vae, "temperal_downsample"):  # Qwen-Image's video VAE
+        return 2 ** len(vae.temperal_downsample)
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def _flux_latent(denoiser: nn.Module, side: int) -> tuple[int, ...]:
+    return ((side // 2) ** 2, denoiser.config.in_channels)  # 2x2 packing
 
 
 def _flux_inputs(denoiser, x, t, context, pooled, guidance):
@@ -60,11 +66,6 @@ def _flux_inputs(denoiser, x, t, context, pooled, guidance):
 
 # --- FLUX.2 Klein (Flux2KleinPipeline): 32 channels patchified to 128, 4-axis (t, h, w, l) ids --------
 
-def _flux2_latent(denoiser: nn.Module, resolution: int) -> tuple[int, ...]:
-    side = resolution // 16  # VAE /8, then 2x2 patchify into channels
-    return (side * side, denoiser.config.in_channels)
-
-
 def _flux2_inputs(denoiser, x, t, context, pooled, guidance):
     batch, tokens = x.shape[0], x.shape[1]
     side = int(tokens ** 0.5)
@@ -77,8 +78,8 @@ def _flux2_inputs(denoiser, x, t, context, pooled, guidance):
                 txt_ids=txt_ids.unsqueeze(0).expand(batch, -1, -1))
 
 
-def _flux2_decoded(vae: nn.Module, resolution: int) -> tuple[int, ...]:
-    return (vae.config.latent_channels, resolution // 8, resolution // 8)  # unpatchified before decode
+def _flux2_decoded(vae: nn.Module, side: int) -> tuple[int, ...]:
+    return (vae.config.latent_channels, side, side)  # unpatchified (2x2 out of the channels) before decode
 
 
 # --- Qwen-Image (QwenImagePipeline): 2x2-packed latents, img_shapes, LLM states, true CFG -------------
@@ -89,15 +90,13 @@ def _qwen_inputs(denoiser, x, t, context, pooled, guidance):
                 encoder_hidden_states_mask=None, img_shapes=[[(1, side, side)]] * x.shape[0])
 
 
-def _qwen_decoded(vae: nn.Module, resolution: int) -> tuple[int, ...]:
-    side = resolution // 2 ** len(vae.temperal_downsample)
+def _qwen_decoded(vae: nn.Module, side: int) -> tuple[int, ...]:
     return (vae.config.z_dim, 1, side, side)  # a causal video VAE: one frame
 
 
 # --- Z-Image (ZImagePipeline): lists of (C, F=1, H, W) latents and of (tokens, 2560) caption states -----
 
-def _zimage_latent(denoiser: nn.Module, resolution: int) -> tuple[int, ...]:
-    side = resolution // 8
+def _zimage_latent(denoiser: nn.Module, side: int) -> tuple[int, ...]:
     return (denoiser.config.in_channels, 1, side, side)
 
 
@@ -105,23 +104,23 @@ def _zimage_inputs(denoiser, x, t, context, pooled, guidance):
     return dict(x=list(x.unbind(0)), t=t, cap_feats=list(context.unbind(0)))
 
 
-def _vae8(vae: nn.Module, resolution: int) -> tuple[int, ...]:
-    return (vae.config.latent_channels, resolution // 8, resolution // 8)
+def _vae_latent(vae: nn.Module, side: int) -> tuple[int, ...]:
+    return (vae.config.latent_channels, side, side)
 
 
 FAMILIES: dict[str, Family] = {
     "flux": Family("flux", "FluxTransformer2DModel", real_configs.FLUX1_T5_TOKENS, False,
                    ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"),
-                   _flux_latent, _vae8, _flux_inputs),
+                   _flux_latent, _vae_latent, _flux_inputs),
     "flux2_klein": Family("flux2_klein", "Flux2Transformer2DModel", real_configs.FLUX2_KLEIN_TOKENS, False,
                           ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj",
                            "to_add_out", "to_qkv_mlp_proj"),
-                          _flux2_latent, _flux2_decoded, _flux2_inputs),
+                          _flux_latent, _flux2_decoded, _flux2_inputs),
     "qwen_image": Family("qwen_image", "QwenImageTransformer2DModel", real_configs.LLM_PROMPT_TOKENS, True,
                          ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"),
                          _flux_latent, _qwen_decoded, _qwen_inputs),
     "z_image": Family("z_image", "ZImageTransformer2DModel", real_configs.LLM_PROMPT_TOKENS, False,
-                      ("to_q", "to_k", "to_v", "to_out.0"), _zimage_latent, _vae8, _zimage_inputs),
+                      ("to_q", "to_k", "to_v", "to_out.0"), _zimage_latent, _vae_latent, _zimage_inputs),
 }
 
 
@@ -146,9 +145,9 @@ def uses_negative_branch(family: Optional[Family], guidance: float) -> bool:
     return guidance != 1.0 and (family is None or family.true_cfg)
 
 
-def latent_values(family: Family, denoiser: nn.Module, resolution: int) -> int:
+def latent_values(family: Family, denoiser: nn.Module, vae: nn.Module, resolution: int) -> int:
     """Values of one sample's latent as the policy stores it (packed or not: the same count)."""
-    return int(torch.Size(family.latent(denoiser, resolution)).numel())
+    return int(torch.Size(family.latent(denoiser, resolution // vae_scale(vae))).numel())
 
 
 class FamilyNet(nn.Module):
@@ -188,12 +187,13 @@ def plan_forward(family: Family, denoiser: nn.Module, adapter: Optional[nn.Modul
     """(net, training forward, VAE decode) for one micro-batch of ``family`` at ``resolution``."""
     net = FamilyNet(family, denoiser, adapter, dtype)
     on = dict(device=device)
-    x = torch.randn(batch, *family.latent(denoiser, resolution), **on)
+    side = resolution // vae_scale(vae)
+    x = torch.randn(batch, *family.latent(denoiser, side), **on)
     context = torch.randn(batch, tokens, context_dim, **on)
     pooled = None if pooled_dim is None else torch.randn(batch, pooled_dim, **on)
     va = torch.zeros(batch, 2, **on)
     t = torch.tensor(500.0, **on)
-    latents = torch.randn(batch, *family.decoded(vae, resolution), **on)
+    latents = torch.randn(batch, *family.decoded(vae, side), **on)
 
     def forward() -> torch.Tensor:
         return net(x, t, context, pooled, va, guidance)

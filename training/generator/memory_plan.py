@@ -558,7 +558,7 @@ def plan_training(config, *, components: Optional[dict[str, nn.Module]] = None,
     train_guidance = 1.0 if s.cfg_free_training else s.guidance_scale
     train_cfg = family_plan.uses_negative_branch(family, train_guidance)
     if family is not None:
-        latent = family_plan.latent_values(family, denoiser, s.resolution)
+        latent = family_plan.latent_values(family, denoiser, vae, s.resolution)
     else:
         latent = denoiser.config.in_channels * (s.resolution // 2 ** (len(vae.config.block_out_channels) - 1)) ** 2
     n_samples = derived.samples_per_step_per_process

@@ -47,6 +47,7 @@ from .step_logprob import gaussian_kl_mean
 from .guards import guarded_log_probs
 from .heldout import attach_heldout
 from .prompt_cache import attach_prompt_cache
+from .quantized_base import check_quantization, from_pretrained_kwargs
 from .rewards import AsyncRewardRunner, CompositeReward, build_reward
 
 
@@ -75,9 +76,11 @@ class GRPOTrainer:
         check_inputs(config, need_model=pipe is None)  # data files parsed, paths present: before any loading
         self.device = acc.device
         self.dtype = DTYPES[config.model.dtype]
-        if pipe is None:
-            pipe = load_pipeline(DiffusersGeneratorConfig(model=config.model.pretrained, dtype=config.model.dtype,
-                                                          device=str(self.device)), self.device, self.dtype)
+        check_quantization(config.model, self.device.type)  # bitsandbytes on the CPU this run got: refused
+        if pipe is None:  # a quantised base (model.quantization) is quantised as it loads
+            pipe = load_pipeline(DiffusersGeneratorConfig(
+                model=config.model.pretrained, dtype=config.model.dtype, device=str(self.device),
+                extra_from_pretrained=from_pretrained_kwargs(config.model, self.dtype)), self.device, self.dtype)
         self.pipe = pipe
         self.arch = detect_arch(pipe) if config.model.arch == "auto" else config.model.arch
         vae_config = getattr(getattr(pipe, "vae", None), "config", None)
