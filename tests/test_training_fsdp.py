@@ -47,6 +47,9 @@ local = sum((p.to_local() if isinstance(p, DTensor) else p).numel() for _, p in 
 total = sum(p.numel() for _, p in trainer.trainable)
 frozen = [p for n, p in trainer.raw_net.named_parameters() if not p.requires_grad]
 frozen_sharded = sum(isinstance(p, DTensor) for p in frozen)
+blocks = trainer.raw_net._no_split_modules  # the denoiser's blocks: one FSDP unit each
+units = [m for m in trainer.raw_net.modules() if type(m).__name__.removeprefix("FSDP") in blocks]
+wrapped = sum(type(m).__name__.startswith("FSDP") for m in units)
 trainer.train(overwrite=True)
 ratio_dev = trainer.ratio_dev_before_first_update
 # exact resume: from the step-1 checkpoint, one more step must give the step-2 weights
@@ -61,7 +64,7 @@ if acc.is_main_process:
     print(json.dumps({
         "ranks": acc.num_processes, "sharded": sharded, "trainable": len(trainer.trainable),
         "local_fraction": local / total, "frozen_sharded": frozen_sharded, "frozen": len(frozen),
-        "ratio_dev": ratio_dev, "moved": max(float((saved[k] - first[k]).abs().max()) for k in first),
+        "units": len(units), "wrapped": wrapped, "ratio_dev": ratio_dev, "moved": max(float((saved[k] - first[k]).abs().max()) for k in first),
         "resume_diff": max(float((now[k] - saved[k]).abs().max()) for k in now),
         "full_shapes": all(tuple(saved[n].shape) == tuple(p.shape) for n, p in trainer.trainable)}))
 '''
@@ -100,6 +103,7 @@ def test_fsdp_shards_the_policy_and_learns_what_ddp_learns(tiny_pipeline_dirs, t
     assert fsdp["ranks"] == 2 and fsdp["sharded"] == fsdp["trainable"] > 0  # every trainable tensor is a shard
     assert 0.4 < fsdp["local_fraction"] < 0.6 and ddp["local_fraction"] == 1.0  # half of it on each process
     assert fsdp["frozen_sharded"] == fsdp["frozen"] > 0  # the frozen base is sharded too
+    assert fsdp["wrapped"] == fsdp["units"] > 0 and ddp["wrapped"] == 0  # one shard unit per denoiser block
     assert fsdp["ratio_dev"] < 1e-6 and fsdp["moved"] > 1e-3
     assert fsdp["full_shapes"]  # the checkpoint holds gathered, full tensors
     assert fsdp["resume_diff"] == 0.0 and ddp["resume_diff"] == 0.0  # exact resume from re-sharded state
@@ -107,3 +111,34 @@ def test_fsdp_shards_the_policy_and_learns_what_ddp_learns(tiny_pipeline_dirs, t
         reference = exports["ddp"][name]
         assert tensors.keys() == reference.keys()
         assert max(float((tensors[k].float() - reference[k].float()).abs().max()) for k in tensors) < 1e-5
+
+
+def test_shipped_fsdp_config_is_an_fsdp2_accelerate_config():
+    from pathlib import Path
+
+    from accelerate.commands.config.config_args import ClusterConfig
+    from accelerate.utils import DistributedType
+
+    path = Path(__file__).resolve().parents[1] / "training" / "configs" / "accelerate_fsdp.yaml"
+    config = ClusterConfig.from_yaml_file(str(path))
+    assert config.distributed_type == DistributedType.FSDP and config.fsdp_config["fsdp_version"] == 2
+    assert config.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    assert "fsdp_transformer_layer_cls_to_wrap" not in config.fsdp_config  # the policy names its blocks
+
+
+def test_fsdp1_without_orig_params_is_refused_with_the_fix():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from emofeedback2.training.config_fields import ConfigError
+    from emofeedback2.training.generator.sharding import check_sharding
+
+    def accelerator(version, orig):
+        plugin = SimpleNamespace(fsdp_version=version, use_orig_params=orig)
+        return SimpleNamespace(distributed_type=DistributedType.FSDP, state=SimpleNamespace(fsdp_plugin=plugin))
+
+    with pytest.raises(ConfigError, match="fsdp_use_orig_params: true"):
+        check_sharding(accelerator(1, False))
+    check_sharding(accelerator(1, True))
+    check_sharding(accelerator(2, False))
