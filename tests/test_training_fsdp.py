@@ -142,3 +142,6 @@ def test_fsdp1_without_orig_params_is_refused_with_the_fix():
         check_sharding(accelerator(1, False))
     check_sharding(accelerator(1, True))
     check_sharding(accelerator(2, False))
+    quantised = SimpleNamespace(quantization="4bit")
+    with pytest.raises(ConfigError, match="model.quantization=none"):
+        check_sharding(accelerator(2, False), quantised)

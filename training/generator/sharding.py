@@ -12,8 +12,10 @@ must do differently, and does through this module:
   these functions and only the main process writes;
 - the optimizer state is saved full (``torch.distributed.checkpoint``'s ``get_optimizer_state_dict``,
   keyed by parameter name) and every process re-shards it on resume;
+- the pipeline loads on the CPU and only its unsharded parts (text encoders, VAE) move to each GPU:
+  accelerate's ``prepare`` moves each denoiser shard, so no GPU ever holds the whole base;
 - FSDP1 needs ``use_orig_params`` (frozen and trainable parameters share its flat buffers otherwise);
-  FSDP2 takes mixed ``requires_grad`` as it is.
+  FSDP2 takes mixed ``requires_grad`` as it is; a quantised base is refused under FSDP.
 
 Without FSDP every function here is the plain single-process operation.
 """
@@ -38,15 +40,29 @@ def _fsdp_version(accelerator: Any) -> int:
     return int(getattr(accelerator.state.fsdp_plugin, "fsdp_version", 1) or 1)
 
 
-def check_sharding(accelerator: Any) -> None:
+def check_sharding(accelerator: Any, model: Any = None) -> None:
     """Refuse FSDP settings under which a frozen base with a trainable LoRA cannot train."""
-    if not is_sharded(accelerator) or _fsdp_version(accelerator) == 2:
+    if not is_sharded(accelerator):
+        return
+    if model is not None and getattr(model, "quantization", "none") != "none":
+        raise ConfigError(
+            f"model.quantization = \"{model.quantization}\" under FSDP: a quantised base is not sharded here; "
+            "either shard the bf16 base (--set model.quantization=none) or train on one GPU without FSDP")
+    if _fsdp_version(accelerator) == 2:
         return
     if not getattr(accelerator.state.fsdp_plugin, "use_orig_params", False):
         raise ConfigError(
             "FSDP1 shards frozen base and trainable LoRA weights into shared flat buffers unless "
             "use_orig_params is on: set fsdp_use_orig_params: true in the accelerate config, or use "
             "fsdp_version: 2 (training/configs/accelerate_fsdp.yaml)")
+
+
+def place_unsharded_parts(pipe: Any, device: torch.device) -> None:
+    """Under FSDP the pipeline loads on the CPU; the parts FSDP does not shard go to this process's GPU."""
+    for name in ("text_encoder", "text_encoder_2", "text_encoder_3", "vae"):
+        module = getattr(pipe, name, None)
+        if module is not None:
+            module.to(device)
 
 
 @contextlib.contextmanager

@@ -73,16 +73,20 @@ class GRPOTrainer:
         self.accelerator = accelerator or make_accelerator(config)
         acc = self.accelerator
         check_mixed_precision(acc, config.model.dtype)
-        sharding.check_sharding(acc)  # FSDP1 without use_orig_params cannot train a LoRA on a frozen base
+        sharding.check_sharding(acc, config.model)  # FSDP1 needs use_orig_params; no quantised base under FSDP
         self.derived: Derived = derive(config, acc.num_processes)
         check_inputs(config, need_model=pipe is None)  # data files parsed, paths present: before any loading
         self.device = acc.device
         self.dtype = DTYPES[config.model.dtype]
         check_quantization(config.model, self.device.type)  # bitsandbytes on the CPU this run got: refused
+        sharded = sharding.is_sharded(acc)
         if pipe is None:  # a quantised base (model.quantization) is quantised as it loads
+            load_on = torch.device("cpu") if sharded else self.device  # FSDP moves each shard to its GPU
             pipe = load_pipeline(DiffusersGeneratorConfig(
-                model=config.model.pretrained, dtype=config.model.dtype, device=str(self.device),
-                extra_from_pretrained=from_pretrained_kwargs(config.model, self.dtype)), self.device, self.dtype)
+                model=config.model.pretrained, dtype=config.model.dtype, device=str(load_on),
+                extra_from_pretrained=from_pretrained_kwargs(config.model, self.dtype)), load_on, self.dtype)
+            if sharded:
+                sharding.place_unsharded_parts(pipe, self.device)  # text encoders and VAE stay whole
         self.pipe = pipe
         self.arch = detect_arch(pipe) if config.model.arch == "auto" else config.model.arch
         vae_config = getattr(getattr(pipe, "vae", None), "config", None)
@@ -98,7 +102,9 @@ class GRPOTrainer:
         if config.model.gradient_checkpointing:
             denoiser.enable_gradient_checkpointing()
         self.adapter = self._build_adapter() if config.model.train_adapter or config.model.adapter_init else None
-        net = PolicyNet(self.arch, denoiser, self.adapter, self.dtype).to(self.device)
+        net = PolicyNet(self.arch, denoiser, self.adapter, self.dtype)
+        if not sharded:  # under FSDP the full denoiser never sits on one GPU: accelerate moves the shards
+            net = net.to(self.device)
         if self.adapter is not None and not config.model.train_adapter:
             self.adapter.requires_grad_(False)
         self.trainable = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
