@@ -59,6 +59,9 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plan-config", default="",
                         help="with --plan: the training config to plan (default: the --real-size family's recipe)")
     parser.add_argument("--plan-json", default="", help="with --plan: also write the plan's components to this JSON file")
+    parser.add_argument("--plan-fsdp", type=int, default=0, metavar="N",
+                        help="with --plan: the plan per GPU when FSDP shards the bf16 base over N GPUs "
+                             "(training/configs/accelerate_fsdp.yaml; sets model.quantization=none)")
     parser.add_argument("--plan-options", action="store_true",
                         help="with --plan: also plan each one-GPU option flipped (slower: one plan per option)")
 
@@ -90,7 +93,14 @@ def run_plan(args: argparse.Namespace) -> int:
     for name, module in components.items():
         n = count_params(module)
         print(f"  {name:<15} {type(module).__name__:<36} {n:>15,d} ({n / 1e9:.2f} B)")
+    if args.plan_fsdp:
+        config.model.quantization = "none"  # FSDP shards the unquantised base
+        print(f"FSDP over {args.plan_fsdp} GPUs: model.quantization=none, figures per GPU")
     plan = plan_training(config, components=components)
+    if args.plan_fsdp:
+        from ..training.generator.fsdp_plan import shard_plan
+
+        plan = shard_plan(plan, args.plan_fsdp, components["transformer" if "transformer" in components else "unet"])
     print(plan.render())
     if args.plan_json:
         rows = [dict(name=c.name, device=c.device, bytes=c.bytes, params=c.params, phases=list(c.phases),

@@ -145,3 +145,23 @@ def test_each_family_recipe_plans_at_real_size(real_size, tmp_path, capsys):
     per_param = rows["transformer"]["bytes"] / n
     # bitsandbytes: 1 B + an fp32 scale per row (8bit), 0.5 B + an fp32 absmax per 64 weights (4bit)
     assert per_param == pytest.approx({"none": 2.0, "8bit": 1.0, "4bit": 0.5 + 4 / 64}[quant], rel=0.01)
+
+
+def test_fsdp_plan_divides_what_fsdp_shards_and_adds_the_gathered_blocks(tiny_pipeline_dirs, tmp_path):
+    from emofeedback2.training.generator.fsdp_plan import SHARDED, largest_unit_bytes, shard_plan
+
+    from test_training_trainer import tiny_config
+
+    c = tiny_config(tiny_pipeline_dirs["sd3"], tmp_path)
+    c.optim.ema = True
+    components = mp.pipeline_components(c.model.pretrained)
+    plan = mp.plan_training(c, components=components)
+    per_gpu = shard_plan(plan, 4, components["transformer"])
+    for before in plan.components:
+        after = per_gpu.component(before.name, before.device)
+        expected = -(-before.bytes // 4) if before.name in SHARDED else before.bytes
+        assert after.bytes == expected, before.name
+    unit, name = largest_unit_bytes(components["transformer"])
+    assert name == "JointTransformerBlock" and unit > 0
+    assert per_gpu.component("FSDP gathered blocks").bytes == 2 * unit
+    assert per_gpu.phase_bytes("cpu", "update") < plan.phase_bytes("cpu", "update")  # the shards shrink it
