@@ -82,6 +82,7 @@ def _config(args):
 
 
 def run_plan(args: argparse.Namespace) -> int:
+    from ..training.generator.config import ConfigError
     from ..training.generator.memory_plan import GIB, count_params, pipeline_components, plan_training
 
     config, apply_overrides = _config(args)
@@ -112,7 +113,11 @@ def run_plan(args: argparse.Namespace) -> int:
         print("options (one field flipped; training-device peak; change against the recipe):")
         for label, overrides in OPTIONS:
             variant = apply_overrides(copy.deepcopy(config), overrides)
-            other = plan_training(variant)
+            try:
+                other = plan_training(variant)
+            except ConfigError as exc:  # e.g. a second GPU this machine does not have: say so, plan the rest
+                print(f"  {label:<38} not planned here: {exc}")
+                continue
             peak, phase = other.peak(other.training_device)
             score = other.phase_bytes(other.training_device, "score:lvlm") if "score:lvlm" in other.phases else 0
             extra = "".join(f", {d} peak {other.peak(d)[0] / GIB:.2f} GiB" for d in other.accelerator_devices()
