@@ -112,6 +112,8 @@ FAMILIES: dict[str, Family] = {
     "flux": Family("flux", "FluxTransformer2DModel", real_configs.FLUX1_T5_TOKENS, False,
                    ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"),
                    _flux_latent, _vae_latent, _flux_inputs),
+    # the step-distilled Klein (the recipe's); the undistilled klein-base models use true CFG, which the
+    # transformer's config does not tell apart (the pipeline's is_distilled does)
     "flux2_klein": Family("flux2_klein", "Flux2Transformer2DModel", real_configs.FLUX2_KLEIN_TOKENS, False,
                           ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj",
                            "to_add_out", "to_qkv_mlp_proj"),
@@ -119,7 +121,8 @@ FAMILIES: dict[str, Family] = {
     "qwen_image": Family("qwen_image", "QwenImageTransformer2DModel", real_configs.LLM_PROMPT_TOKENS, True,
                          ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"),
                          _flux_latent, _qwen_decoded, _qwen_inputs),
-    "z_image": Family("z_image", "ZImageTransformer2DModel", real_configs.LLM_PROMPT_TOKENS, False,
+    # Z-Image: classic CFG when guidance != 1 (the base model); Turbo's recipe runs at 1, so no branch
+    "z_image": Family("z_image", "ZImageTransformer2DModel", real_configs.LLM_PROMPT_TOKENS, True,
                       ("to_q", "to_k", "to_v", "to_out.0"), _zimage_latent, _vae_latent, _zimage_inputs),
 }
 
