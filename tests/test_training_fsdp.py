@@ -64,7 +64,8 @@ if acc.is_main_process:
     print(json.dumps({
         "ranks": acc.num_processes, "sharded": sharded, "trainable": len(trainer.trainable),
         "local_fraction": local / total, "frozen_sharded": frozen_sharded, "frozen": len(frozen),
-        "units": len(units), "wrapped": wrapped, "ratio_dev": ratio_dev, "moved": max(float((saved[k] - first[k]).abs().max()) for k in first),
+        "units": len(units), "wrapped": wrapped, "ratio_dev": ratio_dev,
+        "moved": max(float((saved[k] - first[k]).abs().max()) for k in first),
         "resume_diff": max(float((now[k] - saved[k]).abs().max()) for k in now),
         "full_shapes": all(tuple(saved[n].shape) == tuple(p.shape) for n, p in trainer.trainable)}))
 '''

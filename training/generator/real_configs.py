@@ -55,9 +55,10 @@ FLUX1_VAE = dict(
 FLUX1_T5_TOKENS = 512
 
 # black-forest-labs/FLUX.2-klein-4B: transformer/config.json (the step-distilled 4B; klein-base-4B has the
-# same file), the FLUX.2 VAE (vae/config.json, shared by every FLUX.2 model: 32 latent channels,
-# 2x2 patchified to 128 at 1/16 of the image side), and Qwen/Qwen3-4B as text_encoder
-# (Qwen3ForCausalLM; the pipeline concatenates hidden states 9, 18, 27: 3 x 2560 = 7680).
+# same file, and diffusers' scripts/convert_flux2_to_diffusers.py has the same values as "klein-4b"),
+# the FLUX.2 VAE (vae/config.json, shared by every FLUX.2 model: 32 latent channels, 2x2 patchified
+# to 128 at 1/16 of the image side), and Qwen/Qwen3-4B as text_encoder (Qwen3ForCausalLM; the
+# pipeline concatenates hidden states 9, 18, 27: 3 x 2560 = 7680).
 FLUX2_KLEIN_4B_TRANSFORMER = dict(
     patch_size=1, in_channels=128, out_channels=None, num_layers=5, num_single_layers=20, attention_head_dim=128,
     num_attention_heads=24, joint_attention_dim=7680, timestep_guidance_channels=256, mlp_ratio=3.0,
@@ -66,9 +67,10 @@ FLUX2_KLEIN_4B_TRANSFORMER = dict(
 FLUX2_VAE = dict(
     in_channels=3, out_channels=3, latent_channels=32, block_out_channels=[128, 256, 512, 512], layers_per_block=2,
     down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4, act_fn="silu",
-    norm_num_groups=32, sample_size=1024, use_quant_conv=True, use_post_quant_conv=True,  # the file's force_upcast: no argument here
+    norm_num_groups=32, sample_size=1024, use_quant_conv=True, use_post_quant_conv=True,  # (no force_upcast argument)
     mid_block_add_attention=True, batch_norm_eps=1e-4, batch_norm_momentum=0.1, patch_size=(2, 2),
 )
+# Qwen/Qwen3-4B config.json (tied embeddings: 4,022,468,096 parameters), the text encoder of Klein 4B and Z-Image
 QWEN3_4B = dict(
     vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
     num_key_value_heads=8, head_dim=128, hidden_act="silu", max_position_embeddings=40960, rms_norm_eps=1e-6,
