@@ -31,6 +31,7 @@ import weakref
 import tempfile
 
 from ..training.generator.real_configs import SD3_VAE, SD35_MEDIUM_TRANSFORMER as SD35_MEDIUM  # one copy of the real shapes
+from .train_plan import REAL_PIPELINES
 
 TEXT_TOKENS = 77 + 256  # CLIP (77) and T5 (256) sequences concatenated, as SD3 pipelines do
 GIB = 1024**3
@@ -47,13 +48,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 avoids oversubscription)")
-    parser.add_argument("--real-size", choices=["sd3.5-medium"], default=None,
-                        help="benchmark the real-size architecture with random weights instead of a tiny model")
+    parser.add_argument("--real-size", choices=list(REAL_PIPELINES), default=None,
+                        help="benchmark the real-size architecture with random weights instead of a tiny model "
+                             "(sd3.5-medium; the other families with --plan only)")
     parser.add_argument("--lora-rank", type=int, default=None,
                         help="LoRA rank (default: 32 at --real-size, 4 on the tiny model)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--size-override", default="", help=argparse.SUPPRESS)  # JSON; tests shrink the real config
-    from .train_plan import add_plan_arguments  # memory plan of the one-GPU recipe (issue 15)
+    from .train_plan import add_plan_arguments  # memory plan of the one-GPU recipes (issues 15, 23)
 
     add_plan_arguments(parser)
 
@@ -201,6 +203,9 @@ def run(args: argparse.Namespace) -> int:
         from .train_plan import run_plan
 
         return run_plan(args)
+    if args.real_size not in (None, "sd3.5-medium"):
+        raise SystemExit(f"bench train --real-size {args.real_size}: only --plan is available for this family "
+                         "(the timed real-size run builds SD3.5 Medium)")
     step_counts = list(dict.fromkeys(args.steps))  # a repeated T would only re-measure (and overwrite) itself
     if args.device == "cpu":
         torch.set_num_threads(max(1, args.threads))

@@ -22,7 +22,7 @@ from emofeedback2.training.generator.data import PromptTargetSampler, load_promp
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.iterdir()))
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.iterdir() if not p.name.startswith("accelerate_")))
 def test_shipped_example_configs_load_and_validate(name):
     config = load_config(CONFIGS / name)
     validate(config)

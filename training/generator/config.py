@@ -30,6 +30,10 @@ class ModelConfig:
     adapter_init: Optional[str] = _f(None, "optional emotion adapter .safetensors to start from (else a fresh identity adapter)")
     adapter_hidden: int = _f(0, "hidden width of a fresh emotion adapter (0 = the adapter's default)")
     gradient_checkpointing: bool = _f(False, "recompute activations in backward (less memory, ~30% slower)")
+    quantization: str = _f("none", "frozen denoiser weights: 'none', '8bit' or '4bit' (QLoRA: quantised as they load, "
+                           "LoRA and adapter stay fp32); see quantization_backend")
+    quantization_backend: str = _f("bitsandbytes", "'bitsandbytes' (8bit LLM.int8 / 4bit NF4; CUDA only) or 'torchao' "
+                                   "(8bit int8 weight-only; also runs on CPU)")
 
 
 @dataclass
@@ -449,6 +453,7 @@ def validate(config: TrainConfig) -> None:
     if config.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda, got {config.device!r}")
     _check_device(config.device, "device")
+    _check_quantized_base(config)
     if not str(config.output_dir).strip():
         raise ConfigError("output_dir is empty: set it to the run folder (checkpoints, logs, exports)")
 
@@ -524,6 +529,13 @@ def _validate_one_gpu_options(config: TrainConfig) -> None:
     for t in h.targets:
         if not (isinstance(t, (list, tuple)) and len(t) == 2 and all(-3 <= float(x) <= 3 for x in t)):
             raise ConfigError(f"heldout.targets entry {t!r} must be [valence, arousal] with both in [-3, 3]")
+
+
+def _check_quantized_base(config: TrainConfig) -> None:
+    """Names and combinations; the trainer checks the device it really got (device = "auto" on a CPU box)."""
+    from .quantized_base import check_quantization
+
+    check_quantization(config.model, config.device)
 
 
 def derive(config: TrainConfig, num_processes: int = 1) -> Derived:

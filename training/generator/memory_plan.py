@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from ...engines.errors import UserError
-from . import real_configs
+from . import family_plan, real_configs
 
 GIB = 1024**3
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -334,6 +334,28 @@ def _conditioning_dims(arch: str, components: dict[str, nn.Module]) -> tuple[int
     return real_configs.CLIP_TOKENS, cfg.cross_attention_dim, None
 
 
+def _sd_forward(arch: str, denoiser: nn.Module, adapter: Optional[nn.Module], vae: nn.Module, *, batch: int,
+                resolution: int, dtype: torch.dtype, guidance: float, tokens: int, context_dim: int,
+                pooled_dim: Optional[int], device: str):
+    """(net, training forward, VAE decode) of an SD1.5/SDXL/SD3 micro-batch through :class:`PolicyNet`."""
+    from .policy_net import Conditioning, PolicyNet
+
+    net = PolicyNet(arch, denoiser, adapter, dtype)
+    side = resolution // 2 ** (len(vae.config.block_out_channels) - 1)
+    on = dict(device=device)
+    x = torch.randn(batch, denoiser.config.in_channels, side, side, dtype=torch.float32, **on)
+    cfg = guidance != 1.0
+    context = torch.randn(batch, tokens, context_dim, **on)
+    pooled = None if pooled_dim is None else torch.randn(batch, pooled_dim, **on)
+    cond = Conditioning(context, pooled, context.clone() if cfg else None,
+                        None if pooled is None or not cfg else pooled.clone())
+    va = torch.zeros(batch, 2, **on)
+    t = torch.tensor(500.0, **on)
+    if arch == "sdxl":
+        net.time_ids = torch.full((1, 6), float(resolution), **on)
+    return net, (lambda: net(x, t, cond, va, guidance, 1.0)), (lambda: vae.decode(x.to(vae.dtype), return_dict=False))
+
+
 def measure_activations(arch: str, denoiser: nn.Module, adapter: Optional[nn.Module], vae: nn.Module, *,
                         batch: int, resolution: int, dtype: torch.dtype, guidance: float,
                         gradient_checkpointing: bool, tokens: int, context_dim: int,
@@ -344,23 +366,16 @@ def measure_activations(arch: str, denoiser: nn.Module, adapter: Optional[nn.Mod
     ``device="meta"`` (the plan) needs no memory; the same count on real tensors (``"cpu"``) is what
     tests compare it with. ``fused_attention=False`` keeps the installed SDPA kernel.
     """
-    from .policy_net import PolicyNet, Conditioning
+    from .family_plan import FAMILIES, plan_forward
 
-    net = PolicyNet(arch, denoiser, adapter, dtype)
-    scale = 2 ** (len(vae.config.block_out_channels) - 1)
-    side = resolution // scale
-    channels = denoiser.config.in_channels
-    on = dict(device=device)
-    x = torch.randn(batch, channels, side, side, dtype=torch.float32, **on)
-    cfg = guidance != 1.0
-    context = torch.randn(batch, tokens, context_dim, **on)
-    pooled = None if pooled_dim is None else torch.randn(batch, pooled_dim, **on)
-    cond = Conditioning(context, pooled, context.clone() if cfg else None,
-                        None if pooled is None or not cfg else pooled.clone())
-    va = torch.zeros(batch, 2, **on)
-    t = torch.tensor(500.0, **on)
-    if arch == "sdxl":
-        net.time_ids = torch.full((1, 6), float(resolution), **on)
+    if arch in FAMILIES:  # the flow transformers of issue 23: their own packing, ids and conditioning
+        net, forward, decode = plan_forward(FAMILIES[arch], denoiser, adapter, vae, batch=batch, resolution=resolution,
+                                            dtype=dtype, guidance=guidance, tokens=tokens, context_dim=context_dim,
+                                            pooled_dim=pooled_dim, device=device)
+    else:
+        net, forward, decode = _sd_forward(arch, denoiser, adapter, vae, batch=batch, resolution=resolution, dtype=dtype,
+                                           guidance=guidance, tokens=tokens, context_dim=context_dim,
+                                           pooled_dim=pooled_dim, device=device)
     attention = fused_attention_stand_in if fused_attention else contextlib.nullcontext
     params = list(net.parameters())
     seen: dict = {}
@@ -383,7 +398,7 @@ def measure_activations(arch: str, denoiser: nn.Module, adapter: Optional[nn.Mod
     denoiser.train()
     try:
         with _shape_only_va_check(), attention(), torch.autograd.graph.saved_tensors_hooks(outer.pack, outer.unpack):
-            net(x, t, cond, va, guidance, 1.0)
+            forward()
     finally:
         if gradient_checkpointing:
             denoiser.disable_gradient_checkpointing()
@@ -392,10 +407,10 @@ def measure_activations(arch: str, denoiser: nn.Module, adapter: Optional[nn.Mod
     # rollout: the same forward without autograd; then decoding one micro-batch
     roll = LiveBytes()
     with torch.no_grad(), _shape_only_va_check(), attention(), roll:
-        net(x, t, cond, va, guidance, 1.0)
+        forward()
     dec = LiveBytes()
     with torch.no_grad(), attention(), dec:
-        vae.decode(x.to(vae.dtype), return_dict=False)
+        decode()
     method = ("saved_tensors_hooks on the real-size model on the meta device (fused-SDPA stand-in)"
               + ("; checkpointed: outside + block inputs + largest block" if gradient_checkpointing else ""))
     return ActivationFigures(saved, outer.bytes, inputs.bytes, largest, gradient_checkpointing, roll.peak, dec.peak,
@@ -462,7 +477,11 @@ def plan_training(config, *, components: Optional[dict[str, nn.Module]] = None,
     components = components if components is not None else pipeline_components(m.pretrained)
     denoiser_name = "transformer" if "transformer" in components else "unet"
     denoiser = components[denoiser_name]
-    arch = m.arch if m.arch != "auto" else detect_arch(_ArchProbe(components))
+    family = family_plan.family_of(denoiser)  # Flux / Flux.2 Klein / Qwen-Image / Z-Image, else None
+    if m.arch != "auto":
+        arch = m.arch
+    else:
+        arch = family.arch if family is not None else detect_arch(_ArchProbe(components))
     base = DTYPE_BYTES[m.dtype]
     dev = _training_device(config)
     phases = ["encode", "rollout"]
@@ -476,18 +495,23 @@ def plan_training(config, *, components: Optional[dict[str, nn.Module]] = None,
 
     n_denoiser = count_params(denoiser)
     denoiser.to(TORCH_DTYPES[m.dtype])
-    out.append(Component(denoiser_name, dev, n_denoiser * base, tuple(phases),
-                         f"{n_denoiser:,d} params x {base} B ({m.dtype})", n_denoiser))
+    quant = getattr(m, "quantization", "none")
+    d_bytes, d_how = quantized_bytes(denoiser, base, quant)  # frozen base: bitsandbytes/torchao layout
+    out.append(Component(denoiser_name, dev, d_bytes, tuple(phases),
+                         f"{d_how} ({m.dtype}{', ' + quant + ' base' if quant != 'none' else ''})", n_denoiser))
     with torch.device("meta"):
-        add_lora(denoiser, arch, m.lora_rank, m.lora_alpha, m.lora_targets)
+        add_lora(denoiser, arch, m.lora_rank, m.lora_alpha, list(m.lora_targets) or family_plan.lora_targets(arch))
     n_lora = count_params(denoiser, lambda n, p: "lora_" in n)
-    tokens, ctx_dim, pooled_dim = _conditioning_dims(arch, components)
+    if family is not None:
+        tokens, ctx_dim, pooled_dim = family_plan.conditioning_dims(family, denoiser)
+    else:
+        tokens, ctx_dim, pooled_dim = _conditioning_dims(arch, components)
     adapter = None
     n_adapter = 0
     if m.train_adapter or m.adapter_init:
         extra = {"hidden_dim": m.adapter_hidden} if m.adapter_hidden else {}
-        acfg = EmotionAdapterConfig(arch=arch, context_dim=ctx_dim, pooled_dim=None if arch == "sd15" else pooled_dim,
-                                    **extra)
+        acfg = EmotionAdapterConfig(arch=family_plan.adapter_arch(arch, pooled_dim), context_dim=ctx_dim,
+                                    pooled_dim=None if arch == "sd15" else pooled_dim, **extra)
         with torch.device("meta"):
             adapter = EmotionAdapter(acfg).float()
         n_adapter = count_params(adapter)
@@ -512,7 +536,7 @@ def plan_training(config, *, components: Optional[dict[str, nn.Module]] = None,
         n = count_params(components[name])
         out.append(Component(name, dev, n * base, ("encode",) if cached else tuple(phases),
                              f"{n:,d} params x {base} B" + ("; freed after caching" if cached else ""), n))
-    cfg_any = s.guidance_scale != 1.0
+    cfg_any = family_plan.uses_negative_branch(family, s.guidance_scale)
     per_prompt = tokens * ctx_dim + (pooled_dim or 0)
     if cached:
         count = prompt_count if prompt_count is not None else _unique_prompt_count(config)
@@ -532,11 +556,14 @@ def plan_training(config, *, components: Optional[dict[str, nn.Module]] = None,
 
     # trajectories held from rollout to update
     train_guidance = 1.0 if s.cfg_free_training else s.guidance_scale
-    scale = 2 ** (len(vae.config.block_out_channels) - 1)
-    latent = denoiser.config.in_channels * (s.resolution // scale) ** 2
+    train_cfg = family_plan.uses_negative_branch(family, train_guidance)
+    if family is not None:
+        latent = family_plan.latent_values(family, denoiser, vae, s.resolution)
+    else:
+        latent = denoiser.config.in_channels * (s.resolution // 2 ** (len(vae.config.block_out_channels) - 1)) ** 2
     n_samples = derived.samples_per_step_per_process
     T = s.steps
-    traj = n_samples * ((T + 1) * latent * 4 + T * 4 + per_prompt * 4 * (2 if train_guidance != 1.0 else 1))
+    traj = n_samples * ((T + 1) * latent * 4 + T * 4 + per_prompt * 4 * (2 if train_cfg else 1))
     if g.ratio_norm == "grpo_guard":
         traj += n_samples * T * latent * 4
     images = n_samples * s.resolution**2 * 3 * 4
@@ -551,7 +578,7 @@ def plan_training(config, *, components: Optional[dict[str, nn.Module]] = None,
                                pooled_dim=None if arch == "sd15" else pooled_dim)
     out.append(Component("activations per micro-batch (update)", dev, acts.saved_bytes, ("update",),
                          f"measured: {acts.method}; batch {g.batch_size}"
-                         f"{' x2 (CFG)' if train_guidance != 1.0 else ''}"))
+                         f"{' x2 (CFG)' if train_cfg else ''}"))
     rollout_bytes = max(acts.rollout_forward_peak, acts.vae_decode_peak)
     out.append(Component("rollout working memory", dev, rollout_bytes, ("rollout",),
                          f"measured live-tensor peak: denoiser forward {acts.rollout_forward_peak / GIB:.3f} GiB, "

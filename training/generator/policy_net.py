@@ -44,6 +44,8 @@ class PolicyNet(nn.Module):
         self.adapter = adapter
         self.base_dtype = dtype
         self.time_ids: Optional[torch.Tensor] = None  # SDXL micro-conditioning, set by the policy
+        # accelerate's FSDP wraps each of these blocks as one shard unit (transformer-based auto-wrap)
+        self._no_split_modules = list(getattr(denoiser, "_no_split_modules", None) or [])
 
     def forward(
         self,

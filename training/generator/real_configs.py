@@ -30,19 +30,82 @@ CLIP_G_TEXT = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, n
 T5_XXL_ENCODER = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
                       relative_attention_num_buckets=32, feed_forward_proj="gated-gelu", is_encoder_decoder=False)
 
-#: pipeline hub id → {component: (library, class name, config dict)}
-PIPELINES: dict[str, dict[str, tuple[str, str, dict]]] = {
-    "stabilityai/stable-diffusion-3.5-medium": {
-        "transformer": ("diffusers", "SD3Transformer2DModel", SD35_MEDIUM_TRANSFORMER),
-        "vae": ("diffusers", "AutoencoderKL", SD3_VAE),
-        "text_encoder": ("transformers", "CLIPTextModelWithProjection", CLIP_L_TEXT),
-        "text_encoder_2": ("transformers", "CLIPTextModelWithProjection", CLIP_G_TEXT),
-        "text_encoder_3": ("transformers", "T5EncoderModel", T5_XXL_ENCODER),
-    },
-}
 #: T5 sequence length SD3 pipelines encode to (max_sequence_length) and the CLIP length
 SD3_T5_TOKENS = 256
 CLIP_TOKENS = 77
+
+# --- the 2026 generator families (issue 23) ----------------------------------------------------------
+# Each dict is the public ``config.json`` of that repository's component folder, without the
+# ``_class_name``/``_diffusers_version`` bookkeeping (class names sit in PIPELINES below).
+
+# black-forest-labs/FLUX.1-dev: transformer/config.json (guidance-distilled: guidance_embeds), the
+# 16-channel VAE of vae/config.json, CLIP-L (text_encoder, CLIPTextModel) + T5-XXL (text_encoder_2).
+FLUX1_DEV_TRANSFORMER = dict(
+    patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+    num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+    axes_dims_rope=(16, 56, 56),
+)
+FLUX1_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=16, block_out_channels=[128, 256, 512, 512], layers_per_block=2,
+    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4, act_fn="silu",
+    norm_num_groups=32, sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159, force_upcast=True,
+    use_quant_conv=False, use_post_quant_conv=False, mid_block_add_attention=True,
+)
+#: FluxPipeline encodes T5 to max_sequence_length=512 (its default); CLIP-L gives the pooled 768
+FLUX1_T5_TOKENS = 512
+
+# black-forest-labs/FLUX.2-klein-4B: transformer/config.json (the step-distilled 4B; klein-base-4B has the
+# same file, and diffusers' scripts/convert_flux2_to_diffusers.py has the same values as "klein-4b"),
+# the FLUX.2 VAE (vae/config.json, shared by every FLUX.2 model: 32 latent channels, 2x2 patchified
+# to 128 at 1/16 of the image side), and Qwen/Qwen3-4B as text_encoder (Qwen3ForCausalLM; the
+# pipeline concatenates hidden states 9, 18, 27: 3 x 2560 = 7680).
+FLUX2_KLEIN_4B_TRANSFORMER = dict(
+    patch_size=1, in_channels=128, out_channels=None, num_layers=5, num_single_layers=20, attention_head_dim=128,
+    num_attention_heads=24, joint_attention_dim=7680, timestep_guidance_channels=256, mlp_ratio=3.0,
+    axes_dims_rope=(32, 32, 32, 32), rope_theta=2000, eps=1e-6, guidance_embeds=False,
+)
+FLUX2_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=32, block_out_channels=[128, 256, 512, 512], layers_per_block=2,
+    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4, act_fn="silu",
+    norm_num_groups=32, sample_size=1024, use_quant_conv=True, use_post_quant_conv=True,  # (no force_upcast argument)
+    mid_block_add_attention=True, batch_norm_eps=1e-4, batch_norm_momentum=0.1, patch_size=(2, 2),
+)
+# Qwen/Qwen3-4B config.json (tied embeddings: 4,022,468,096 parameters), the text encoder of Klein 4B and Z-Image
+QWEN3_4B = dict(
+    vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
+    num_key_value_heads=8, head_dim=128, hidden_act="silu", max_position_embeddings=40960, rms_norm_eps=1e-6,
+    rope_theta=1000000.0, tie_word_embeddings=True, attention_bias=False,
+)
+#: Flux2KleinPipeline pads every prompt to max_sequence_length=512 tokens
+FLUX2_KLEIN_TOKENS = 512
+
+# Qwen/Qwen-Image: transformer/config.json (60 dual-stream blocks, true CFG, no pooled vector),
+# vae/config.json (AutoencoderKLQwenImage, a Wan-style causal 3D VAE used on single frames), and
+# Qwen2.5-VL-7B-Instruct as text_encoder (the last hidden state, chat template dropped).
+QWEN_IMAGE_TRANSFORMER = dict(
+    patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128, num_attention_heads=24,
+    joint_attention_dim=3584, guidance_embeds=False, axes_dims_rope=(16, 56, 56),
+)
+QWEN_IMAGE_VAE = dict(
+    base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+    temperal_downsample=[False, True, True], dropout=0.0,
+    latents_mean=[-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134, -0.0715, 0.5517,
+                  -0.3632, -0.1922, -0.9497, 0.2503, -0.2921],
+    latents_std=[2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526, 2.8652, 1.5579,
+                 1.6382, 1.1253, 2.8251, 1.916],
+)
+
+# Tongyi-MAI/Z-Image-Turbo: transformer/config.json (single-stream S3-DiT, 30 layers of width 3840),
+# the FLUX.1 VAE (vae/config.json is the same 16-channel AutoencoderKL), Qwen3-4B as text_encoder
+# (Qwen3Model; the second-to-last hidden state of the prompt's real tokens).
+Z_IMAGE_TURBO_TRANSFORMER = dict(
+    all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=3840, n_layers=30, n_refiner_layers=2,
+    n_heads=30, n_kv_heads=30, norm_eps=1e-5, qk_norm=True, cap_feat_dim=2560, rope_theta=256.0, t_scale=1000.0,
+    axes_dims=[32, 48, 48], axes_lens=[1536, 512, 512],
+)
+#: Qwen-Image and Z-Image keep only a prompt's real tokens (no padding to a fixed length): the plan
+#: assumes 128, above the chat template plus the longest shipped training prompt
+LLM_PROMPT_TOKENS = 128
 
 QWEN25_VL_7B = {
     "model_type": "qwen2_5_vl", "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
@@ -62,6 +125,40 @@ CLIP_VIT_H_14 = {
     "vision_config": {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32,
                       "num_attention_heads": 16, "image_size": 224, "patch_size": 14, "hidden_act": "gelu"},
 }
+
+# --- which components each known pipeline id is built from ---------------------------------------------
+#: pipeline hub id → {component: (library, class name, config dict)}
+PIPELINES: dict[str, dict[str, tuple[str, str, dict]]] = {
+    "stabilityai/stable-diffusion-3.5-medium": {
+        "transformer": ("diffusers", "SD3Transformer2DModel", SD35_MEDIUM_TRANSFORMER),
+        "vae": ("diffusers", "AutoencoderKL", SD3_VAE),
+        "text_encoder": ("transformers", "CLIPTextModelWithProjection", CLIP_L_TEXT),
+        "text_encoder_2": ("transformers", "CLIPTextModelWithProjection", CLIP_G_TEXT),
+        "text_encoder_3": ("transformers", "T5EncoderModel", T5_XXL_ENCODER),
+    },
+    "black-forest-labs/FLUX.1-dev": {
+        "transformer": ("diffusers", "FluxTransformer2DModel", FLUX1_DEV_TRANSFORMER),
+        "vae": ("diffusers", "AutoencoderKL", FLUX1_VAE),
+        "text_encoder": ("transformers", "CLIPTextModel", CLIP_L_TEXT),
+        "text_encoder_2": ("transformers", "T5EncoderModel", T5_XXL_ENCODER),
+    },
+    "black-forest-labs/FLUX.2-klein-4B": {
+        "transformer": ("diffusers", "Flux2Transformer2DModel", FLUX2_KLEIN_4B_TRANSFORMER),
+        "vae": ("diffusers", "AutoencoderKLFlux2", FLUX2_VAE),
+        "text_encoder": ("transformers", "Qwen3ForCausalLM", QWEN3_4B),
+    },
+    "Qwen/Qwen-Image": {
+        "transformer": ("diffusers", "QwenImageTransformer2DModel", QWEN_IMAGE_TRANSFORMER),
+        "vae": ("diffusers", "AutoencoderKLQwenImage", QWEN_IMAGE_VAE),
+        "text_encoder": ("transformers", "Qwen2_5_VLForConditionalGeneration", QWEN25_VL_7B),  # the judge's model
+    },
+    "Tongyi-MAI/Z-Image-Turbo": {
+        "transformer": ("diffusers", "ZImageTransformer2DModel", Z_IMAGE_TURBO_TRANSFORMER),
+        "vae": ("diffusers", "AutoencoderKL", FLUX1_VAE),
+        "text_encoder": ("transformers", "Qwen3Model", QWEN3_4B),
+    },
+}
+
 #: reward model id (or the last part of a folder name) → (config class name, config dict)
 REWARD_MODELS: dict[str, tuple[str, dict]] = {
     "Qwen/Qwen2.5-VL-7B-Instruct": ("Qwen2_5_VLConfig", QWEN25_VL_7B),

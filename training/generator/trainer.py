@@ -47,6 +47,8 @@ from .step_logprob import gaussian_kl_mean
 from .guards import guarded_log_probs
 from .heldout import attach_heldout
 from .prompt_cache import attach_prompt_cache
+from .quantized_base import check_quantization, from_pretrained_kwargs
+from . import sharding
 from .rewards import AsyncRewardRunner, CompositeReward, build_reward
 
 
@@ -71,13 +73,20 @@ class GRPOTrainer:
         self.accelerator = accelerator or make_accelerator(config)
         acc = self.accelerator
         check_mixed_precision(acc, config.model.dtype)
+        sharding.check_sharding(acc, config.model)  # FSDP1 needs use_orig_params; no quantised base under FSDP
         self.derived: Derived = derive(config, acc.num_processes)
         check_inputs(config, need_model=pipe is None)  # data files parsed, paths present: before any loading
         self.device = acc.device
         self.dtype = DTYPES[config.model.dtype]
-        if pipe is None:
-            pipe = load_pipeline(DiffusersGeneratorConfig(model=config.model.pretrained, dtype=config.model.dtype,
-                                                          device=str(self.device)), self.device, self.dtype)
+        check_quantization(config.model, self.device.type)  # bitsandbytes on the CPU this run got: refused
+        sharded = sharding.is_sharded(acc)
+        if pipe is None:  # a quantised base (model.quantization) is quantised as it loads
+            load_on = torch.device("cpu") if sharded else self.device  # FSDP moves each shard to its GPU
+            pipe = load_pipeline(DiffusersGeneratorConfig(
+                model=config.model.pretrained, dtype=config.model.dtype, device=str(load_on),
+                extra_from_pretrained=from_pretrained_kwargs(config.model, self.dtype)), load_on, self.dtype)
+            if sharded:
+                sharding.place_unsharded_parts(pipe, self.device)  # text encoders and VAE stay whole
         self.pipe = pipe
         self.arch = detect_arch(pipe) if config.model.arch == "auto" else config.model.arch
         vae_config = getattr(getattr(pipe, "vae", None), "config", None)
@@ -93,7 +102,9 @@ class GRPOTrainer:
         if config.model.gradient_checkpointing:
             denoiser.enable_gradient_checkpointing()
         self.adapter = self._build_adapter() if config.model.train_adapter or config.model.adapter_init else None
-        net = PolicyNet(self.arch, denoiser, self.adapter, self.dtype).to(self.device)
+        net = PolicyNet(self.arch, denoiser, self.adapter, self.dtype)
+        if not sharded:  # under FSDP the full denoiser never sits on one GPU: accelerate moves the shards
+            net = net.to(self.device)
         if self.adapter is not None and not config.model.train_adapter:
             self.adapter.requires_grad_(False)
         self.trainable = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
@@ -105,6 +116,8 @@ class GRPOTrainer:
         optimizer = torch.optim.AdamW(groups, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
         self.net, self.optimizer = acc.prepare(net, optimizer)
         self.raw_net: PolicyNet = acc.unwrap_model(self.net)
+        # under FSDP the prepared model holds new (sharded) parameters: name the ones that train now
+        self.trainable = [(n, p) for n, p in self.raw_net.named_parameters() if p.requires_grad]
         self.policy = DiffusionPolicy(pipe, self.arch, self.raw_net, resolution=config.sampling.resolution,
                                       device=self.device, eta=config.sampling.eta,
                                       noise_level=config.sampling.sde_noise_level)
@@ -146,7 +159,9 @@ class GRPOTrainer:
         return self.pipe.transformer if self.arch == "sd3" else self.pipe.unet
 
     def lora_state(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach() for n, p in self.trainable if n.startswith("denoiser.")}
+        """Full LoRA tensors (under FSDP gathered from the shards: every process must call it)."""
+        lora = [(n, p) for n, p in self.trainable if n.startswith("denoiser.")]
+        return sharding.gather_full(self.accelerator, self.net, lora)
 
     def print_summary(self) -> None:
         if self.accelerator.is_main_process:
@@ -390,15 +405,18 @@ class GRPOTrainer:
     def save(self) -> Optional[Path]:
         acc = self.accelerator
         acc.wait_for_everyone()
+        # every process gathers (collective under FSDP); only the main one writes
+        weights = sharding.gather_full(acc, self.net, self.trainable)
+        ema = sharding.ema_state(self.ema) if self.ema is not None else None
+        optimizer = sharding.optimizer_state(acc, self.net, self.optimizer)
         if not acc.is_main_process:
             return None
-        weights = {n: p.detach() for n, p in self.trainable}
-        if self.ema is not None:
-            weights.update({f"ema.{n}": s for (n, _), s in zip(self.trainable, self.ema.shadow)})
+        if ema is not None:
+            weights.update({f"ema.{n}": s for (n, _), s in zip(self.trainable, ema["shadow"])})
         state = {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer,
             "scaler": self.scaler.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "ema": ema,
             "rng": rng_state(),
             "updates": self.updates,
         }
@@ -445,18 +463,16 @@ class GRPOTrainer:
                     f"resume refused: {name} is {tuple(weights[name].shape)} in {path}, {tuple(p.shape)} now")
         check_finite(weights, f"checkpoint {path}")
         resume_guard.check_step(int(meta["step"]), self.config, str(path))
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(weights[name].to(p.device, p.dtype))
+        sharding.load_full_parameters(self.accelerator, self.net, params, weights)  # shards under FSDP
         try:
-            self.optimizer.load_state_dict(state["optimizer"])
+            sharding.load_optimizer_state(self.accelerator, self.net, self.optimizer, state["optimizer"])
             self.scaler.load_state_dict(state["scaler"])
         except (KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"the optimiser state in {path} does not fit this run: {exc}") from exc
         resume_guard.apply_optimizer_settings(self.optimizer, self.config)  # changed lr/betas/... take effect
         if self.ema is not None:
             if state.get("ema"):
-                self.ema.load_state_dict(state["ema"])
+                sharding.load_ema_state(self.ema, state["ema"])
                 self.ema.decay = float(self.config.optim.ema_decay)
             else:  # EMA switched on at this resume: it starts from the resumed weights, not the initial ones
                 self.ema = EMA([p for _, p in self.trainable], self.config.optim.ema_decay)
@@ -480,7 +496,7 @@ class GRPOTrainer:
     def _check_finite_step(self, metrics: dict[str, float]) -> None:
         """Stop before a diverged step is saved: NaN/inf in the loss, reward or any trainable weight."""
         bad = [k for k in ("train/loss", "reward/mean", "train/grad_norm") if not math.isfinite(metrics.get(k, 0.0))]
-        bad += [n for n, p in self.trainable if not bool(torch.isfinite(p.detach()).all())][:1]
+        bad += sharding.nonfinite_names([(n, p.detach()) for n, p in self.trainable])[:1]
         if bad:
             raise NonFiniteError(
                 f"step {self.step}: {bad[0]} became NaN/inf, so the run stopped before saving it; "
@@ -528,18 +544,34 @@ class GRPOTrainer:
             self.runner.close()
             if self.writer is not None:
                 self.writer.close()
-        if c.export_at_end and acc.is_main_process:
+        if c.export_at_end:  # every process: under FSDP the LoRA is gathered from all of them
             self.export(self.out / "export")
         return self.history
 
     def export(self, out_dir: str | Path) -> dict[str, Path]:
+        """Write the kohya/diffusers LoRA and the adapter (main process; every process must call it)."""
         from .export import export_all
 
         if self.ema is not None:
             self.ema.swap()
         try:
-            return export_all(out_dir, self.arch, self.lora_state(), self.config.model.lora_rank,
-                              self.config.model.lora_alpha, self.adapter, metadata={"step": self.step})
+            lora = self.lora_state()
+            adapter = self._gathered_adapter()
         finally:
             if self.ema is not None:
                 self.ema.swap()
+        if not self.accelerator.is_main_process:
+            return {}
+        return export_all(out_dir, self.arch, lora, self.config.model.lora_rank, self.config.model.lora_alpha,
+                          adapter, metadata={"step": self.step})
+
+    def _gathered_adapter(self):
+        """A CPU copy of the emotion adapter with full weights (under FSDP its parameters are shards)."""
+        if self.adapter is None:
+            return None
+        from ...engines.generation.emotion_adapter import EmotionAdapter  # not the FSDP-wrapped class
+
+        values = sharding.gather_full(self.accelerator, self.net, list(self.adapter.named_parameters()))
+        plain = EmotionAdapter(self.adapter.config)
+        plain.load_state_dict(values)
+        return plain
