@@ -10,8 +10,8 @@ run) over a vocabulary small enough to build in milliseconds:
   GPT-2's own vocabulary does: a prefix that ends with a space then leaves a lone ``Ġ`` before the
   digit, so the judge must drop that space (SmolVLM's tokenizer class; the merge is our choice, to
   exercise the per-tokenizer answer-prefix handling).
-- ``sentencepiece_bpe``: ``GemmaTokenizer`` (spaces become ``▁``, byte fallback) over single
-  characters (Gemma 3 / Gemma 4).
+- ``sentencepiece_bpe``: ``GemmaTokenizer`` (spaces become ``▁``, byte fallback, a BOS token
+  added when tokenising) over single characters (Gemma 3 / Gemma 4).
 
 Special tokens are given by name (``extra_special_tokens``), so a processor finds e.g.
 ``tokenizer.image_token`` / ``tokenizer.image_token_id`` the way it does on the real files.
@@ -96,7 +96,7 @@ def sentencepiece_bpe(specials: tuple[str, ...], named: dict[str, str], *, chat_
     for char in "▁" + "".join(chr(c) for c in range(ord("!"), ord("~") + 1)):
         vocab.setdefault(char, len(vocab))
     tokenizer = GemmaTokenizer(
-        vocab=vocab, merges=[], model_max_length=32768,
+        vocab=vocab, merges=[], model_max_length=32768, add_bos_token=True,  # as the released Gemma tokenizers
         extra_special_tokens=_named_specials(specials, named, exclude=base),
     )
     tokenizer.chat_template = chat_template
