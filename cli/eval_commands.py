@@ -191,7 +191,11 @@ def run_eval(args: argparse.Namespace) -> int:
     print(markdown_table([("all prompts", report)], first="scope"))
     for key, reason in sorted(report["null_reasons"].items()):
         print(f"  {key}: null ({reason})")
+    for warning in report["reading_trust"]["warnings"]:
+        print(f"WARNING: {warning}")
     print(f"wrote {out / 'report.json'}, {out / 'report.md'}, {out / 'images.csv'}, pictures; {time.perf_counter() - started:.1f} s")
     if demo:
-        print(description["note"])
+        from ..evaluation.demo import demo_note
+
+        print(demo_note(judge, run["judge_is_heuristic"]))
     return 0

@@ -298,12 +298,14 @@ def _write_outputs(out: Path, result, extra: dict) -> dict:
 
 
 def _run_and_report(generator, scorer, refiner, prompt: str, target, config, out: Path, extra: dict) -> int:
+    from ..engines.judge.scoring import RecordedScorer
     from ..engines.loop.feedback_loop import run_feedback_loop
     from ..engines.progress import TqdmProgress
 
     bar = TqdmProgress("feedback loop", total=config.rounds * (config.candidates + 1))
+    judged = RecordedScorer(scorer)  # keeps the readings: are they trustworthy? (digit mass, spread)
     try:
-        result = run_feedback_loop(generator, scorer, refiner, prompt, target, config, progress=bar,
+        result = run_feedback_loop(generator, judged, refiner, prompt, target, config, progress=bar,
                                    on_round=RoundWriter(out, extra))
     except BaseException as exc:
         bar.close()
@@ -318,7 +320,8 @@ def _run_and_report(generator, scorer, refiner, prompt: str, target, config, out
                       file=sys.stderr)
         raise
     bar.close()
-    report = _write_outputs(out, result, {**extra, "complete": True})
+    trust = judged.trust()
+    report = _write_outputs(out, result, {**extra, "complete": True, "reading_trust": trust.as_dict()})
     best = result.best
     counts = report["counts"]
     print(f"target {target}; {len(result.rounds)} round(s), stopped: {result.stop_reason}")
@@ -329,6 +332,8 @@ def _run_and_report(generator, scorer, refiner, prompt: str, target, config, out
     print(f"final prompt: {result.final_prompt}")
     print(f"generated {counts['generator_images']} images, {counts['image_evaluations']} judge image evaluations, "
           f"{result.timings['total']:.1f} s")
+    for warning in trust.warnings:
+        print(f"WARNING: {warning}")
     print(f"wrote {out / 'best.png'}, {out / 'trajectory.png'}, {out / 'report.json'}")
     return 0
 

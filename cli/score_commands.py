@@ -64,7 +64,7 @@ def _load_images(files: list[Path]):
 def run(args: argparse.Namespace) -> int:
     from ..engines.emotion_space import VA, EmotionValueError
     from ..engines.judge.lvlm_scorer import LVLMConfig, load_lvlm
-    from ..engines.judge.scoring import LOW_DIGIT_MASS, reading_rows
+    from ..engines.judge.scoring import LOW_DIGIT_MASS, assess_readings, reading_rows
 
     # every anticipated failure below is a UserError: cli.main prints it as one line, exit 2
     if (args.valence is None) != (args.arousal is None):
@@ -86,12 +86,14 @@ def run(args: argparse.Namespace) -> int:
     rows = reading_rows(readings, target)
     for row, file in zip(rows, files):
         row["image"] = str(file)
+    trust = assess_readings(readings, scorer)
     if args.json:
         print(json.dumps({
             "scorer": scorer.name,
             "heuristic": scorer.is_heuristic,
             "target": None if target is None else {"valence": target.valence, "arousal": target.arousal},
             "readings": rows,
+            "reading_trust": trust.as_dict(),
         }, indent=2))
         return 0
     note = " — a heuristic from colour statistics, not a content judgement" if scorer.is_heuristic else ""
@@ -106,4 +108,6 @@ def run(args: argparse.Namespace) -> int:
         print(line)
         if row.get("analysis"):
             print(f"    {row['analysis']}")
+    for warning in trust.warnings:
+        print(f"WARNING: {warning}")
     return 0
