@@ -224,7 +224,10 @@ def compare_table(folders: Sequence[str | Path]) -> str:
             raise UserError(f"--compare: {path} not found; run `emofeedback2 eval --out {folder}` first")
         report = json.loads(path.read_text(encoding="utf-8"))
         label = report.get("run", {}).get("label") or Path(folder).name
-        if report.get("reading_trust", {}).get("trusted") is False:
-            label += " (readings untrusted: see its report.md)"
         rows.append((label, report))
-    return markdown_table(rows)
+    # last column: can the run's readings be trusted (low digit mass, near-constant)? its report.md says why not
+    verdicts = [{True: "yes", False: "NO"}.get(r.get("reading_trust", {}).get("trusted"), "—") for _, r in rows]
+    lines = markdown_table(rows).splitlines()
+    lines[0] += " readings trusted |"
+    lines[1] += "---|"
+    return "\n".join(lines[:2] + [line + f" {v} |" for line, v in zip(lines[2:], verdicts)])

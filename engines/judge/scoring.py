@@ -157,9 +157,9 @@ def assess_values(valence: Sequence[float], arousal: Sequence[float], digit_mass
     for axis, std in (("valence", v_std), ("arousal", a_std)):
         if std is not None and std < NEAR_CONSTANT_STD:
             warnings.append(
-                f"{axis} readings are near-constant (std {std:.3f} < {NEAR_CONSTANT_STD:g} on [-3, 3]): {judge} hardly "
-                f"tells the images apart on {axis}, so correlations, slopes, monotonicity and best-of-N choices over "
-                "them rest on noise."
+                f"{axis} readings by {judge} are near-constant (std {std:.3f} < {NEAR_CONSTANT_STD:g} on [-3, 3]): "
+                f"either the images do not differ in {axis} or the judge cannot tell them apart, so correlations, "
+                "slopes, monotonicity and best-of-N choices over them rest on noise."
             )
     return ReadingTrust(judge=judge, heuristic=heuristic, n=len(list(valence)), low_mass_share=low_mass_share,
                         mean_digit_mass=mean_mass, valence_std=v_std, arousal_std=a_std, warnings=tuple(warnings),
