@@ -35,7 +35,7 @@ def register(subparsers) -> None:
     p.add_argument("--text-strength", type=_finite("--text-strength", 0.0, 2.0), default=None,
                    help="text route: weave each target's emotion words into the prompt, 0..2 (default 0; --demo: 1)")
     p.add_argument("--adapter-strength", type=_finite("--adapter-strength", 0.0, 2.0), default=1.0, help="emotion adapter strength, 0..2 (default 1)")
-    p.add_argument("--lvlm", default=None, help="judge: Qwen-VL folder or hub id, or 'colour' for the colour heuristic (--demo: colour)")
+    p.add_argument("--lvlm", default=None, help="judge: a vision-language model folder (Qwen-VL, Gemma, InternVL …) or hub id, or 'colour' for the colour heuristic (--demo: colour)")
     p.add_argument("--lvlm-adapter", default=None, help="a peft LoRA folder for the LVLM judge")
     add_lvlm_load_arguments(p)
     p.add_argument("--prompts", default=None, help="prompts file, one per line (or a .csv with a 'prompt' column)")
@@ -99,7 +99,7 @@ def _load(args, workdir: Path):
     if not args.generator:
         raise UserError("--generator is required (a diffusers folder or hub id), or use --demo")
     if not args.lvlm:
-        raise UserError("--lvlm is required (a Qwen-VL folder or hub id, or 'colour')")
+        raise UserError("--lvlm is required (a vision-language model folder or hub id, or 'colour')")
     from ..engines.generation.diffusers_backend import DiffusersGeneratorConfig, load_diffusers_generator
 
     strength = 0.0 if args.text_strength is None else args.text_strength
