@@ -27,6 +27,10 @@ score CLI and the scorer node flag); a random tiny model puts little mass on the
 Default: the tiny random Qwen2.5-VL built locally (CPU). ``--real-size qwen2.5-vl-7b --device cuda
 --dtype bfloat16`` builds the real 7B architecture with random weights directly on the GPU (tiny
 byte tokenizer, real image processor patching) and also prints peak GPU memory per path.
+``--family`` picks any tiny family (``qwen2_vl``, ``qwen2_5_vl``, ``qwen3_vl``, ``qwen3_5``, ``gemma3``,
+``gemma4``, ``internvl``, ``llava_onevision``, ``smolvlm``). Beside the timings it prints
+``batch_vs_single_max_diff=<x>``: the largest difference between reading a batch of images of mixed
+sizes (left-padded where the family's token counts differ) and reading each image alone.
 The last three lines: ``ev_over_prefill=<x>``, ``ev_vs_paper_format_speedup=<x>``,
 ``ev_vs_generate_speedup=<x>`` (ratios of median times, all paths measured in this run).
 """
@@ -41,6 +45,7 @@ import time
 from typing import Any, Callable
 
 from ..engines.judge.paper_format import ANSWER_TAG, REASONING_INSTRUCTION
+from ..tiny_models.lvlm import FAMILIES  # a tuple of names: no model code is imported
 
 DIGITS = re.compile(r"^\s*([1-9])\s*[,;/ ]\s*([1-9])\b")
 DIGITS_EXAMPLE = "7, 3"
@@ -54,7 +59,7 @@ REAL_SIZES = ("qwen2.5-vl-7b",)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=8, help="images per batch (default 8)")
     parser.add_argument("--repeats", type=int, default=9, help="timed calls of each path (default 9; the median counts)")
-    parser.add_argument("--family", default="qwen2_5_vl", choices=["qwen2_vl", "qwen2_5_vl", "qwen3_vl"],
+    parser.add_argument("--family", default="qwen2_5_vl", choices=FAMILIES,
                         help="tiny model family (ignored with --real-size)")
     parser.add_argument("--real-size", default=None, choices=REAL_SIZES,
                         help="build a real-size architecture with random weights instead")
@@ -81,6 +86,35 @@ def _images(n: int, size: int):
         b = np.full((size, size), (i % 3) / 2.0, np.float32)
         out.append(Image.fromarray((np.stack([r, g, b], -1) * 255).astype(np.uint8), mode="RGB"))
     return out
+
+
+def _mixed_images(n: int, size: int):
+    """``n`` images of different sizes and aspect ratios (at least 3), so a batch of them needs padding."""
+    shapes = [(size, size), (size, max(16, size // 2)), (max(16, (3 * size) // 4), size), (max(16, size // 3), size)]
+    images = []
+    for i in range(max(n, 3)):
+        w, h = shapes[i % len(shapes)]
+        images.append(_images(i + 1, max(w, h))[i].resize((w, h)))
+    return images
+
+
+def batch_vs_single_max_diff(scorer, images) -> tuple[float, float]:
+    """``(largest |batched − one-by-one|, control)`` over valence, arousal and digit mass for ``images``.
+
+    The control is the largest difference between one image's reading and the next image's (each read
+    alone): what a batch that mixed up its rows would show. Equality means something only well below it.
+    """
+    import torch
+
+    names = ("valence", "arousal", "digit_mass_valence", "digit_mass_arousal")
+    with torch.no_grad():
+        batched = scorer.score_details(images)
+        singles = [scorer.score_details([image]) for image in images]
+    diff = max(abs(getattr(batched, n)[i].item() - getattr(singles[i], n)[0].item())
+               for i in range(len(images)) for n in names)
+    control = max(abs(getattr(singles[i], n)[0].item() - getattr(singles[i - 1], n)[0].item())
+                  for i in range(1, len(images)) for n in names)
+    return diff, control
 
 
 def _build_scorer(args: argparse.Namespace, workdir: str):
@@ -226,8 +260,12 @@ def run(args: argparse.Namespace) -> int:
                "labelled_answer": "the same, with the scorer's answer labels written out: "
                                   f"{LABELLED_EXAMPLE!r} + end token",
                "paper_format": "reasoning + <answer>V, A</answer>, [-3, 3] with decimals"}
+        prompt = scorer._chat(question)
         mode = (f"prompt+image pass of {args.images} rows, then {2 * args.images} answer-prefix rows on its cache"
-                if scorer.config.share_prefix and scorer._shares_vision() else f"one forward pass of {2 * args.images} rows")
+                if scorer._shares_prefix(prompt, [scorer.prompts.valence_prefix, scorer.prompts.arousal_prefix])
+                else f"one forward pass of {2 * args.images} rows")
+        mixed = _mixed_images(args.images, args.image_size)
+        padded = scorer._encode([prompt] * len(mixed), mixed)["attention_mask"].sum(dim=1).tolist()
         ips = {name: args.images / t for name, t in median.items()}
         print(f"expected_value: {ips['expected_value']:.2f} images/s ({mode}; every image gets a reading); "
               f"digit mass mean {mass.mean():.3f}, {int((mass < LOW_DIGIT_MASS).sum())}/{args.images} readings "
@@ -238,6 +276,13 @@ def run(args: argparse.Namespace) -> int:
                   f"{how[name]}; parsed {n_parsed[name]}/{args.images} answers)")
         for name, peak in peaks.items():
             print(f"peak_memory_{name}_gib={peak:.2f}")
+        print(f"mixed sizes: {', '.join(f'{im.width}x{im.height}' for im in mixed)} -> prompt lengths {padded} tokens "
+              f"(one left-padded batch, compared with reading each alone)")
+        diff, control = batch_vs_single_max_diff(scorer, mixed)
+        print(f"control: one image's reading against the next image's (what mixed-up rows would show): "
+              f"max diff {control:.2e}" + ("" if len(set(padded)) > 1 else
+                                             "; no padding here: this family gives every image the same token count"))
+        print(f"batch_vs_single_max_diff={diff:.2e}")
         print(f"ev_vs_labelled_answer_speedup={median['labelled_answer'] / median['expected_value']:.2f}")
         print(f"ev_over_prefill={median['expected_value'] / median['prefill']:.3f}")
         print(f"ev_vs_paper_format_speedup={median['paper_format'] / median['expected_value']:.2f}")

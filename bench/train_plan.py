@@ -16,6 +16,8 @@ import copy
 import json
 from pathlib import Path
 
+from ..training.generator.real_configs import REAL_JUDGES  # plain data: --help stays light
+
 CONFIGS = Path(__file__).resolve().parent.parent / "training" / "configs"
 RECIPE = CONFIGS / "sd35_medium_lvlm.toml"
 REAL_PIPELINES = {
@@ -33,7 +35,6 @@ RECIPES = {
     "qwen-image": CONFIGS / "qwen_image_lvlm.toml",
     "z-image-turbo": CONFIGS / "z_image_turbo_lvlm.toml",
 }
-REAL_JUDGES = {"qwen2.5-vl-7b": "Qwen/Qwen2.5-VL-7B-Instruct"}
 
 #: one field flipped at a time: (label, [overrides])
 OPTIONS = [
@@ -54,8 +55,9 @@ OPTIONS = [
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plan", action="store_true",
                         help="print the memory plan of the one-GPU recipe (meta device, no weights) and exit")
-    parser.add_argument("--judge-real-size", choices=sorted(REAL_JUDGES), default=None,
-                        help="with --plan: the LVLM judge of the plan (default: the recipe's)")
+    parser.add_argument("--judge-real-size", choices=list(REAL_JUDGES), default=None,
+                        help="with --plan: the LVLM judge of the plan at its real size, any supported family "
+                             "(default: the recipe's)")
     parser.add_argument("--plan-config", default="",
                         help="with --plan: the training config to plan (default: the --real-size family's recipe)")
     parser.add_argument("--plan-json", default="", help="with --plan: also write the plan's components to this JSON file")

@@ -37,7 +37,7 @@ def register(subparsers) -> None:
     p.add_argument("--text-strength", type=finite_number("--text-strength", 0.0, 2.0), default=None,
                    help="text route: weave each target's emotion words into the prompt, 0..2 (default 0; --demo: 1)")
     p.add_argument("--adapter-strength", type=finite_number("--adapter-strength", 0.0, 2.0), default=1.0, help="emotion adapter strength, 0..2 (default 1)")
-    p.add_argument("--lvlm", default=None, help="judge: Qwen-VL folder or hub id, or 'colour' for the colour heuristic (--demo: colour)")
+    p.add_argument("--lvlm", default=None, help="judge: a vision-language model folder (Qwen-VL, Gemma, InternVL …) or hub id, or 'colour' for the colour heuristic (--demo: colour)")
     p.add_argument("--lvlm-adapter", default=None, help="a peft LoRA folder for the LVLM judge")
     add_lvlm_load_arguments(p)
     add_judge_preset_arguments(p)
@@ -104,7 +104,7 @@ def _load(args, workdir: Path):
     if not args.generator:
         raise UserError("--generator is required (a diffusers folder or hub id), or use --demo")
     if not args.lvlm:
-        raise UserError("--lvlm is required (a Qwen-VL folder or hub id, or 'colour')")
+        raise UserError("--lvlm is required (a vision-language model folder or hub id, or 'colour')")
     from ..engines.generation.diffusers_backend import DiffusersGeneratorConfig, load_diffusers_generator
 
     strength = 0.0 if args.text_strength is None else args.text_strength
@@ -211,7 +211,11 @@ def _evaluate(args, out: Path, prompts, targets, sampling, started: float) -> in
     print(markdown_table([("all prompts", report)], first="scope"))
     for key, reason in sorted(report["null_reasons"].items()):
         print(f"  {key}: null ({reason})")
+    for warning in report["reading_trust"]["warnings"]:
+        print(f"WARNING: {warning}")
     print(f"wrote {out / 'report.json'}, {out / 'report.md'}, {out / 'images.csv'}, pictures; {time.perf_counter() - started:.1f} s")
     if demo:
-        print(description["note"])
+        from ..evaluation.demo import demo_note
+
+        print(demo_note(judge, run["judge_is_heuristic"]))
     return 0

@@ -205,8 +205,12 @@ def _eval(args: argparse.Namespace) -> int:
     evaluation = evaluate_judge(scorer, rows, constant=constant, constant_source=source, eps=args.eps,
                                 low_mass=args.low_mass, batch_size=args.batch_size, progress=not args.json)
     plots = write_scatter_plots(evaluation, args.plots) if args.plots else []
+    from ..engines.judge.scoring import assess_values
+
+    trust = assess_values(evaluation.predictions["valence"][0], evaluation.predictions["arousal"][0],
+                          judge=scorer.name, low_mass_share=evaluation.low_mass_share, low_mass_threshold=args.low_mass)
     result = {**evaluation.to_dict(), "split": split, "judge": scorer.name, "plots": [str(p) for p in plots],
-              "skipped_rows": len(manifest.skipped)}
+              "skipped_rows": len(manifest.skipped), "reading_trust": trust.as_dict()}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -220,6 +224,8 @@ def _eval(args: argparse.Namespace) -> int:
     if evaluation.reading:
         print(f"reading: {', '.join(f'{k}={v}' for k, v in evaluation.reading.items())}; unparsable answers "
               f"(read as 0 on that axis): {evaluation.unparsable_share:.1%}")
+    for warning in trust.warnings:
+        print(f"WARNING: {warning}")
     for path in plots:
         print(f"plot: {path}")
     if manifest.skipped:

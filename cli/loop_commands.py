@@ -115,13 +115,15 @@ def _config(args):
 
 
 def _run_and_report(generator, scorer, refiner, prompt: str, target, config, out: Path, extra: dict) -> int:
+    from ..engines.judge.scoring import RecordedScorer
     from ..engines.loop.feedback_loop import run_feedback_loop
     from ..engines.progress import TqdmProgress
 
     bar = TqdmProgress("feedback loop", total=config.rounds * (config.candidates + 1))
+    judged = RecordedScorer(scorer)  # keeps the readings: are they trustworthy? (digit mass, spread)
     try:
         with quiet_prompt_truncation() as truncations:
-            result = run_feedback_loop(generator, scorer, refiner, prompt, target, config, progress=bar,
+            result = run_feedback_loop(generator, judged, refiner, prompt, target, config, progress=bar,
                                        on_round=RoundWriter(out, extra))
     except BaseException as exc:
         bar.close()
@@ -137,7 +139,9 @@ def _run_and_report(generator, scorer, refiner, prompt: str, target, config, out
                       file=sys.stderr)
         raise
     bar.close()
-    report = write_outputs(out, result, {**extra, "complete": True, "prompt_truncations": truncations.count})
+    trust = judged.trust()
+    report = write_outputs(out, result, {**extra, "complete": True, "prompt_truncations": truncations.count,
+                                         "reading_trust": trust.as_dict()})
     if truncations.note():
         print(truncations.note())
     best = result.best
@@ -150,6 +154,8 @@ def _run_and_report(generator, scorer, refiner, prompt: str, target, config, out
     print(f"final prompt: {result.final_prompt}")
     print(f"generated {counts['generator_images']} images, {counts['image_evaluations']} judge image evaluations, "
           f"{result.timings['total']:.1f} s")
+    for warning in trust.warnings:
+        print(f"WARNING: {warning}")
     print(f"wrote {out / 'best.png'}, {out / 'trajectory.png'}, {out / 'report.json'}")
     return 0
 

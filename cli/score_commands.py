@@ -67,7 +67,7 @@ def _load_images(files: list[Path]):
 def run(args: argparse.Namespace) -> int:
     from ..engines.emotion_space import VA, EmotionValueError
     from ..engines.judge.lvlm_scorer import LVLMConfig, load_lvlm
-    from ..engines.judge.scoring import LOW_DIGIT_MASS, reading_rows
+    from ..engines.judge.scoring import LOW_DIGIT_MASS, assess_readings, reading_rows
 
     # every anticipated failure below is a UserError: cli.main prints it as one line, exit 2
     if (args.valence is None) != (args.arousal is None):
@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         row["unparsable_answers"] = details.unparsable_answers
         if len(details.valence.values) > 1:
             row["valence_std"], row["arousal_std"] = round(details.valence.std, 4), round(details.arousal.std, 4)
+    trust = assess_readings(readings, scorer)
     if args.json:
         print(json.dumps({
             "scorer": scorer.name,
@@ -106,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
             **run_identity(None),  # scoring draws no random numbers (the analysis text is greedy)
             "target": None if target is None else {"valence": target.valence, "arousal": target.arousal},
             "readings": rows,
+            "reading_trust": trust.as_dict(),
         }, indent=2))
         return 0
     note = " — a heuristic from colour statistics, not a content judgement" if scorer.is_heuristic else ""
@@ -124,4 +126,6 @@ def run(args: argparse.Namespace) -> int:
         print(line)
         if row.get("analysis"):
             print(f"    {row['analysis']}")
+    for warning in trust.warnings:
+        print(f"WARNING: {warning}")
     return 0

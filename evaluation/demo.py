@@ -22,6 +22,17 @@ DEMO_NOTE = (
     "and saturation, Valdez & Mehrabian 1994). The evaluation mechanics are real; the figures describe the toy, "
     "not an emotion model."
 )
+
+
+def demo_note(judge: str, heuristic: bool) -> str:
+    """The demo's closing note, naming the judge that actually judged (the colour heuristic unless --lvlm chose one)."""
+    if heuristic:
+        return DEMO_NOTE
+    return (
+        "Demo models are untrained: a tiny random diffusion pipeline (noise-like images) plus a toy colour grade "
+        f"driven by the emotion words the text route adds for each target, judged by {judge} (the --lvlm you gave). "
+        "The evaluation mechanics are real; the figures describe the toy and that judge, not an emotion model."
+    )
 DEMO_PROMPTS = ("a lighthouse on a rocky coast, wide shot", "a bowl of fruit on a wooden table")
 
 

@@ -110,9 +110,21 @@ class QualityScores:
         return out
 
 
+def reading_trust(records: Sequence[ImageRecord], run: dict[str, Any]) -> dict[str, Any]:
+    """Low digit mass and near-constant readings over all images (:func:`..engines.judge.scoring.assess_values`)."""
+    from ..engines.judge.scoring import assess_values
+
+    masses = [None if r.digit_mass_valence is None else min(r.digit_mass_valence, r.digit_mass_arousal)
+              for r in records]
+    trust = assess_values([r.valence for r in records], [r.arousal for r in records], masses,
+                          judge=str(run.get("judge", "the judge")), heuristic=bool(run.get("judge_is_heuristic")))
+    return trust.as_dict()
+
+
 def build_report(records: Sequence[ImageRecord], out: Path, prompts: Sequence[str], quality: QualityScores,
                  run: dict[str, Any]) -> dict[str, Any]:
-    """The whole report: overall metrics at the top level, then per prompt, lines, definitions."""
+    """The whole report: overall metrics at the top level, then per prompt, lines, definitions, and whether the
+    readings can be trusted at all (``reading_trust``)."""
     overall, lines = emotion_metrics(records)
     overall.update(quality.values(records))
     per_prompt = []
@@ -129,6 +141,7 @@ def build_report(records: Sequence[ImageRecord], out: Path, prompts: Sequence[st
         "per_prompt": per_prompt,
         "monotonicity_lines": lines,
         "definitions": DEFINITIONS,
+        "reading_trust": reading_trust(records, run),
         "run": run,
     }
 
@@ -159,6 +172,12 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"{report.get('n_images', 0)} images: {len(run.get('prompts', []))} prompt(s) × {len(run.get('seeds', []))} seed(s) × "
         f"{len(run.get('targets', []))} target(s).",
         "",
+    ]
+    warnings = report.get("reading_trust", {}).get("warnings", [])
+    if warnings:
+        parts += ["## Readings that cannot be trusted", ""] + [f"- **{w}**" for w in warnings] + [
+            "", "The figures below are computed from these readings; read them with that in mind.", ""]
+    parts += [
         "## Overall",
         "",
         markdown_table([("all prompts", report)], first="scope"),
@@ -206,4 +225,9 @@ def compare_table(folders: Sequence[str | Path]) -> str:
         report = json.loads(path.read_text(encoding="utf-8"))
         label = report.get("run", {}).get("label") or Path(folder).name
         rows.append((label, report))
-    return markdown_table(rows)
+    # last column: can the run's readings be trusted (low digit mass, near-constant)? its report.md says why not
+    verdicts = [{True: "yes", False: "NO"}.get(r.get("reading_trust", {}).get("trusted"), "—") for _, r in rows]
+    lines = markdown_table(rows).splitlines()
+    lines[0] += " readings trusted |"
+    lines[1] += "---|"
+    return "\n".join(lines[:2] + [line + f" {v} |" for line, v in zip(lines[2:], verdicts)])

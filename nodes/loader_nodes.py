@@ -56,6 +56,9 @@ def _find_folders(marker: str) -> list[str]:
         for dirpath, subdirs, files in os.walk(base, followlinks=True):
             rel = os.path.relpath(dirpath, base)
             depth = 0 if rel == "." else rel.count(os.sep) + 1
+            if depth and "model_index.json" in files:  # a diffusion pipeline: its parts are no judges
+                subdirs[:] = []
+                continue
             if depth and marker in files:
                 name = rel.replace(os.sep, "/")
                 if name not in found:
@@ -131,7 +134,8 @@ class LVLMLoader:
     RETURN_NAMES = ("lvlm",)
     OUTPUT_TOOLTIPS = ("The emotion judge: connect it to LVLM Emotion Scorer, Feedback Prompt Refiner or Emo Reward Loop.",)
     DESCRIPTION = (
-        "Loads a Hugging Face image-text-to-text model (Qwen2-VL, Qwen2.5-VL, Qwen3-VL …) from a folder "
+        "Loads a Hugging Face image-text-to-text chat model (Qwen2/2.5/3-VL, Qwen3.5, Gemma 3/4, InternVL, "
+        "LLaVA-OneVision, SmolVLM …) from a folder "
         "under ComfyUI/models/LLM/<name>, optionally with a LoRA adapter from training. The first option, "
         "the colour heuristic, needs no model: it reads brightness and saturation (Valdez & Mehrabian 1994) "
         "and is a rough stand-in, not a content judgement."

@@ -7,6 +7,7 @@ and call :mod:`..engines.refiner` / :mod:`..engines.feedback_loop`; progress and
 
 from __future__ import annotations
 
+import json
 from typing import Any, Optional
 
 import torch
@@ -15,7 +16,7 @@ from ..engines.emotion_space import VA
 from ..engines.loop.feedback_loop import LoopConfig, run_feedback_loop
 from ..engines.images import check_image_tensor
 from ..engines.loop.refiner import make_refiner
-from ..engines.judge.scoring import EmotionScorer
+from ..engines.judge.scoring import EmotionScorer, RecordedScorer
 from ..engines.loop.trajectory_plot import plot_to_tensor, plot_trajectory
 from . import comfy_bridge
 from .errors import clean_errors
@@ -209,9 +210,11 @@ class EmoRewardLoop:
         )
         generator = ComfyGenerator(model, clip, vae, sampler_name=sampler_name, scheduler=scheduler, adapter=emotion_adapter)
         progress = comfy_bridge.make_progress(config.rounds * (config.candidates + 1))
-        result = run_feedback_loop(generator, lvlm, make_refiner(lvlm), prompt, target, config, progress=progress)
+        judged = RecordedScorer(lvlm)  # keeps the readings, to flag low digit mass / near-constant ones
+        result = run_feedback_loop(generator, judged, make_refiner(lvlm), prompt, target, config, progress=progress)
         plot = plot_to_tensor(plot_trajectory(result))
-        return (result.best_image, result.images, result.final_prompt, result.to_json(), plot)
+        history = {**json.loads(result.to_json()), "reading_trust": judged.trust().as_dict()}
+        return (result.best_image, result.images, result.final_prompt, json.dumps(history), plot)
 
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {

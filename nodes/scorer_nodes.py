@@ -14,7 +14,7 @@ import torch
 
 from ..engines.emotion_space import VA
 from ..engines.images import check_image_tensor
-from ..engines.judge.scoring import EmotionScorer, reading_rows
+from ..engines.judge.scoring import EmotionScorer, assess_readings, reading_rows
 from . import comfy_bridge
 from .errors import clean_errors
 from .common import CATEGORY, arousal_widget, valence_widget
@@ -91,7 +91,9 @@ class LVLMEmotionScorer:
         mean_v = sum(r.valence for r in readings) / n
         mean_a = sum(r.arousal for r in readings) / n
         mean_reward = sum(row["reward"] for row in rows) / n if target is not None else NO_REWARD
-        return (float(mean_v), float(mean_a), float(mean_reward), self._report(lvlm, rows, target), json.dumps(rows))
+        report = self._report(lvlm, rows, target)
+        report += "".join(f"\nWARNING: {w}" for w in assess_readings(readings, lvlm).warnings)
+        return (float(mean_v), float(mean_a), float(mean_reward), report, json.dumps(rows))
 
     @staticmethod
     def _report(lvlm: EmotionScorer, rows: list[dict], target: Optional[VA]) -> str:

@@ -233,3 +233,25 @@ def test_damaged_weights_file_is_a_clear_error(tiny_lvlm_dir, tmp_path, damage):
     weights.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"\xff" * 64 + data[64:])
     with pytest.raises(LVLMLoadError, match=r"weights in .* are damaged.*download the \*\.safetensors files"):
         load_lvlm(LVLMConfig(model=str(folder), device="cpu", dtype="float32"))
+
+
+def test_diffusion_pipeline_folder_is_named_as_one(tmp_path):
+    pipeline = tmp_path / "stable-diffusion-3.5-medium"
+    (pipeline / "transformer").mkdir(parents=True)
+    (pipeline / "model_index.json").write_text("{}")
+    (pipeline / "transformer" / "config.json").write_text("{}")
+    with pytest.raises(LVLMLoadError, match="diffusion pipeline folder.*model_index.json.*vision-language"):
+        load_lvlm(LVLMConfig(model=str(pipeline)))
+
+
+@pytest.mark.parametrize("family, by_area", [("qwen2_5_vl", True), ("smolvlm", False), ("gemma3", False)])
+def test_pixel_limits_apply_only_to_processors_that_size_by_area(tiny_lvlm_dirs, family, by_area):
+    from transformers import AutoProcessor
+
+    folder = str(tiny_lvlm_dirs[family])
+    before = dict(AutoProcessor.from_pretrained(folder).image_processor.size)
+    after = dict(load_lvlm(LVLMConfig(model=folder, device="cpu", max_pixels=401408)).processor.image_processor.size)
+    # SmolVLM's longest_edge is an edge length and Gemma 3's size a fixed square: a pixel area must not land there
+    assert (after != before) == by_area
+    if by_area:
+        assert after["longest_edge"] == 401408

@@ -62,9 +62,31 @@ def test_bench_scorer_cli_headline_is_like_for_like_with_the_floor_and_paper_rat
     digits = next(line for line in lines if line.startswith("generate_then_parse[digits_answer]:"))
     assert "the scorer's question and 1-9 scale" in digits
     assert any(line.startswith("generate_then_parse[paper_format]:") for line in lines)
+    diff = next(line for line in lines if line.startswith("batch_vs_single_max_diff="))
+    assert float(diff.split("=")[1]) < 1e-5  # mixed image sizes in one left-padded batch read as one by one
     assert lines[-3].startswith("ev_over_prefill=") and float(lines[-3].split("=")[1]) > 0
     assert lines[-2].startswith("ev_vs_paper_format_speedup=")
     assert lines[-1].startswith("ev_vs_generate_speedup=") and float(lines[-1].split("=")[1]) > 0
+
+
+def test_bench_scorer_takes_every_family_and_reports_batch_against_one_by_one(capsys):
+    from emofeedback2.bench.scorer import add_arguments
+    from emofeedback2.tiny_models.lvlm import FAMILIES
+
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert {a.dest: a.choices for a in parser._actions}["family"] == FAMILIES
+    assert main(["bench", "scorer", "--family", "smolvlm", "--images", "3", "--repeats", "1", "--image-size", "32",
+                 "--reasoning-tokens", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("model: tiny smolvlm")
+    lengths = next(line for line in lines if line.startswith("mixed sizes:"))
+    assert len(set(lengths.split("prompt lengths [")[1].split("]")[0].split(", "))) > 1  # really padded
+    control = float(next(line for line in lines if line.startswith("control:")).rsplit(" ", 1)[1])
+    diff = float(next(line for line in lines if line.startswith("batch_vs_single_max_diff=")).split("=")[1])
+    assert diff < 1e-5 < control  # the control (another image's reading) moves; the batch does not
 
 
 def test_digits_answer_parser_reads_the_scale_and_refuses_other_text():

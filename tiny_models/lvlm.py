@@ -1,4 +1,7 @@
-"""Tiny random Qwen2-VL, Qwen2.5-VL and Qwen3-VL models built offline for tests, demo and benchmarks.
+"""Tiny random judge models of every supported family, built offline for tests, demo and benchmarks.
+
+The Qwen-VL families (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) are built here; the others (Qwen3.5,
+Gemma 3, Gemma 4, InternVL, LLaVA-OneVision, SmolVLM) in :mod:`.lvlm_families`.
 
 Each model folder is what a user would download: ``config.json`` + safetensors weights, a
 byte-level ``Qwen2Tokenizer`` and the family's processor (image + video processor, chat template),
@@ -17,7 +20,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+QWEN_VL_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+#: every family ``emofeedback2 bench scorer --family`` and the tests know (the ones transformers ships)
+FAMILIES = (*QWEN_VL_FAMILIES, "qwen3_5", "gemma3", "gemma4", "internvl", "llava_onevision", "smolvlm")
 
 # Qwen-VL added tokens in the order of the real tokenizers (real ids 151643, 151644, ...).
 QWEN_VL_SPECIAL_TOKENS: tuple[str, ...] = (
@@ -149,8 +154,12 @@ def _config_class(family: str):
 
 
 def tiny_config(family: str = "qwen2_5_vl"):
-    """The tiny config of ``family`` (hidden 32, 2 layers, vision depth 2)."""
+    """The tiny config of ``family`` (hidden 32, 2 layers, vision depth 1-2)."""
     _check_family(family)
+    if family not in QWEN_VL_FAMILIES:
+        from .lvlm_families import build_family
+
+        return build_family(family)[0]
     return _config_class(family)(
         text_config=_tiny_text_config(family),
         vision_config=_tiny_vision_config(family),
@@ -203,6 +212,10 @@ def _check_family(family: str) -> None:
 def build_processor(family: str = "qwen2_5_vl", max_pixels: int | None = None):
     """The family's processor around the tiny tokenizer, with a small ``max_pixels`` by default."""
     _check_family(family)
+    if family not in QWEN_VL_FAMILIES:
+        from .lvlm_families import build_family
+
+        return build_family(family)[1]
     from transformers import Qwen2VLImageProcessor
 
     tokenizer = build_tiny_tokenizer()
@@ -243,7 +256,12 @@ def build_tiny_lvlm(out_dir: str | Path, family: str = "qwen2_5_vl", seed: int =
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config = tiny_config(family)
+    if family in QWEN_VL_FAMILIES:
+        config, processor = tiny_config(family), build_processor(family)
+    else:
+        from .lvlm_families import build_family
+
+        config, processor = build_family(family)
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
@@ -251,10 +269,13 @@ def build_tiny_lvlm(out_dir: str | Path, family: str = "qwen2_5_vl", seed: int =
         # Random init gives near-uniform next-token logits; widen the LM head so readings differ
         # clearly between images/adapters, as a trained model's would.
         with torch.no_grad():
-            model.lm_head.weight.normal_(0.0, 0.5)
+            model.get_output_embeddings().weight.normal_(0.0, 0.5)
+            for param in model.parameters():
+                if param.ndim >= 2 and not param.any():  # e.g. Gemma 3's projector starts at zero: image-blind
+                    param.normal_(0.0, 0.05)
     model.eval()
     model.save_pretrained(str(out), safe_serialization=True)
-    build_processor(family).save_pretrained(str(out))
+    processor.save_pretrained(str(out))
     return out
 
 
@@ -263,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m emofeedback2.tiny_models.lvlm",
-                                     description="Build a tiny random Qwen-VL judge folder (config, safetensors, processor).")
+                                     description="Build a tiny random judge folder (config, safetensors, processor).")
     parser.add_argument("out_dir", help="folder to write (created if missing)")
     parser.add_argument("--family", choices=FAMILIES, default="qwen2_5_vl")
     parser.add_argument("--seed", type=int, default=0)

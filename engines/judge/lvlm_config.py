@@ -25,7 +25,8 @@ class LVLMLoadError(UserError, RuntimeError):
 
 @dataclass(frozen=True)
 class ScoringPrompts:
-    """The two questions and their answer prefixes. A prefix ends with a space: the digit follows."""
+    """The two questions and their answer prefixes. A prefix ends with a space: the digit follows (the loaded
+    judge drops that space where its tokenizer joins a space and a digit into one token; see digit_readout)."""
 
     question: str = (
         "Rate the feeling this image evokes on two 1-9 scales. Valence: 1 very unpleasant, 5 neutral, "
@@ -65,11 +66,12 @@ class LVLMConfig:
     #: move the model to ``offload_device`` after every call (frees GPU memory between uses)
     offload_after_use: bool = False
     offload_device: str = "cpu"
-    #: run each image through the vision tower once and reuse its features for both questions
-    #: (models that accept transformers' ``mm_encoder_outputs``); False repeats the image per row
+    #: on the full-row path, run each image through the vision tower once and reuse its features for
+    #: both questions (models that accept transformers' ``mm_encoder_outputs`` and whose image processor
+    #: reports per-image patch grids: the Qwen families); False repeats the image per row
     share_vision: bool = True
     #: run the prompt (and image) once per image and only the short answer prefixes per question,
-    #: on the prompt's key/value cache; False runs a full sequence per question
+    #: on the prompt's key/value cache (any model that returns a cache); False runs a full sequence per question
     share_prefix: bool = True
     #: images per forward pass; 0 = all images of a call in one pass (the default)
     max_images_per_pass: int = 0

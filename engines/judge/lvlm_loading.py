@@ -47,6 +47,12 @@ def resolve_model_source(model: str) -> tuple[str, bool]:
     model = model.strip()
     path = Path(os.path.expanduser(model))
     if path.is_dir():
+        if (path / "model_index.json").is_file():
+            raise LVLMLoadError(
+                f"{path} is a diffusion pipeline folder (it has model_index.json), not a vision-language judge: pass it "
+                "as the generator (--pipeline / the checkpoint), and give the judge a vision-language model folder "
+                f"such as Qwen2.5-VL-7B-Instruct. {MODELS_LLM_HINT}."
+            )
         if not (path / "config.json").is_file():
             raise LVLMLoadError(
                 f"{path} is not a Hugging Face model folder (no config.json in it). Put the whole model "
@@ -74,12 +80,31 @@ def _check_image_text_model(config: Any, source: str) -> None:
     if getattr(config, "vision_config", None) is None:
         raise LVLMLoadError(
             f"{source} is a text-only model (model_type {model_type!r}); the emotion scorer needs a "
-            "vision-language (image-text-to-text) model such as Qwen2.5-VL-7B-Instruct, Qwen2-VL or Qwen3-VL."
+            f"vision-language (image-text-to-text) chat model such as {JUDGE_FAMILIES_HINT}."
         )
     raise LVLMLoadError(
-        f"{source} (model_type {model_type!r}) is not an image-text-to-text model transformers knows; "
-        "use a Qwen2-VL / Qwen2.5-VL / Qwen3-VL model, or set trust_remote_code if its repo ships the code."
+        f"{source} (model_type {model_type!r}) is not an image-text-to-text model this transformers knows; "
+        f"use one such as {JUDGE_FAMILIES_HINT} (newer families may need a newer transformers), or set "
+        "trust_remote_code if its repo ships the code."
     )
+
+
+#: families the judge is tested on (tiny random versions of each; see docs/scoring.md)
+JUDGE_FAMILIES_HINT = ("Qwen2.5-VL-7B-Instruct, Qwen2-VL, Qwen3-VL, Qwen3.5, Gemma 3/4, InternVL 3.5 (-HF), "
+                       "LLaVA-OneVision or SmolVLM")
+
+
+def _sizes_by_area(image_processor: Any) -> bool:
+    """Whether the image processor limits images by pixel *area* (``min_pixels``/``max_pixels``, Qwen-VL style);
+    others size by edge length, fixed squares or token budgets, where a pixel count means nothing."""
+    import typing
+
+    valid = getattr(image_processor, "valid_kwargs", None)
+    try:
+        hints = typing.get_type_hints(valid) if valid is not None else {}
+    except Exception:  # an unusual kwargs class: fall back to the attribute
+        hints = {}
+    return "max_pixels" in hints or hasattr(image_processor, "max_pixels")
 
 
 def _apply_pixel_limits(processor: Any, min_pixels: Optional[int], max_pixels: Optional[int]) -> None:
@@ -89,6 +114,8 @@ def _apply_pixel_limits(processor: Any, min_pixels: Optional[int], max_pixels: O
     for name, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)):
         if value is not None and (not isinstance(value, int) or value < 1):
             raise LVLMLoadError(f"{name} must be a positive integer number of pixels, got {value!r}")
+    if not _sizes_by_area(image_processor):
+        return  # e.g. SmolVLM's size.longest_edge is an edge in pixels, Gemma 3 a fixed square: keep the model's own
     size = dict(getattr(image_processor, "size", None) or {})
     if "longest_edge" in size or "shortest_edge" in size:
         if min_pixels is not None:

@@ -3,18 +3,23 @@
 :class:`LVLMModel` owns the transformers model, processor and tokenizer, the device lifecycle (the
 residency decides; weights can be dropped and reloaded) and the forward plumbing: chat template,
 left-padded batches, the image encoded once per image, and the answer logits read after a shared
-prompt prefix. :class:`~.lvlm_scorer.LVLMScorer` asks the emotion questions on top of it.
+prompt prefix (the family-independent plumbing is in :mod:`.lvlm_batching`; where the answer digit
+is read, per tokenizer, in :mod:`.digit_readout`). :class:`~.lvlm_scorer.LVLMScorer` asks the
+emotion questions on top of it.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Union
 
 import torch
 
-from .lvlm_config import SCALE_DIGITS, LVLMConfig, LVLMLoadError
+from . import lvlm_batching
+from .digit_readout import resolve_digit_readout
+from .lvlm_config import LVLMConfig, LVLMLoadError
 from .lvlm_loading import _module_bytes, load_lvlm_weights
 from .options import is_quantized
 from .residency import LocalResidency, Residency
@@ -45,22 +50,14 @@ class LVLMModel:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.digit_ids = self._single_token_ids(SCALE_DIGITS)
         self._current_device = device
         self._share_vision: Optional[bool] = None
-        self._cache_arg: Optional[str] = None
-
-    def _single_token_ids(self, symbols: Sequence[str]) -> list[int]:
-        ids = []
-        for symbol in symbols:
-            encoded = self.tokenizer.encode(symbol, add_special_tokens=False)
-            if len(encoded) != 1:
-                raise LVLMLoadError(
-                    f"the tokenizer splits the digit {symbol!r} into {len(encoded)} tokens; expected-value scoring "
-                    "needs one token per digit (true for Qwen-VL models)"
-                )
-            ids.append(encoded[0])
-        return ids
+        # where the answer digit is read, checked now for this tokenizer (see digit_readout)
+        readout = resolve_digit_readout(self.tokenizer, self._chat(self.prompts.question),
+                                        (self.prompts.valence_prefix, self.prompts.arousal_prefix), self.source)
+        self.prompts = replace(self.prompts, valence_prefix=readout.prefixes[0], arousal_prefix=readout.prefixes[1])
+        self.digit_ids = list(readout.digit_ids)
+        self.readout_note = readout.note
 
     # -- device lifecycle (where the weights live is the residency's decision) --
 
@@ -130,7 +127,7 @@ class LVLMModel:
         finally:
             self.residency.release(self)
 
-    # -- prompts --
+    # -- prompts and forward plumbing (the family-independent batching lives in lvlm_batching) --
 
     def _chat(self, text: str, with_image: bool = True) -> str:
         content: list[dict[str, str]] = [{"type": "image"}] if with_image else []
@@ -138,135 +135,38 @@ class LVLMModel:
         messages = [{"role": "user", "content": content}]
         try:
             return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        except (ValueError, AttributeError) as exc:
-            raise LVLMLoadError(f"the model's processor has no usable chat template: {exc}") from exc
+        except (ValueError, AttributeError, TypeError) as exc:
+            raise LVLMLoadError(
+                f"the processor of {self.source} has no usable chat template ({exc}); the judge needs an instruction "
+                "(chat) model whose folder ships its chat template (chat_template.jinja or in processor_config.json)"
+            ) from exc
 
-    def _encode(self, texts: list[str], images: Optional[list[Any]]) -> dict[str, torch.Tensor]:
-        kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True}
-        if images is not None:
-            kwargs["images"] = images
-        batch = self.processor(**kwargs)
-        return {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    def _encode(self, texts: list[str], images: Optional[list[Any]]) -> dict[str, Any]:
+        return lvlm_batching.encode_rows(self, texts, images)
 
     def _shares_vision(self) -> bool:
-        """Whether the model takes precomputed image features (transformers ``mm_encoder_outputs``).
-
-        Then each image goes through the image processor and the vision tower once, and its
-        features are reused by both question rows; otherwise images are simply repeated per row.
-        """
+        """Whether each image runs through the vision tower once for all its rows (see :mod:`.lvlm_batching`)."""
         if self._share_vision is None:
-            import inspect
-
-            forward_params = inspect.signature(self.model.forward).parameters
-            base = getattr(self.model, "get_base_model", lambda: self.model)()
-            self._share_vision = bool(
-                self.config.share_vision
-                and "mm_encoder_outputs" in inspect.signature(base.forward).parameters
-                and ("mm_encoder_outputs" in forward_params or "kwargs" in forward_params)
-                and hasattr(base, "get_image_features")
-                and callable(getattr(self.processor, "replace_image_token", None))
-                and isinstance(getattr(self.processor, "image_token", None), str)
-            )
+            self._share_vision = lvlm_batching.shares_vision(self)
         return self._share_vision
 
     def _encode_shared(self, row_texts: list[str], images: list[Any]) -> dict[str, Any]:
-        """Rows ``[image 0 × every text, image 1 × every text, …]`` with one vision pass per image."""
-        processor = self.processor
-        image_inputs = processor.image_processor(images=images, return_tensors="pt")
-        grid = image_inputs["image_grid_thw"]
-        placeholder = processor.image_token
-        texts, order = [], []
-        for k in range(len(images)):
-            expanded = processor.replace_image_token(image_inputs, k)
-            for text in row_texts:
-                texts.append(text.replace(placeholder, expanded, 1))
-                order.append(k)
-        encoded = dict(self.tokenizer(texts, padding=True, return_tensors="pt"))
-        if callable(getattr(processor, "create_mm_token_type_ids", None)):
-            encoded["mm_token_type_ids"] = torch.tensor(processor.create_mm_token_type_ids(encoded["input_ids"].tolist()))
-        encoded = {k: v.to(self.device) for k, v in encoded.items()}
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        vision = base.get_image_features(
-            image_inputs["pixel_values"].to(self.device), grid.to(self.device), return_dict=True
-        )
-        # Per-image tuples (pooler_output; Qwen3-VL also deepstack_features per layer) → one entry per row.
-        vision.pooler_output = tuple(vision.pooler_output[k] for k in order)
-        if getattr(vision, "deepstack_features", None) is not None:
-            vision.deepstack_features = [tuple(layer[k] for k in order) for layer in vision.deepstack_features]
-        encoded["image_grid_thw"] = grid[order].to(self.device)
-        encoded["mm_encoder_outputs"] = {"image": vision}
-        return encoded
+        return lvlm_batching.encode_shared_vision(self, row_texts, images)
+
+    def _shares_prefix(self, prompt: str, suffixes: list[str]) -> bool:
+        return lvlm_batching.shares_prefix(self, prompt, suffixes)
 
     def _answer_logits(self, prompt: str, suffixes: list[str], images: list[Any]) -> torch.Tensor:
         """Next-token logits ``[len(images)·len(suffixes), vocab]`` after ``prompt + suffix`` per image.
 
         Row ``i·S + j`` is image ``i`` with suffix ``j``. With a shared prefix (the default where
-        the model supports it) the prompt and image run once per image and only the short answer
-        prefixes run per row, on top of the prompt's key/value cache; otherwise every row is a full
+        the model returns a cache) the prompt and image run once per image and only the short
+        answer prefixes run per row, on the prompt's key/value cache; otherwise every row is a full
         sequence of one left-padded batch. Both give the same numbers.
         """
         if self._shares_prefix(prompt, suffixes):
-            return self._prefix_shared_logits(prompt, suffixes, images)
-        rows = [prompt + suffix for suffix in suffixes]
-        if self._shares_vision():
-            encoded = self._encode_shared(rows, images)
-        else:
-            encoded = self._encode([row for _ in images for row in rows], [im for im in images for _ in rows])
-        return self.model(**encoded, logits_to_keep=1).logits[:, -1, :]
-
-    def _shares_prefix(self, prompt: str, suffixes: list[str]) -> bool:
-        if not (self.config.share_prefix and self._shares_vision()):
-            return False
-        core = getattr(self._base_model(), "model", None)
-        if core is None or not hasattr(core, "rope_deltas"):
-            return False
-        # the suffix must tokenise the same on its own as after the prompt (true for Qwen's pre-tokeniser)
-        prompt_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
-        for suffix in suffixes:
-            joint = self.tokenizer.encode(prompt + suffix, add_special_tokens=False)
-            if joint[: len(prompt_ids)] != prompt_ids:
-                return False
-        return True
-
-    def _base_model(self) -> Any:
-        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-
-    def _prefix_shared_logits(self, prompt: str, suffixes: list[str], images: list[Any]) -> torch.Tensor:
-        import inspect
-
-        n_suffix = len(suffixes)
-        encoded = self._encode_shared([prompt], images)
-        base = self._base_model()
-        if self._cache_arg is None:
-            self._cache_arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-        prefix_out = self.model(**encoded, use_cache=True, logits_to_keep=1)
-        cache = getattr(prefix_out, "cache", None) or getattr(prefix_out, "past_key_values")
-        # text position of the next token per image: real tokens so far + the image's mRoPE offset
-        rope_deltas = base.model.rope_deltas.reshape(-1).to(self.device)
-        prefix_mask = encoded["attention_mask"]
-        next_position = prefix_mask.sum(dim=1) + rope_deltas
-        prompt_len = len(self.tokenizer.encode(prompt, add_special_tokens=False))
-        suffix_ids = [self.tokenizer.encode(prompt + s, add_special_tokens=False)[prompt_len:] for s in suffixes]
-        width = max(len(ids) for ids in suffix_ids)
-        pad = self.tokenizer.pad_token_id
-        # right-padded suffixes: causal attention keeps the padding from touching earlier positions
-        ids = torch.tensor([row + [pad] * (width - len(row)) for row in suffix_ids], device=self.device)
-        mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in suffix_ids], device=self.device)
-        n_images = len(images)
-        ids = ids.repeat(n_images, 1)
-        mask = mask.repeat(n_images, 1)
-        cache.batch_repeat_interleave(n_suffix)
-        full_mask = torch.cat([prefix_mask.repeat_interleave(n_suffix, dim=0), mask], dim=1)
-        positions = next_position.repeat_interleave(n_suffix)[:, None] + torch.arange(width, device=self.device)[None]
-        out = self.model(
-            input_ids=ids,
-            attention_mask=full_mask,
-            position_ids=positions[None].expand(3, -1, -1),
-            use_cache=False,
-            **{self._cache_arg: cache},
-        )
-        last = torch.tensor([len(row) - 1 for row in suffix_ids], device=self.device).repeat(n_images)
-        return out.logits[torch.arange(ids.shape[0], device=self.device), last]
+            return lvlm_batching.prefix_shared_logits(self, prompt, suffixes, images)
+        return lvlm_batching.full_row_logits(self, prompt, suffixes, images)
 
     def _chunks(self, n: int) -> list[tuple[int, int]]:
         size = self.config.max_images_per_pass or n

@@ -117,6 +117,79 @@ QWEN25_VL_7B = {
                       "spatial_merge_size": 2, "spatial_patch_size": 14, "window_size": 112,
                       "fullatt_block_indexes": [7, 15, 23, 31], "tokens_per_second": 2, "temporal_patch_size": 2},
 }
+# Other judge families at their common size. Shapes only (what decides memory), written from the public
+# config.json of each model or a verbatim copy of it; docs/scoring.md names the source of each.
+QWEN3_VL_8B = {  # Qwen/Qwen3-VL-8B-Instruct
+    "text_config": {"vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 36,
+                    "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+                    "rope_parameters": {"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [24, 20, 20],
+                                        "mrope_interleaved": True}},
+    "vision_config": {"depth": 27, "hidden_size": 1152, "intermediate_size": 4304, "num_heads": 16,
+                      "out_hidden_size": 4096, "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2,
+                      "num_position_embeddings": 2304, "deepstack_visual_indexes": [8, 16, 24]},
+    "tie_word_embeddings": False,
+}
+QWEN3_5_9B = {  # Qwen/Qwen3.5-9B: 32 layers, every 4th full attention, the others Gated DeltaNet
+    "text_config": {"vocab_size": 248320, "hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 32,
+                    "num_attention_heads": 16, "num_key_value_heads": 4, "head_dim": 256,
+                    "linear_conv_kernel_dim": 4, "linear_key_head_dim": 128, "linear_value_head_dim": 128,
+                    "linear_num_key_heads": 16, "linear_num_value_heads": 32,
+                    "layer_types": ["linear_attention"] * 3 + ["full_attention"],
+                    "rope_parameters": {"rope_type": "default", "rope_theta": 10000000.0, "mrope_section": [11, 11, 10],
+                                        "mrope_interleaved": True, "partial_rotary_factor": 0.25}},
+    "vision_config": {"depth": 27, "hidden_size": 1152, "intermediate_size": 4304, "num_heads": 16,
+                      "out_hidden_size": 4096, "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2,
+                      "num_position_embeddings": 2304},
+    "tie_word_embeddings": False,
+}
+QWEN3_5_9B["text_config"]["layer_types"] = QWEN3_5_9B["text_config"]["layer_types"] * 8
+GEMMA3_12B = {  # google/gemma-3-12b-it: SigLIP-So400m at 896 px pooled to 256 soft tokens per image
+    "text_config": {"vocab_size": 262208, "hidden_size": 3840, "intermediate_size": 15360, "num_hidden_layers": 48,
+                    "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 256, "query_pre_attn_scalar": 256,
+                    "sliding_window": 1024,
+                    "layer_types": (["sliding_attention"] * 5 + ["full_attention"]) * 8},
+    "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 1152, "image_size": 896,
+                      "intermediate_size": 4304, "num_attention_heads": 16, "num_hidden_layers": 27, "patch_size": 14,
+                      "vision_use_head": False},
+    "mm_tokens_per_image": 256, "boi_token_index": 255999, "eoi_token_index": 256000, "image_token_index": 262144,
+}
+INTERNVL3_5_8B = {  # OpenGVLab/InternVL3_5-8B(-HF): InternViT-300M at 448 px tiles + Qwen3-8B
+    "text_config": {"model_type": "qwen3", "vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 12288,
+                    "num_hidden_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128},
+    "vision_config": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
+                      "image_size": [448, 448], "patch_size": [14, 14]},
+    "downsample_ratio": 0.5, "image_seq_length": 256, "tie_word_embeddings": False,
+}
+LLAVA_ONEVISION_7B = {  # llava-hf/llava-onevision-qwen2-7b-ov-hf: SigLIP (26 layers used) + Qwen2-7B, any-resolution grid
+    "text_config": {"model_type": "qwen2", "vocab_size": 152128, "hidden_size": 3584, "intermediate_size": 18944,
+                    "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4},
+    "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 1152, "image_size": 384,
+                      "intermediate_size": 4304, "num_attention_heads": 16, "num_hidden_layers": 26, "patch_size": 14,
+                      "vision_use_head": False},
+    "image_grid_pinpoints": [[h, w] for h in range(384, 2305, 384) for w in range(384, 2305, 384)],
+    "image_token_index": 151646, "video_token_index": 151647, "vision_feature_select_strategy": "full",
+    "vision_feature_layer": -1, "tie_word_embeddings": False,
+}
+SMOLVLM_2B = {  # HuggingFaceTB/SmolVLM-Instruct (Idefics3 layout; SmolVLM2 keeps it): SigLIP at 384 px + SmolLM2-1.7B
+    "text_config": {"model_type": "llama", "vocab_size": 49155, "hidden_size": 2048, "intermediate_size": 8192,
+                    "num_hidden_layers": 24, "num_attention_heads": 32, "num_key_value_heads": 32, "head_dim": 64,
+                    "max_position_embeddings": 16384},
+    "vision_config": {"hidden_size": 1152, "image_size": 384, "intermediate_size": 4304, "num_attention_heads": 16,
+                      "num_hidden_layers": 27, "patch_size": 14},
+    "scale_factor": 3, "image_token_id": 49153, "tie_word_embeddings": False,
+}
+
+#: judge short name (``--judge-real-size``) → hub id; REWARD_MODELS holds the configs under both names
+REAL_JUDGES: dict[str, str] = {
+    "qwen2.5-vl-7b": "Qwen/Qwen2.5-VL-7B-Instruct",
+    "qwen3-vl-8b": "Qwen/Qwen3-VL-8B-Instruct",
+    "qwen3.5-9b": "Qwen/Qwen3.5-9B",
+    "gemma-3-12b": "google/gemma-3-12b-it",
+    "internvl3.5-8b": "OpenGVLab/InternVL3_5-8B-HF",
+    "llava-onevision-7b": "llava-hf/llava-onevision-qwen2-7b-ov-hf",
+    "smolvlm-2b": "HuggingFaceTB/SmolVLM-Instruct",
+}
+
 # PickScore_v1 is a CLIP ViT-H/14 (laion/CLIP-ViT-H-14-laion2B-s32B-b79K) fine-tune
 CLIP_VIT_H_14 = {
     "projection_dim": 1024,
@@ -160,9 +233,18 @@ PIPELINES: dict[str, dict[str, tuple[str, str, dict]]] = {
 }
 
 #: reward model id (or the last part of a folder name) → (config class name, config dict)
-REWARD_MODELS: dict[str, tuple[str, dict]] = {
-    "Qwen/Qwen2.5-VL-7B-Instruct": ("Qwen2_5_VLConfig", QWEN25_VL_7B),
+_JUDGE_CONFIGS: dict[str, tuple[str, dict]] = {
     "qwen2.5-vl-7b": ("Qwen2_5_VLConfig", QWEN25_VL_7B),
+    "qwen3-vl-8b": ("Qwen3VLConfig", QWEN3_VL_8B),
+    "qwen3.5-9b": ("Qwen3_5Config", QWEN3_5_9B),
+    "gemma-3-12b": ("Gemma3Config", GEMMA3_12B),
+    "internvl3.5-8b": ("InternVLConfig", INTERNVL3_5_8B),
+    "llava-onevision-7b": ("LlavaOnevisionConfig", LLAVA_ONEVISION_7B),
+    "smolvlm-2b": ("Idefics3Config", SMOLVLM_2B),
+}
+REWARD_MODELS: dict[str, tuple[str, dict]] = {
+    **_JUDGE_CONFIGS,
+    **{REAL_JUDGES[name]: config for name, config in _JUDGE_CONFIGS.items()},
     "yuvalkirstain/PickScore_v1": ("CLIPConfig", CLIP_VIT_H_14),
     "PickScore_v1": ("CLIPConfig", CLIP_VIT_H_14),
 }

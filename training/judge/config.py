@@ -33,7 +33,8 @@ class JudgeModelConfig:
     lora_alpha: float = _f(64.0, "LoRA alpha (update scaled by alpha/r)")
     lora_dropout: float = _f(0.0, "dropout on the LoRA input")
     train_merger: bool = _f(True, "also put LoRA on the vision merger (the projection from vision features to the LM)")
-    target_modules: str = _f("", "custom peft target_modules regex; empty = language model (+ merger)")
+    target_modules: str = _f("", "custom peft target_modules regex; empty = every linear layer of the language "
+                                 "model (+ the vision-to-text projector), found from the model's module tree")
     max_pixels: Optional[int] = _f(None, "cap on pixels per image for the vision encoder (None = the processor's)")
     min_pixels: Optional[int] = _f(None, "floor on pixels per image (None = the processor's)")
     gradient_checkpointing: bool = _f(False, "recompute activations in backward (less memory, slower)")
@@ -202,7 +203,14 @@ def describe_judge_fields() -> str:
     return "\n".join(lines)
 
 
-def target_modules(config: JudgeModelConfig) -> str:
+def target_modules(config: JudgeModelConfig, model: Any = None) -> str:
+    """The peft target regex: ``model.target_modules`` when set; else read from ``model``'s module tree
+    (its language model's linear layers, + the vision-to-text projector with ``train_merger``; see
+    :mod:`.lora_targets`); without a model, the Qwen-VL names (kept for callers that have none)."""
     if config.target_modules:
         return config.target_modules
+    if model is not None:
+        from .lora_targets import architecture_targets
+
+        return architecture_targets(model, include_projector=config.train_merger)
     return f"(?:{LANGUAGE_TARGETS})|(?:{MERGER_TARGETS})" if config.train_merger else LANGUAGE_TARGETS

@@ -45,12 +45,13 @@ TRAINING_RECORD = "judge_training.json"
 
 
 def add_judge_lora(model: Any, config: JudgeTrainConfig) -> Any:
-    """Wrap ``model`` in a peft LoRA on the language model (+ vision merger); init from ``config.seed``."""
+    """Wrap ``model`` in a peft LoRA on the language model (+ vision merger), targets read from its module tree;
+    init from ``config.seed``."""
     from peft import LoraConfig, get_peft_model
 
     m = config.model
     lora = LoraConfig(r=m.lora_rank, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout,
-                      target_modules=target_modules(m), bias="none")
+                      target_modules=target_modules(m, model), bias="none")
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(config.seed)
@@ -323,7 +324,8 @@ class JudgeTrainer:
             "label_mean": {"valence": mean_v, "arousal": mean_a},
             "steps": self.step,
             "batch_size": c.optim.batch_size,
-            "lora": {"rank": c.model.lora_rank, "alpha": c.model.lora_alpha, "targets": target_modules(c.model)},
+            "lora": {"rank": c.model.lora_rank, "alpha": c.model.lora_alpha,
+                     "targets": self.model.peft_config["default"].target_modules},
             "train_images_per_s": self.images_per_second,
             "final_train_cross_entropy": self.history[-1].get("train/cross_entropy") if self.history else None,
             "final_train_reward": self.history[-1].get("train/reward") if self.history else None,
