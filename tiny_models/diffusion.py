@@ -1,4 +1,6 @@
-"""Tiny random SD1.5-, SDXL- and SD3-like diffusers pipelines, built offline for tests and benchmarks.
+"""Tiny random diffusers pipelines of every supported family, built offline for tests and benchmarks.
+
+SD1.5, SDXL and SD3 live here; Flux.1, Flux.2 Klein, Qwen-Image and Z-Image in :mod:`.flow_pipelines`.
 
 The pipelines have the real classes and the real component layout (tokenizers, CLIP text encoders,
 UNet / SD3 transformer, VAE, scheduler) at toy sizes, and are written with ``save_pretrained`` so the
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-ARCHES = ("sd15", "sdxl", "sd3")
+ARCHES = ("sd15", "sdxl", "sd3", "flux", "flux2_klein", "qwen_image", "z_image")
 
 # Widths of the tiny text encoders. SDXL/SD3 concatenate two encoders' outputs.
 TEXT_HIDDEN = 32
@@ -201,7 +203,10 @@ def _build_sd3():
     )
 
 
-_BUILDERS = {"sd15": _build_sd15, "sdxl": _build_sdxl, "sd3": _build_sd3}
+def _builders() -> dict:
+    from .flow_pipelines import BUILDERS
+
+    return {"sd15": _build_sd15, "sdxl": _build_sdxl, "sd3": _build_sd3, **BUILDERS}
 
 
 def build_tiny_pipeline(out_dir: str | Path, arch: str = "sd15", seed: int = 0) -> Path:
@@ -212,13 +217,14 @@ def build_tiny_pipeline(out_dir: str | Path, arch: str = "sd15", seed: int = 0) 
     (for ``sd3`` pass ``text_encoder_3=None, tokenizer_3=None``) or with
     :func:`emofeedback2.engines.generation.diffusers_backend.load_diffusers_generator`.
     """
-    if arch not in _BUILDERS:
+    builders = _builders()
+    if arch not in builders:
         raise ValueError(f"arch must be one of {', '.join(ARCHES)}; got {arch!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        pipe = _BUILDERS[arch]()
+        pipe = builders[arch]()
     pipe.save_pretrained(str(out), safe_serialization=True)
     return out
 
