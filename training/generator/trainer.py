@@ -537,12 +537,15 @@ class GRPOTrainer:
         return self.history
 
     def export(self, out_dir: str | Path) -> dict[str, Path]:
+        from peft import get_peft_model_state_dict
+
         from .export import export_all
 
         if self.ema is not None:
             self.ema.swap()
         try:
-            return export_all(out_dir, self.arch, self.lora_state(), self.config.model.lora_rank,
+            lora = get_peft_model_state_dict(self.raw_net.denoiser)  # the (EMA-swapped) weights in place
+            return export_all(out_dir, self.arch, lora, self.config.model.lora_rank,
                               self.config.model.lora_alpha, self.adapter, metadata={"step": self.step})
         finally:
             if self.ema is not None:
