@@ -126,6 +126,7 @@ def test_two_step_run_exports_a_lora_comfyui_maps_in_full(tiny_pipeline_dirs, tm
     assert (export / "diffusers_lora" / "pytorch_lora_weights.safetensors").is_file()
 
 
+@pytest.mark.filterwarnings("ignore:Already found a `peft_config`")  # the second load below, on purpose
 @pytest.mark.parametrize("arch", NEW_FAMILIES)
 def test_diffusers_copy_loads_into_the_generator_with_every_layer(tiny_pipeline_dirs, tmp_path, arch):
     from emofeedback2.engines.generation.diffusers_backend import DiffusersGeneratorConfig, load_diffusers_generator
@@ -144,6 +145,10 @@ def test_diffusers_copy_loads_into_the_generator_with_every_layer(tiny_pipeline_
     from emofeedback2.engines.generation.diffusers_backend import _lora_modules_injected
 
     assert _lora_modules_injected(generator.pipe, "emofeedback2") == n_modules
+    # the ComfyUI-keyed file of the export loads too (through the diffusers copy beside it)
+    from emofeedback2.engines.generation.diffusers_backend import apply_lora
+
+    assert apply_lora(generator.pipe, str(paths["kohya_lora"]), adapter_name="again") == n_modules
     request = dict(prompts=["a field"], seeds=[3], width=32, height=32, steps=2, cfg=1.0)
     from emofeedback2.engines.emotion_space import VA
 

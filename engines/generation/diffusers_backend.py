@@ -160,6 +160,22 @@ def _lora_modules_injected(pipe: Any, adapter_name: str) -> int:
     return count
 
 
+def _diffusers_copy_of_export(path: Path) -> Path:
+    """Our export's ComfyUI-keyed file → the diffusers copy written beside it (diffusers reads ComfyUI's
+    Flux/Qwen-Image/Z-Image key names only partly); any other file as it is."""
+    from safetensors import safe_open
+
+    copy = path.parent / "diffusers_lora" / "pytorch_lora_weights.safetensors"
+    if not copy.is_file():
+        return path
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            ours = "emofeedback2_arch" in (handle.metadata() or {})
+    except Exception:  # unreadable: the caller reports it
+        return path
+    return copy if ours else path
+
+
 def apply_lora(pipe: Any, lora: str, scale: float = 1.0, adapter_name: str = LORA_ADAPTER_NAME) -> int:
     """Load a LoRA into the pipeline through diffusers; refuse files whose layers do not all map.
 
@@ -176,6 +192,7 @@ def apply_lora(pipe: Any, lora: str, scale: float = 1.0, adapter_name: str = LOR
                              "pytorch_lora_weights.safetensors)")
     if path.suffix != ".safetensors":
         raise ModelLoadError(f"LoRA {path.name}: only .safetensors files are loaded (pickle files can run code)")
+    path = _diffusers_copy_of_export(path)
     try:
         wanted = _lora_modules_in_file(load_file(str(path)))
     except Exception as exc:  # safetensors raises its own error type for a corrupt or truncated file
