@@ -16,6 +16,9 @@ from __future__ import annotations
 from .text_encoders import (
     QWEN3_HIDDEN,
     T5_HIDDEN,
+    TEXT_HIDDEN,
+    _text_encoder,
+    _tokenizer,
     build_tiny_tokenizer,
     qwen3_causal_lm,
     qwen3_model,
@@ -64,8 +67,6 @@ def _flux_vae():
 def build_flux():
     """Flux.1-dev-like: CLIP-L (pooled) + T5 (sequence), guidance embedding, 2×2 packed latents."""
     from diffusers import FluxPipeline, FluxTransformer2DModel
-
-    from .diffusion import TEXT_HIDDEN, _text_encoder, _tokenizer
 
     transformer = FluxTransformer2DModel(
         patch_size=1, in_channels=4 * LATENT_CHANNELS, num_layers=1, num_single_layers=1, attention_head_dim=16,

@@ -1,17 +1,75 @@
-"""Tiny text encoders and tokenizers of the flow-matching families, built offline from configs.
+"""Tiny text encoders and tokenizers of every family, built offline from configs.
 
 Each is the real transformers class the diffusers pipeline expects, at toy size, with a tokenizer
-written locally (no hub): a unigram ``T5Tokenizer`` over single characters for Flux.1's T5; the
-byte-level Qwen tokenizer of :mod:`.lvlm` for the Qwen2.5-VL (Qwen-Image) and Qwen3 (Flux.2 Klein,
+written locally (no hub): a character-level BPE ``CLIPTokenizer`` for the CLIP encoders; a unigram
+``T5Tokenizer`` over single characters for Flux.1's T5; the byte-level Qwen tokenizer of :mod:`.lvlm` for the Qwen2.5-VL (Qwen-Image) and Qwen3 (Flux.2 Klein,
 Z-Image) language models, with a Qwen3-style chat template that honours ``enable_thinking`` as the
 real one does (Flux.2 Klein asks for no thinking, Z-Image for thinking).
 """
 
 from __future__ import annotations
 
+import json
 import string
+from pathlib import Path
 
 from .lvlm import QWEN_VL_SPECIAL_TOKENS, TINY_VOCAB_SIZE, build_tiny_tokenizer, special_token_ids, tiny_config
+
+# Widths of the tiny text encoders. SDXL/SD3 concatenate two encoders' outputs.
+TEXT_HIDDEN = 32
+TEXT_PROJECTION = 32
+TOKENIZER_MAX_LENGTH = 77
+
+
+def _vocab() -> dict[str, int]:
+    """A byte-free CLIP BPE vocabulary: specials, single characters and their word-final forms."""
+    symbols = list(string.ascii_lowercase + string.digits + string.punctuation)
+    tokens = ["<|startoftext|>", "<|endoftext|>"] + symbols + [s + "</w>" for s in symbols]
+    return {token: index for index, token in enumerate(tokens)}
+
+
+def write_tiny_clip_tokenizer(folder: Path) -> Path:
+    """Save a CLIPTokenizer (character-level BPE, max length 77) with ``save_pretrained`` into ``folder``.
+
+    ``vocab.json`` and ``merges.txt`` are written too, in the layout of real CLIP tokenizer folders.
+    """
+    from transformers import CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = _vocab()
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=TOKENIZER_MAX_LENGTH)
+    tokenizer.save_pretrained(str(folder))
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    return folder
+
+
+def _tokenizer():
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer(vocab=_vocab(), merges=[], model_max_length=TOKENIZER_MAX_LENGTH)
+
+
+def _text_encoder(with_projection: bool):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    vocab = _vocab()
+    config = CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=TEXT_HIDDEN,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=TOKENIZER_MAX_LENGTH,
+        projection_dim=TEXT_PROJECTION,
+        hidden_act="gelu",
+        bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=vocab["<|endoftext|>"],
+    )
+    cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+    return cls(config).eval()
+
 
 T5_HIDDEN = 32
 QWEN3_HIDDEN = 16
