@@ -64,30 +64,26 @@ class DiffusionPolicy:
         cfg = self.wants_negative(cfg)
         if self.prompt_cache is not None:
             return self.prompt_cache.encode(prompts, negative, cfg)
-        prompts = list(prompts)
         unique = list(dict.fromkeys(prompts))
-        rows = [self.encode_raw([p], negative, cfg) for p in unique]
-        index = [unique.index(p) for p in prompts]
-        pos = [(r[0][0], None if r[4] is None else r[4][0]) for r in rows]
-        context, mask = stack_rows([pos[i] for i in index])
-        pooled = None if rows[0][1] is None else torch.cat([rows[i][1] for i in index]).float()
+        rows = {p: self.encode_raw([p], negative, cfg) for p in unique}
+        picked = [rows[p] for p in prompts]
+        first = lambda t: None if t is None else t[0]  # noqa: E731  (one prompt per encoder call)
+        context, mask = stack_rows([(e.prompt_embeds[0], first(e.prompt_mask)) for e in picked])
+        pooled = _cat_pooled([e.pooled_prompt_embeds for e in picked])
         if not cfg:
             return Conditioning(context, pooled, mask=mask)
-        neg = [(r[2][0], None if r[5] is None else r[5][0]) for r in rows]
-        neg_context, neg_mask = stack_rows([neg[i] for i in index])
-        neg_pooled = None if rows[0][3] is None else torch.cat([rows[i][3] for i in index]).float()
+        neg_context, neg_mask = stack_rows([(e.negative_prompt_embeds[0], first(e.negative_prompt_mask)) for e in picked])
+        neg_pooled = _cat_pooled([e.negative_pooled_prompt_embeds for e in picked])
         return Conditioning(context, pooled, neg_context, neg_pooled, mask, neg_mask)
 
     @torch.no_grad()
     def encode_raw(self, prompts: Sequence[str], negative: str, cfg: bool):
-        """The pipeline's ``encode_prompt`` outputs in the encoders' dtype: (context, pooled, neg, neg_pooled,
-        mask, neg_mask), in the generation engine's layout for every family."""
+        """The pipeline's own ``encode_prompt`` outputs in the encoders' dtype, in the generation engine's
+        layout for every family (:class:`~emofeedback2.engines.generation.pipeline_families.EncodedPrompts`)."""
         from ...engines.generation.pipeline_families import encode_prompts
 
-        e = encode_prompts(self.pipe, self.arch, prompts, negative, negative=self.wants_negative(cfg),
-                           device=self.device)
-        return (e.prompt_embeds, e.pooled_prompt_embeds, e.negative_prompt_embeds, e.negative_pooled_prompt_embeds,
-                e.prompt_mask, e.negative_prompt_mask)
+        return encode_prompts(self.pipe, self.arch, prompts, negative, negative=self.wants_negative(cfg),
+                              device=self.device)
 
     # schedule --------------------------------------------------------------------------------------
     def schedule(self, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,6 +148,10 @@ class DiffusionPolicy:
         images = self.family.decode(self.pipe, latents)
         processor = getattr(self.pipe, "image_processor", None) or VaeImageProcessor()
         return processor.postprocess(images.float(), output_type="pt").permute(0, 2, 3, 1).cpu()
+
+
+def _cat_pooled(rows: Sequence[Optional[torch.Tensor]]) -> Optional[torch.Tensor]:
+    return None if rows[0] is None else torch.cat(list(rows)).float()
 
 
 def stack_rows(rows: Sequence[tuple[torch.Tensor, Optional[torch.Tensor]]]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:

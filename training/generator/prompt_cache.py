@@ -166,10 +166,11 @@ def build_prompt_cache(policy, prompts: Sequence[str], negative: str, cfg: bool)
     cache = PromptEmbeddingCache(policy.arch, negative, device=policy.device)
     first = lambda t: None if t is None else t[0].cpu()  # noqa: E731
     for prompt in dict.fromkeys(prompts):  # unique, in order
-        cond = policy.encode_raw([prompt], negative, cfg)
-        cache.entries[prompt] = _Entry(first(cond[0]), first(cond[1]), first(cond[4]))
+        e = policy.encode_raw([prompt], negative, cfg)
+        cache.entries[prompt] = _Entry(first(e.prompt_embeds), first(e.pooled_prompt_embeds), first(e.prompt_mask))
         if cfg and cache.negative is None:
-            cache.negative = _Entry(first(cond[2]), first(cond[3]), first(cond[5]))
+            cache.negative = _Entry(first(e.negative_prompt_embeds), first(e.negative_pooled_prompt_embeds),
+                                    first(e.negative_prompt_mask))
     return cache
 
 
