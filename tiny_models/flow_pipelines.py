@@ -33,13 +33,13 @@ QWEN25_VL_HIDDEN = 32  # tiny_models.lvlm's Qwen2.5-VL text width
 
 # The scheduler configs of the released checkpoints (scheduler/scheduler_config.json), keys that
 # change the schedule only. Flux.1-dev: resolution-dependent ("dynamic") shift between 0.5 and 1.15;
-# Flux.2 Klein: dynamic, its pipeline sets mu empirically from resolution and step count;
+# Flux.2 Klein: dynamic (exponential), its pipeline sets mu empirically from resolution and step count,
+# so the base/max shift keys do not matter;
 # Qwen-Image: dynamic 0.5..0.9 up to 8192 tokens, stretched so the last sigma is 0.02;
 # Z-Image-Turbo: a fixed shift of 3.
 FLUX1_DEV_SCHEDULER = dict(base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096, max_shift=1.15,
                            num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True)
-FLUX2_KLEIN_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
-                             time_shift_type="exponential")
+FLUX2_KLEIN_SCHEDULER = dict(num_train_timesteps=1000, use_dynamic_shifting=True, time_shift_type="exponential")
 QWEN_IMAGE_SCHEDULER = dict(base_image_seq_len=256, base_shift=0.5, max_image_seq_len=8192, max_shift=0.9,
                             num_train_timesteps=1000, shift=1.0, shift_terminal=0.02, time_shift_type="exponential",
                             use_dynamic_shifting=True)
