@@ -155,3 +155,21 @@ def test_diffusers_copy_loads_into_the_generator_with_every_layer(tiny_pipeline_
     calm = generator.generate(GenerationRequest(targets=[VA(-2.0, -2.0)], **request))
     excited = generator.generate(GenerationRequest(targets=[VA(2.0, 2.0)], **request))
     assert float((calm - excited).abs().max()) > 1e-4  # the adapter moves this family's conditioning
+
+
+@pytest.mark.parametrize("arch,guidance", [("flux", 3.5), ("flux2_klein", 1.0), ("qwen_image", 2.5), ("z_image", 2.5)])
+def test_ratio_is_exactly_one_before_the_first_update(tiny_pipeline_dirs, tmp_path, arch, guidance):
+    """Rollout and update see the same family pieces (guidance, masks, packing): the first ratio is 1,
+    with gradient checkpointing on, as a one-GPU recipe runs it."""
+    trainer = _trainer(tiny_pipeline_dirs[arch], tmp_path / "run", guidance=guidance, steps=1)
+    trainer.raw_net.denoiser.enable_gradient_checkpointing()
+    trajs, _, _ = trainer.sample_step()
+    traj = trajs[0]
+    trainer.raw_net.train()
+    for j in range(trainer.config.sampling.steps):
+        out = trainer.net(traj.latents[:, j], traj.timesteps[j], traj.cond, traj.va, trainer.train_guidance, 1.0)
+        res = trainer.policy.step(out, traj.latents[:, j], traj.params[j], prev_sample=traj.latents[:, j + 1])
+        assert res.log_prob.requires_grad
+        assert float((torch.exp(res.log_prob.detach() - traj.log_probs[:, j]) - 1).abs().max()) < 1e-6
+    trainer.train_step()
+    assert trainer.updates == 1 and trainer.ratio_dev_before_first_update < 1e-6
