@@ -84,7 +84,8 @@ def register(subparsers) -> None:
         description="Generate images whose emotion follows a valence/arousal target: rounds of candidates "
         "judged by the LVLM, whose feedback rewrites the prompt. Models are local folders or hub ids.",
     )
-    loop.add_argument("--generator", required=True, help="diffusers pipeline folder (with model_index.json) or hub id (SD1.5/SDXL/SD3.x)")
+    loop.add_argument("--generator", required=True, help="diffusers pipeline folder (with model_index.json) or hub id (SD1.5, SDXL, SD3.x, "
+                      "Flux.1, Flux.2 Klein, Qwen-Image, Z-Image)")
     loop.add_argument("--lvlm", required=True, help="Qwen-VL model folder or hub id, or 'colour' for the weight-free colour heuristic")
     loop.add_argument("--valence", type=va_component("valence"), required=True, help="target valence in [-3, 3]")
     loop.add_argument("--arousal", type=va_component("arousal"), required=True, help="target arousal in [-3, 3]")

@@ -34,7 +34,8 @@ LORA_PREFIX = "loras/"
 NONE = "none"
 
 # ComfyUI supported_models class names → our architecture names.
-COMFY_MODEL_ARCH = {"SD15": "sd15", "SDXL": "sdxl", "SD3": "sd3"}
+COMFY_MODEL_ARCH = {"SD15": "sd15", "SDXL": "sdxl", "SD3": "sd3", "Flux": "flux", "FluxSchnell": "flux",
+                    "QwenImage": "qwen_image", "Flux2": "flux2_klein", "ZImage": "z_image"}
 TEXT_ENCODER_PREFIXES = ("lora_te", "text_encoder", "lora_clip", "text_encoders.")
 _LOG = logging.getLogger("EmoFeedback2")
 _LORA_SUFFIXES = (
@@ -109,7 +110,7 @@ def resolve_adapter_path(name: str) -> str:
 
 
 def model_arch(model: Any) -> Optional[str]:
-    """``sd15``/``sdxl``/``sd3`` from ComfyUI's detected model config, or None for other families."""
+    """Our family name (``sd15`` … ``z_image``) from ComfyUI's detected model config, or None for other families."""
     config = getattr(getattr(model, "model", None), "model_config", None)
     return COMFY_MODEL_ARCH.get(type(config).__name__) if config is not None else None
 

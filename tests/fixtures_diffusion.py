@@ -1,4 +1,4 @@
-"""Tiny SD1.5-, SDXL- and SD3-like diffusers pipelines, built once per test session.
+"""Tiny diffusers pipelines of every family (SD1.5 … Z-Image), each built once per test session on first use.
 
 Built with :func:`emofeedback2.tiny_models.diffusion.build_tiny_pipeline` (``save_pretrained``), so
 tests load them through the same ``from_pretrained`` code users run on real checkpoints.
@@ -11,13 +11,24 @@ from pathlib import Path
 import pytest
 
 
+class _BuiltOnFirstUse(dict):
+    """``dirs[arch]`` builds that family's tiny pipeline folder the first time it is asked for."""
+
+    def __init__(self, root: Path):
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, arch: str) -> Path:
+        from emofeedback2.tiny_models.diffusion import build_tiny_pipeline
+
+        self[arch] = build_tiny_pipeline(self.root / arch, arch=arch, seed=0)
+        return self[arch]
+
+
 @pytest.fixture(scope="session")
 def tiny_pipeline_dirs(tmp_path_factory) -> dict[str, Path]:
-    """``{"sd15": Path, "sdxl": Path, "sd3": Path}``: saved tiny pipeline folders (seed 0)."""
-    from emofeedback2.tiny_models.diffusion import ARCHES, build_tiny_pipeline
-
-    root = tmp_path_factory.mktemp("tiny_pipelines")
-    return {arch: build_tiny_pipeline(root / arch, arch=arch, seed=0) for arch in ARCHES}
+    """``dirs[arch]`` for any arch of ``tiny_models.diffusion.ARCHES``: saved tiny pipeline folders (seed 0)."""
+    return _BuiltOnFirstUse(tmp_path_factory.mktemp("tiny_pipelines"))
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The diffusers backend on tiny SD1.5/SDXL/SD3-like pipelines loaded with from_pretrained."""
+"""The diffusers backend on tiny pipelines of every family (SD1.5 … Z-Image) loaded with from_pretrained."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from emofeedback2.engines.generation.emotion_adapter import (
 from emofeedback2.engines.emotion_space import VA
 from emofeedback2.engines.generation.protocol import GenerationRequest, Generator
 
-ARCHES = ("sd15", "sdxl", "sd3")
+ARCHES = ("sd15", "sdxl", "sd3", "flux", "flux2_klein", "qwen_image", "z_image")
 
 
 @pytest.fixture(scope="module")
@@ -227,3 +227,28 @@ def test_kohya_keys_load_like_the_peft_file(tiny_pipeline_dirs, peft_lora, lora_
     via_kohya = load_diffusers_generator(DiffusersGeneratorConfig(
         model=str(tiny_pipeline_dirs["sd15"]), device="cpu", lora=str(tmp_path / "kohya.safetensors")))
     assert torch.allclose(lora_generator.generate(_request(1)), via_kohya.generate(_request(1)), atol=1e-6)
+
+
+def test_unsupported_pipelines_are_named():
+    from types import SimpleNamespace
+
+    class Flux2Pipeline:  # Flux.2 [dev]: Mistral-3 24B text encoder
+        transformer = SimpleNamespace()
+
+    with pytest.raises(ValueError, match="Flux.2 Klein"):
+        detect_arch(Flux2Pipeline())
+    with pytest.raises(ValueError, match="Qwen-Image"):
+        detect_arch(SimpleNamespace(transformer=torch.nn.Linear(1, 1)))
+
+
+@pytest.mark.parametrize("arch,cfg", [("flux", 3.5), ("flux2_klein", 4.0), ("qwen_image", 3.0), ("z_image", 3.0)])
+def test_flow_families_at_their_guidance(generators, arch, cfg):
+    """Flux.1-dev reads cfg through its guidance embedding and Klein ignores it (no negative branch, so the
+    negative prompt changes nothing); Qwen-Image and Z-Image run true CFG (the negative prompt matters)."""
+    gen = generators[arch]
+    plain = gen.generate(_request(1, seeds=[4], cfg=cfg))
+    other_negative = gen.generate(_request(1, seeds=[4], cfg=cfg, negative_prompt="a dark storm"))
+    negative_matters = arch in ("qwen_image", "z_image")
+    assert (float((plain - other_negative).abs().max()) > 1e-4) == negative_matters
+    if arch == "flux":  # the embedded guidance value itself changes the image
+        assert float((plain - gen.generate(_request(1, seeds=[4], cfg=1.5))).abs().max()) > 1e-4

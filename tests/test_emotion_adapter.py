@@ -17,7 +17,11 @@ from emofeedback2.engines.generation.emotion_adapter import (
 )
 from emofeedback2.engines.emotion_space import VA
 
-REAL_SHAPES = {"sd15": (77, 768, None), "sdxl": (77, 2048, 1280), "sd3": (333, 4096, 2048)}
+# (tokens, context width, pooled width) of each family's conditioning at real size
+REAL_SHAPES = {"sd15": (77, 768, None), "sdxl": (77, 2048, 1280), "sd3": (333, 4096, 2048),
+               "flux": (512, 4096, 768), "flux2_klein": (512, 7680, None), "qwen_image": (37, 3584, None),
+               "z_image": (29, 2560, None)}
+ALL_ARCHES = list(REAL_SHAPES)
 
 
 def _conditioning(arch: str, batch: int = 2, seed: int = 0):
@@ -38,7 +42,7 @@ def _trained_like(adapter: EmotionAdapter, seed: int = 1) -> EmotionAdapter:
     return adapter
 
 
-@pytest.mark.parametrize("arch", ["sd15", "sdxl", "sd3"])
+@pytest.mark.parametrize("arch", ALL_ARCHES)
 def test_fresh_adapter_is_exact_identity_for_real_dims(arch):
     adapter = EmotionAdapter(EmotionAdapterConfig.for_arch(arch))
     assert adapter.num_parameters() < 50_000_000
@@ -59,7 +63,7 @@ def test_strength_zero_returns_inputs_unchanged_even_when_trained(arch):
     assert not torch.equal(changed, context)  # the trained adapter does act at strength 1
 
 
-@pytest.mark.parametrize("arch", ["sd15", "sdxl", "sd3"])
+@pytest.mark.parametrize("arch", ALL_ARCHES)
 def test_change_grows_monotonically_with_strength(arch):
     adapter = _trained_like(EmotionAdapter(EmotionAdapterConfig.for_arch(arch, hidden_dim=32)))
     context, pooled = _conditioning(arch, batch=1)
@@ -70,10 +74,10 @@ def test_change_grows_monotonically_with_strength(arch):
         pooled_sizes.append((new_pooled - pooled).norm().item())
     assert sizes[0] == 0.0
     assert all(b > a for a, b in zip(sizes, sizes[1:])), sizes
-    if arch != "sd15":
+    if REAL_SHAPES[arch][2]:
         assert all(b > a for a, b in zip(pooled_sizes, pooled_sizes[1:])), pooled_sizes
-    else:
-        assert pooled_sizes == [0.0] * 6  # SD1.5's pooled vector is unused by the UNet: left alone
+    else:  # no pooled input in this family (SD1.5's pooled vector is unused; LLM encoders have none): left alone
+        assert pooled_sizes == [0.0] * 6
 
 
 def test_different_targets_give_different_conditioning():
@@ -139,3 +143,45 @@ def test_gradients_reach_every_parameter_for_training():
     (new_context.square().mean() + new_pooled.square().mean()).backward()
     assert adapter.context_branch.up.weight.grad.abs().sum() > 0
     assert adapter.pooled_branch.up.weight.grad.abs().sum() > 0
+
+
+# ComfyUI CONDITIONING as each family's text encoder node returns it ([cond, options]): Flux.1 from
+# comfy/text_encoders/flux.py (T5 sequence + CLIP-L pooled, FluxGuidance adds "guidance"); Qwen-Image
+# from comfy/text_encoders/qwen_image.py (Qwen2.5-VL states after the template, attention mask); Flux.2
+# Klein and Z-Image (Qwen3 encoders) exist only in ComfyUI newer than v0.3.64: their widths are diffusers'.
+COMFY_OPTIONS = {
+    "flux": lambda b: {"pooled_output": torch.randn(b, 768), "guidance": 3.5},
+    "qwen_image": lambda b: {"pooled_output": None, "attention_mask": torch.ones(b, REAL_SHAPES["qwen_image"][0])},
+    "flux2_klein": lambda b: {"pooled_output": None},
+    "z_image": lambda b: {"pooled_output": None},
+}
+
+
+@pytest.mark.parametrize("arch", list(COMFY_OPTIONS))
+def test_adapter_moves_each_family_comfyui_conditioning(arch):
+    from emofeedback2.engines.generation.comfy_backend import apply_adapter_to_conditioning
+
+    tokens, dim, pooled_dim = REAL_SHAPES[arch]
+    adapter = _trained_like(EmotionAdapter(EmotionAdapterConfig.for_arch(arch, hidden_dim=16)))
+    options = COMFY_OPTIONS[arch](1)
+    conditioning = [[torch.randn(1, tokens, dim), options]]
+    moved = apply_adapter_to_conditioning(conditioning, adapter, VA(2.0, -1.0), 1.0)
+    cond, new_options = moved[0]
+    assert cond.shape == (1, tokens, dim) and not torch.equal(cond, conditioning[0][0])
+    for key, value in options.items():  # guidance, masks... pass through; pooled moves where the family has one
+        if key == "pooled_output" and pooled_dim:
+            assert new_options[key].shape == value.shape and not torch.equal(new_options[key], value)
+        elif isinstance(value, torch.Tensor):
+            assert torch.equal(new_options[key], value)
+        else:
+            assert new_options[key] == value
+    assert apply_adapter_to_conditioning(conditioning, adapter, VA(2.0, -1.0), 0.0) is conditioning
+
+
+def test_an_adapter_of_another_family_names_both():
+    qwen = EmotionAdapter(EmotionAdapterConfig.for_arch("qwen_image", hidden_dim=8))
+    with pytest.raises(AdapterArchitectureError, match="Qwen-Image.*Flux.1"):
+        qwen(torch.randn(1, 512, 4096), torch.randn(1, 768), VA(0.0, 0.0))
+    klein = EmotionAdapter(EmotionAdapterConfig.for_arch("flux2_klein", hidden_dim=8))
+    with pytest.raises(AdapterArchitectureError, match="Z-Image"):
+        klein(torch.randn(1, 29, 2560), None, VA(0.0, 0.0))

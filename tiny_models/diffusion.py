@@ -1,4 +1,6 @@
-"""Tiny random SD1.5-, SDXL- and SD3-like diffusers pipelines, built offline for tests and benchmarks.
+"""Tiny random diffusers pipelines of every supported family, built offline for tests and benchmarks.
+
+SD1.5, SDXL and SD3 live here; Flux.1, Flux.2 Klein, Qwen-Image and Z-Image in :mod:`.flow_pipelines`.
 
 The pipelines have the real classes and the real component layout (tokenizers, CLIP text encoders,
 UNet / SD3 transformer, VAE, scheduler) at toy sizes, and are written with ``save_pretrained`` so the
@@ -13,69 +15,25 @@ SD3 has a joint context plus a pooled vector from two CLIP encoders.
 
 from __future__ import annotations
 
-import json
-import string
 from pathlib import Path
 
 import torch
 
-ARCHES = ("sd15", "sdxl", "sd3")
+# the tiny CLIP text encoders and tokenizer live with the other tiny text encoders (re-exported here:
+# tiny_models.clip and tests import them from this module)
+from .text_encoders import (  # noqa: F401
+    TEXT_HIDDEN,
+    TEXT_PROJECTION,
+    TOKENIZER_MAX_LENGTH,
+    _text_encoder,
+    _tokenizer,
+    _vocab,
+    write_tiny_clip_tokenizer,
+)
 
-# Widths of the tiny text encoders. SDXL/SD3 concatenate two encoders' outputs.
-TEXT_HIDDEN = 32
-TEXT_PROJECTION = 32
-TOKENIZER_MAX_LENGTH = 77
+ARCHES = ("sd15", "sdxl", "sd3", "flux", "flux2_klein", "qwen_image", "z_image")
+
 SD3_JOINT_DIM = 2 * TEXT_HIDDEN  # the CLIP pair concatenated (real SD3: 768+1280 → padded to 4096)
-
-
-def _vocab() -> dict[str, int]:
-    """A byte-free CLIP BPE vocabulary: specials, single characters and their word-final forms."""
-    symbols = list(string.ascii_lowercase + string.digits + string.punctuation)
-    tokens = ["<|startoftext|>", "<|endoftext|>"] + symbols + [s + "</w>" for s in symbols]
-    return {token: index for index, token in enumerate(tokens)}
-
-
-def write_tiny_clip_tokenizer(folder: Path) -> Path:
-    """Save a CLIPTokenizer (character-level BPE, max length 77) with ``save_pretrained`` into ``folder``.
-
-    ``vocab.json`` and ``merges.txt`` are written too, in the layout of real CLIP tokenizer folders.
-    """
-    from transformers import CLIPTokenizer
-
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = _vocab()
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=TOKENIZER_MAX_LENGTH)
-    tokenizer.save_pretrained(str(folder))
-    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-    return folder
-
-
-def _tokenizer():
-    from transformers import CLIPTokenizer
-
-    return CLIPTokenizer(vocab=_vocab(), merges=[], model_max_length=TOKENIZER_MAX_LENGTH)
-
-
-def _text_encoder(with_projection: bool):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    vocab = _vocab()
-    config = CLIPTextConfig(
-        vocab_size=len(vocab),
-        hidden_size=TEXT_HIDDEN,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=TOKENIZER_MAX_LENGTH,
-        projection_dim=TEXT_PROJECTION,
-        hidden_act="gelu",
-        bos_token_id=vocab["<|startoftext|>"],
-        eos_token_id=vocab["<|endoftext|>"],
-        pad_token_id=vocab["<|endoftext|>"],
-    )
-    cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
-    return cls(config).eval()
 
 
 def _vae(sd3: bool):
@@ -201,7 +159,10 @@ def _build_sd3():
     )
 
 
-_BUILDERS = {"sd15": _build_sd15, "sdxl": _build_sdxl, "sd3": _build_sd3}
+def _builders() -> dict:
+    from .flow_pipelines import BUILDERS
+
+    return {"sd15": _build_sd15, "sdxl": _build_sdxl, "sd3": _build_sd3, **BUILDERS}
 
 
 def build_tiny_pipeline(out_dir: str | Path, arch: str = "sd15", seed: int = 0) -> Path:
@@ -212,13 +173,14 @@ def build_tiny_pipeline(out_dir: str | Path, arch: str = "sd15", seed: int = 0) 
     (for ``sd3`` pass ``text_encoder_3=None, tokenizer_3=None``) or with
     :func:`emofeedback2.engines.generation.diffusers_backend.load_diffusers_generator`.
     """
-    if arch not in _BUILDERS:
+    builders = _builders()
+    if arch not in builders:
         raise ValueError(f"arch must be one of {', '.join(ARCHES)}; got {arch!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        pipe = _BUILDERS[arch]()
+        pipe = builders[arch]()
     pipe.save_pretrained(str(out), safe_serialization=True)
     return out
 

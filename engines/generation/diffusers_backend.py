@@ -1,9 +1,9 @@
-"""The diffusers generation backend: SD1.5 / SDXL / SD3.x pipelines behind the Generator protocol.
+"""The diffusers generation backend: SD1.5 … Z-Image pipelines behind the Generator protocol.
 
 Reads top to bottom: load the pipeline (local folder or hub id), optionally a LoRA (diffusers/PEFT
 or kohya keys, whatever ``load_lora_weights`` understands — refusing files whose keys do not map)
 and an emotion adapter; then per request: weave the text route into the prompts, encode them with
-the pipeline's own ``encode_prompt``, let the adapter move the positive embeddings toward each
+the pipeline's own ``encode_prompt`` (per family: :mod:`.pipeline_families`), let the adapter move the positive embeddings toward each
 image's V-A target, and run the pipeline on those embeddings with one ``torch.Generator`` per image
 (so every image of a group differs and a seed reproduces its image, wherever it sits in a batch).
 
@@ -22,6 +22,14 @@ import torch
 
 from ..descriptors import emotional_prompt
 from .emotion_adapter import EmotionAdapter, load_emotion_adapter
+from .pipeline_families import (  # noqa: F401  (detect_arch, conditioning_dims, EncodedPrompts: imported from here too)
+    EncodedPrompts,
+    call_kwargs,
+    conditioning_dims,
+    detect_arch,
+    encode_prompts,
+    uses_negative,
+)
 from .. import devices
 from ..emotion_space import VA
 from .protocol import GenerationRequest
@@ -47,6 +55,7 @@ class DiffusersGeneratorConfig:
     adapter: an emotion adapter ``.safetensors`` file or an :class:`EmotionAdapter` already in memory.
     text_strength: strength of the text route (emotion words woven into prompts) when targets are given.
     drop_t5: SD3.x only: load without the T5 encoder (``text_encoder_3``), saving ~10 GB.
+    max_sequence_length: text tokens of the T5 / language-model encoders (SD3.x, Flux, Qwen-Image, …).
     max_batch_size: images per pipeline call; larger requests run in chunks.
     """
 
@@ -63,48 +72,6 @@ class DiffusersGeneratorConfig:
     show_progress_bar: bool = False
     local_files_only: Optional[bool] = None
     extra_from_pretrained: dict = field(default_factory=dict)
-
-
-@dataclass
-class EncodedPrompts:
-    """Positive/negative embeddings as the pipeline's ``encode_prompt`` returns them (pooled: SDXL/SD3)."""
-
-    prompt_embeds: torch.Tensor
-    negative_prompt_embeds: Optional[torch.Tensor]
-    pooled_prompt_embeds: Optional[torch.Tensor] = None
-    negative_pooled_prompt_embeds: Optional[torch.Tensor] = None
-
-    def pipeline_kwargs(self) -> dict[str, torch.Tensor]:
-        kwargs = {"prompt_embeds": self.prompt_embeds, "negative_prompt_embeds": self.negative_prompt_embeds}
-        if self.pooled_prompt_embeds is not None:
-            kwargs["pooled_prompt_embeds"] = self.pooled_prompt_embeds
-            kwargs["negative_pooled_prompt_embeds"] = self.negative_pooled_prompt_embeds
-        return kwargs
-
-
-def detect_arch(pipe: Any) -> str:
-    """``"sd3"`` for SD3.x (MMDiT transformer), ``"sdxl"`` for SDXL (text_time UNet), ``"sd15"`` for SD1.x/2.x."""
-    transformer = getattr(pipe, "transformer", None)
-    if transformer is not None and type(transformer).__name__ == "SD3Transformer2DModel":
-        return "sd3"
-    unet = getattr(pipe, "unet", None)
-    if unet is not None:
-        if getattr(unet.config, "addition_embed_type", None) == "text_time":
-            return "sdxl"
-        return "sd15"
-    raise ValueError(
-        f"{type(pipe).__name__} is not a Stable Diffusion 1.5 / XL / 3.x pipeline; the diffusers backend supports those"
-    )
-
-
-def conditioning_dims(pipe: Any) -> tuple[int, Optional[int]]:
-    """(context width, pooled width or None) of the conditioning this pipeline's denoiser reads."""
-    arch = detect_arch(pipe)
-    if arch == "sd3":
-        return int(pipe.transformer.config.joint_attention_dim), int(pipe.transformer.config.pooled_projection_dim)
-    if arch == "sdxl":
-        return int(pipe.unet.config.cross_attention_dim), int(pipe.text_encoder_2.config.projection_dim)
-    return int(pipe.unet.config.cross_attention_dim), None
 
 
 def resolve_device(device: str) -> torch.device:
@@ -193,6 +160,22 @@ def _lora_modules_injected(pipe: Any, adapter_name: str) -> int:
     return count
 
 
+def _diffusers_copy_of_export(path: Path) -> Path:
+    """Our export's ComfyUI-keyed file → the diffusers copy written beside it (diffusers reads ComfyUI's
+    Flux/Qwen-Image/Z-Image key names only partly); any other file as it is."""
+    from safetensors import safe_open
+
+    copy = path.parent / "diffusers_lora" / "pytorch_lora_weights.safetensors"
+    if not copy.is_file():
+        return path
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            ours = "emofeedback2_arch" in (handle.metadata() or {})
+    except Exception:  # unreadable: the caller reports it
+        return path
+    return copy if ours else path
+
+
 def apply_lora(pipe: Any, lora: str, scale: float = 1.0, adapter_name: str = LORA_ADAPTER_NAME) -> int:
     """Load a LoRA into the pipeline through diffusers; refuse files whose layers do not all map.
 
@@ -209,6 +192,7 @@ def apply_lora(pipe: Any, lora: str, scale: float = 1.0, adapter_name: str = LOR
                              "pytorch_lora_weights.safetensors)")
     if path.suffix != ".safetensors":
         raise ModelLoadError(f"LoRA {path.name}: only .safetensors files are loaded (pickle files can run code)")
+    path = _diffusers_copy_of_export(path)
     try:
         wanted = _lora_modules_in_file(load_file(str(path)))
     except Exception as exc:  # safetensors raises its own error type for a corrupt or truncated file
@@ -236,7 +220,7 @@ def apply_lora(pipe: Any, lora: str, scale: float = 1.0, adapter_name: str = LOR
 
 
 class DiffusersGenerator:
-    """Generator protocol implementation over a diffusers SD1.5 / SDXL / SD3.x pipeline."""
+    """Generator protocol implementation over a diffusers pipeline of any supported family."""
 
     name = "diffusers"
 
@@ -273,26 +257,10 @@ class DiffusersGenerator:
         return [emotional_prompt(p, t, self.text_strength) for p, t in zip(request.prompts, request.targets)]
 
     def encode(self, prompts: Sequence[str], negative_prompt: str = "", guidance: bool = True) -> EncodedPrompts:
-        """The pipeline's own ``encode_prompt`` for ``prompts`` (one row each) and the negative prompt."""
-        prompts = list(prompts)
-        negative = [negative_prompt] * len(prompts)
-        pipe = self.pipe
-        with torch.no_grad():
-            if self.arch == "sd15":
-                pe, npe = pipe.encode_prompt(prompts, self.device, 1, guidance, negative_prompt=negative)
-                return EncodedPrompts(pe, npe)
-            if self.arch == "sdxl":
-                pe, npe, pooled, npooled = pipe.encode_prompt(
-                    prompt=prompts, device=self.device, num_images_per_prompt=1,
-                    do_classifier_free_guidance=guidance, negative_prompt=negative,
-                )
-                return EncodedPrompts(pe, npe, pooled, npooled)
-            pe, npe, pooled, npooled = pipe.encode_prompt(
-                prompt=prompts, prompt_2=None, prompt_3=None, device=self.device, num_images_per_prompt=1,
-                do_classifier_free_guidance=guidance, negative_prompt=negative,
-                max_sequence_length=self.max_sequence_length,
-            )
-            return EncodedPrompts(pe, npe, pooled, npooled)
+        """The pipeline's own ``encode_prompt`` for ``prompts`` (one row each) and, with ``guidance``, the negative."""
+        max_len = None if self.arch in ("sd15", "sdxl") else self.max_sequence_length  # CLIP-only: always 77
+        return encode_prompts(self.pipe, self.arch, prompts, negative_prompt, negative=guidance,
+                              max_sequence_length=max_len, device=self.device)
 
     def apply_adapter(self, encoded: EncodedPrompts, targets: Optional[Sequence[VA]], strength: float) -> EncodedPrompts:
         """Move the positive embeddings toward each row's target (negative ones stay put)."""
@@ -300,7 +268,8 @@ class DiffusersGenerator:
             return encoded
         with torch.no_grad():
             pe, pooled = self.adapter(encoded.prompt_embeds, encoded.pooled_prompt_embeds, list(targets), strength)
-        return EncodedPrompts(pe, encoded.negative_prompt_embeds, pooled, encoded.negative_pooled_prompt_embeds)
+        return EncodedPrompts(pe, encoded.negative_prompt_embeds, pooled, encoded.negative_pooled_prompt_embeds,
+                              encoded.prompt_mask, encoded.negative_prompt_mask)
 
     def generate(self, request: GenerationRequest, progress: Optional[ProgressCallback] = None) -> torch.Tensor:
         """Float32 ``[B, H, W, 3]`` images in 0..1 on CPU, image ``i`` from ``request.seeds[i]``."""
@@ -310,7 +279,8 @@ class DiffusersGenerator:
         images = []
         for index, rows in enumerate(chunks):
             targets = None if request.targets is None else [request.targets[i] for i in rows]
-            encoded = self.encode([prompts[i] for i in rows], request.negative_prompt, guidance=request.cfg > 1.0)
+            negative = uses_negative(self.pipe, self.arch, request.cfg)
+            encoded = self.encode([prompts[i] for i in rows], request.negative_prompt, guidance=negative)
             encoded = self.apply_adapter(encoded, targets, request.adapter_strength)
             # CPU generators: the same seed gives the same starting noise on every device.
             generators = [torch.Generator("cpu").manual_seed(int(request.seeds[i])) for i in rows]
@@ -322,8 +292,8 @@ class DiffusersGenerator:
 
             kwargs = dict(
                 height=request.height, width=request.width, num_inference_steps=request.steps,
-                guidance_scale=request.cfg, generator=generators, output_type="pt",
-                callback_on_step_end=on_step_end, **encoded.pipeline_kwargs(), **request.extra,
+                generator=generators, output_type="pt", callback_on_step_end=on_step_end,
+                **call_kwargs(self.pipe, self.arch, encoded, request.cfg), **request.extra,
             )
             if self.arch == "sd3":
                 kwargs["max_sequence_length"] = self.max_sequence_length

@@ -11,7 +11,8 @@ The output layers start at zero, so a fresh adapter is an exact identity, and ``
 returns the inputs themselves (bit-exact, no arithmetic). The change is linear in ``strength``, so it
 grows monotonically with it. Dimensions come from the conditioning the adapter is made for:
 SD1.5 context 768 (no pooled input), SDXL context 2048 + pooled 1280, SD3.x joint context 4096 +
-pooled 2048. Files are safetensors with metadata naming the architecture, dimensions, V-A range and
+pooled 2048, Flux.1 T5 sequence 4096 + CLIP-L pooled 768; the language-model encoders have no pooled
+vector: Flux.2 Klein 7680 (4B) / 12288 (9B), Qwen-Image 3584, Z-Image 2560. Files are safetensors with metadata naming the architecture, dimensions, V-A range and
 format version; loading a file made for another architecture fails and names both.
 """
 
@@ -28,17 +29,24 @@ from torch import nn
 
 from ..emotion_space import VA, VA_MAX, VA_MIN
 from ..errors import UserError
+from .pipeline_families import ARCH_NAMES
 
 FORMAT_NAME = "emofeedback2.emotion_adapter"
 FORMAT_VERSION = 1
 
-# Conditioning sizes of the real base models (context width, pooled width or None).
+# Conditioning sizes of the real base models (context width, pooled width or None): the width of the
+# token sequence the denoiser reads and of the pooled vector, where the family has one.
 ARCH_DIMS: dict[str, tuple[int, Optional[int]]] = {
-    "sd15": (768, None),
-    "sdxl": (2048, 1280),
-    "sd3": (4096, 2048),
+    "sd15": (768, None),  # CLIP-L
+    "sdxl": (2048, 1280),  # CLIP-L ‖ CLIP-G, CLIP-G pooled
+    "sd3": (4096, 2048),  # T5-XXL (CLIP pair padded to it), CLIP-L ‖ CLIP-G pooled
+    "flux": (4096, 768),  # T5-XXL sequence, CLIP-L pooled
+    "flux2_klein": (7680, None),  # Klein 4B: Qwen3-4B hidden states 9/18/27 stacked (3 × 2560)
+    "qwen_image": (3584, None),  # Qwen2.5-VL-7B last hidden state
+    "z_image": (2560, None),  # Qwen3-4B second-to-last hidden state
 }
-ARCH_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL", "sd3": "SD3.x"}
+# Further released sizes of a family (recognised in error messages; adapters take their widths from the model).
+OTHER_DIMS: tuple[tuple[str, int, Optional[int]], ...] = (("flux2_klein", 12288, None),)  # Klein 9B: 3 × 4096
 
 
 class AdapterFileError(UserError, ValueError):
@@ -60,7 +68,8 @@ def _describe(arch: str, context_dim: int, pooled_dim: Optional[int]) -> str:
 
 def arch_from_dims(context_dim: int, pooled_dim: Optional[int]) -> Optional[str]:
     """Name the real architecture with these conditioning widths, or ``None`` if none matches."""
-    for arch, (ctx, pooled) in ARCH_DIMS.items():
+    known = [(arch, ctx, pooled) for arch, (ctx, pooled) in ARCH_DIMS.items()] + list(OTHER_DIMS)
+    for arch, ctx, pooled in known:
         if ctx == context_dim and (pooled is None or pooled == pooled_dim):
             return arch
     return None
@@ -71,8 +80,9 @@ class EmotionAdapterConfig:
     """Shape of an adapter. ``pooled_dim=None``: the pooled vector (if any) passes through unchanged.
 
     ``hidden_dim``: width of the bottleneck every token goes through; ``fourier_features``: number of
-    sine/cosine frequencies per V-A axis. Defaults give ~1.1M parameters for SD1.5, ~3.7M for SDXL
-    and ~6.6M for SD3.x.
+    sine/cosine frequencies per V-A axis. Defaults give ~1.1M parameters for SD1.5, ~3.7M for SDXL,
+    ~6.6M for SD3.x, ~5.3M for Flux.1, ~8.2M for Flux.2 Klein 4B, ~4.0M for Qwen-Image and ~2.9M for
+    Z-Image (``EmotionAdapter(EmotionAdapterConfig.for_arch(arch)).num_parameters()``).
     """
 
     arch: str

@@ -15,13 +15,16 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..config_fields import ConfigError, _coerce, _f, _fill, _number
+from ...engines.generation.pipeline_families import ARCHES as MODEL_ARCHES
 from ...engines.judge.options import ATTENTION_SETTINGS
 
 
 @dataclass
 class ModelConfig:
-    pretrained: str = _f("", "diffusers pipeline: a local save_pretrained folder or a hub id (SD1.5, SDXL or SD3.x)")
-    arch: str = _f("auto", "'auto' (detected from the pipeline), 'sd15', 'sdxl' or 'sd3'")
+    pretrained: str = _f("", "diffusers pipeline: a local save_pretrained folder or a hub id (SD1.5, SDXL, SD3.x, "
+                         "Flux.1, Flux.2 Klein, Qwen-Image or Z-Image)")
+    arch: str = _f("auto", "'auto' (detected from the pipeline), 'sd15', 'sdxl', 'sd3', 'flux', 'flux2_klein', "
+                   "'qwen_image' or 'z_image'")
     dtype: str = _f("float32", "dtype of the frozen base weights: float32, float16 or bfloat16 (LoRA/adapter stay fp32)")
     lora_rank: int = _f(8, "LoRA rank r")
     lora_alpha: float = _f(8.0, "LoRA alpha; the update is scaled by alpha/r (exported as kohya '.alpha')")
@@ -41,10 +44,13 @@ class SamplingConfig:
     steps: int = _f(10, "sampling steps of each rollout (Flow-GRPO trains on 10, evaluates on 40)")
     eval_steps: int = _f(20, "sampling steps of the deterministic evaluation sampler")
     resolution: int = _f(512, "image side in pixels (multiple of 8)")
-    guidance_scale: float = _f(4.5, "classifier-free guidance; 1.0 disables the unconditional branch")
+    guidance_scale: float = _f(4.5, "classifier-free guidance; 1.0 disables the unconditional branch. Guidance-"
+                               "distilled Flux.1-dev feeds it to its guidance embedding (3.5 typical, no negative "
+                               "branch); step-distilled Flux.2 Klein ignores it; Z-Image-Turbo runs at 1.0")
     negative_prompt: str = _f("", "negative prompt for the unconditional branch")
     eta: float = _f(1.0, "DDIM eta for SD1.5/SDXL rollouts; must be > 0 (eta=0 has no log-prob)")
-    sde_noise_level: float = _f(0.7, "'a' in the flow SDE sigma_t = a*sqrt(t/(1-t)) for SD3.x rollouts")
+    sde_noise_level: float = _f(0.7, "'a' in the flow SDE sigma_t = a*sqrt(t/(1-t)) for flow-matching rollouts "
+                                "(SD3.x, Flux, Qwen-Image, Z-Image)")
     adapter_strength: float = _f(1.0, "emotion adapter strength during rollouts and training")
     cfg_free_training: bool = _f(False, "Flow-GRPO: roll out and train without guidance (half the denoiser batch); "
                                  "evaluation still samples with guidance_scale")
@@ -55,6 +61,7 @@ class DataConfig:
     prompts_file: str = _f("", "text file, one prompt per line ('#' comments); empty = the shipped neutral prompts")
     targets: str = _f("uniform", "'uniform' over [-3,3]^2, or a CSV/JSONL file with valence,arousal[,prompt] rows")
     cache_prompt_embeddings: bool = _f(False, "encode every training prompt once, keep the embeddings in host memory "
+                                       "(always on for language-model encoders: Flux.2 Klein, Qwen-Image, Z-Image) "
                                        "and free the text encoders (SD3.x: frees T5-XXL + both CLIPs)")
     prompt_cache_file: str = _f("", "safetensors file for the prompt cache, reused when model and prompts match "
                                 "('' = host memory only)")
@@ -400,8 +407,8 @@ def check_one_normalization(rules: list[str]) -> str:
 def validate(config: TrainConfig) -> None:
     """Fail early, with the fix, on combinations that cannot work (no files or models are read)."""
     m, s, g = config.model, config.sampling, config.grpo
-    if m.arch not in ("auto", "sd15", "sdxl", "sd3"):
-        raise ConfigError(f"model.arch must be auto, sd15, sdxl or sd3, got {m.arch!r}")
+    if m.arch not in ("auto", *MODEL_ARCHES):
+        raise ConfigError(f"model.arch must be auto or one of {', '.join(MODEL_ARCHES)}, got {m.arch!r}")
     if m.dtype not in ("float32", "float16", "bfloat16"):
         raise ConfigError(f"model.dtype must be float32, float16 or bfloat16, got {m.dtype!r}")
     if not all(isinstance(t, str) and t.strip() for t in m.lora_targets):

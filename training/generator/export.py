@@ -1,9 +1,19 @@
-"""Export trained weights: a kohya-key LoRA for ComfyUI, a diffusers-format copy, the emotion adapter.
+"""Export trained weights: a LoRA stock ComfyUI loads in full, a diffusers-format copy, the emotion adapter.
 
-ComfyUI's stock LoraLoader maps kohya keys ``lora_unet_<diffusers module path, dots → underscores>``
-(SD1.5/SDXL UNets) and ``lora_transformer_<…>`` (SD3 MMDiT; see ``model_lora_keys_unet`` in
-comfy/lora.py) with ``.lora_down.weight`` (peft ``lora_A``), ``.lora_up.weight`` (``lora_B``) and
-``.alpha``. It scales by ``alpha / rank``, peft by ``lora_alpha / r``, so ``.alpha`` must be
+ComfyUI's LoraLoader (``model_lora_keys_unet`` in comfy/lora.py) maps, per model family, LoRA
+module names written from the *diffusers* module paths:
+
+* SD1.5 / SDXL: ``lora_unet_<path, dots → underscores>`` (``unet_to_diffusers`` in comfy/utils.py);
+* SD3.x: ``lora_transformer_<…>`` (its SD3 branch, ``mmdit_to_diffusers``);
+* Flux.1 and Flux.2: ``lora_transformer_<…>`` (its Flux branch, ``flux_to_diffusers``: q/k/v land in
+  slices of the fused qkv / linear1 weights; Flux.2 is ``model_base.Flux2(Flux)`` in newer ComfyUI,
+  whose ``flux_to_diffusers`` adds the single blocks' ``attn.to_qkv_mlp_proj`` / ``attn.to_out``);
+* Qwen-Image: ``transformer.<path>`` (its QwenImage branch; ComfyUI's module names are diffusers');
+* Z-Image: ``transformer.<path>`` (newer ComfyUI's Lumina2 branch, ``z_image_to_diffusers``; v0.3.64
+  has no Z-Image).
+
+Every module gets ``.lora_down.weight`` (peft ``lora_A``), ``.lora_up.weight`` (``lora_B``) and
+``.alpha``. ComfyUI scales by ``alpha / rank``, peft by ``lora_alpha / r``, so ``.alpha`` must be
 ``lora_alpha`` (writing the rank would silently change the strength). Text-encoder LoRAs use
 ``lora_te1_``/``lora_te2_`` on the *transformers 4* CLIP layout; transformers 5 dropped the
 ``text_model.`` level from CLIPTextModel state-dict keys, so it is re-inserted here.
@@ -18,7 +28,10 @@ from typing import Optional
 
 import torch
 
-KOHYA_PREFIX = {"sd15": "lora_unet", "sdxl": "lora_unet", "sd3": "lora_transformer"}
+from .families import FAMILIES, family_for
+
+#: the ComfyUI LoRA key prefix of each family ("…_" joins the module path with underscores, "…." with dots)
+COMFY_PREFIX = {arch: family.comfy_lora_prefix for arch, family in FAMILIES.items()}
 KOHYA_FILE = "emofeedback2_lora.safetensors"
 DIFFUSERS_DIR = "diffusers_lora"
 ADAPTER_FILE = "emotion_adapter.safetensors"
@@ -45,10 +58,15 @@ def clean_peft_state(state: dict[str, torch.Tensor], adapter_name: str = "defaul
 
 def peft_to_kohya(state: dict[str, torch.Tensor], arch: str, lora_alpha: float,
                   dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """peft/diffusers LoRA weights of a UNet / SD3 transformer → kohya keys with ``.alpha = lora_alpha``."""
-    if arch not in KOHYA_PREFIX:
-        raise ValueError(f"arch must be one of {sorted(KOHYA_PREFIX)}, got {arch!r}")
-    return _to_kohya(clean_peft_state(state), KOHYA_PREFIX[arch], lora_alpha, dtype)
+    """peft/diffusers LoRA weights of a denoiser → the keys ComfyUI maps for ``arch``, ``.alpha = lora_alpha``."""
+    if arch not in COMFY_PREFIX:
+        raise ValueError(f"arch must be one of {sorted(COMFY_PREFIX)}, got {arch!r}")
+    return _to_kohya(clean_peft_state(state), COMFY_PREFIX[arch], lora_alpha, dtype)
+
+
+def comfy_module_name(prefix: str, module: str) -> str:
+    """``prefix`` + a diffusers module path: underscores for kohya-style prefixes (``lora_unet_``), dots otherwise."""
+    return prefix + (module.replace(".", "_") if prefix.endswith("_") else module)
 
 
 def text_encoder_module_path(module: str) -> str:
@@ -67,7 +85,7 @@ def text_encoder_to_kohya(state: dict[str, torch.Tensor], lora_alpha: float, pre
     for key, value in clean_peft_state(state).items():
         module, suffix = key.rsplit(".lora_", 1)
         cleaned[f"{text_encoder_module_path(module)}.lora_{suffix}"] = value
-    return _to_kohya(cleaned, prefix, lora_alpha, dtype)
+    return _to_kohya(cleaned, prefix + "_", lora_alpha, dtype)
 
 
 def _to_kohya(state: dict[str, torch.Tensor], prefix: str, lora_alpha: float, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -76,7 +94,7 @@ def _to_kohya(state: dict[str, torch.Tensor], prefix: str, lora_alpha: float, dt
     for key, value in state.items():
         match = _PEFT_KEY.match(key)
         module = match.group("module")
-        name = f"{prefix}_{module.replace('.', '_')}"
+        name = comfy_module_name(prefix, module)
         part = "lora_down" if match.group("which") == "A" else "lora_up"
         out[f"{name}.{part}.weight"] = value.detach().to("cpu", dtype).contiguous()
         modules.add(name)
@@ -89,24 +107,24 @@ def _to_kohya(state: dict[str, torch.Tensor], prefix: str, lora_alpha: float, dt
 
 def save_diffusers_lora(state: dict[str, torch.Tensor], arch: str, out_dir: str | Path,
                         lora_config: Optional[dict] = None) -> Path:
-    """Write ``pytorch_lora_weights.safetensors`` with the pipeline's own ``save_lora_weights``."""
-    from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+    """Write ``pytorch_lora_weights.safetensors`` with the family pipeline's own ``save_lora_weights``."""
+    import diffusers
 
+    family = family_for(arch)
     cleaned = {k: v.detach().cpu().contiguous() for k, v in clean_peft_state(state).items()}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if arch == "sd3":
-        StableDiffusion3Pipeline.save_lora_weights(out_dir, transformer_lora_layers=cleaned,
-                                                   transformer_lora_adapter_metadata=lora_config)
+    pipeline = getattr(diffusers, family.pipeline_class)
+    if family.denoiser_attr == "unet":
+        pipeline.save_lora_weights(out_dir, unet_lora_layers=cleaned, unet_lora_adapter_metadata=lora_config)
     else:
-        cls = StableDiffusionXLPipeline if arch == "sdxl" else StableDiffusionPipeline
-        cls.save_lora_weights(out_dir, unet_lora_layers=cleaned, unet_lora_adapter_metadata=lora_config)
+        pipeline.save_lora_weights(out_dir, transformer_lora_layers=cleaned, transformer_lora_adapter_metadata=lora_config)
     return out_dir / "pytorch_lora_weights.safetensors"
 
 
 def export_all(out_dir: str | Path, arch: str, lora_state: dict[str, torch.Tensor], lora_rank: int,
                lora_alpha: float, adapter=None, metadata: Optional[dict] = None) -> dict[str, Path]:
-    """Write the kohya LoRA, the diffusers copy and (if given) the emotion adapter into ``out_dir``."""
+    """Write the ComfyUI LoRA, the diffusers copy and (if given) the emotion adapter into ``out_dir``."""
     from safetensors.torch import save_file
 
     from ..checkpoint import check_finite

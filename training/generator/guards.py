@@ -23,6 +23,8 @@ from typing import Optional
 
 import torch
 
+from .families import family_for
+
 
 def _per_sample(std: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """The step's std (a scalar, or [B, 1, ...] constant over C×H×W) as one value per sample [B]."""
@@ -51,7 +53,7 @@ def guarded_log_probs(mode: str, arch: str, res, traj, j: int) -> tuple[torch.Te
 
     ``mode='none'`` passes the policy's log-probs through (weight 1). ``'grpo_guard'`` returns
     ``old + normalised log ratio`` so ``exp(new − old)`` is the guarded ratio, and the weight
-    ``1/|Δt|`` for flow (SD3.x) steps (1 for DDIM, whose steps have no Δt).
+    ``1/|Δt|`` for flow-matching steps (1 for DDIM, whose steps have no Δt).
     """
     old = traj.log_probs[:, j]
     if mode == "none":
@@ -64,7 +66,7 @@ def guarded_log_probs(mode: str, arch: str, res, traj, j: int) -> tuple[torch.Te
     old_mean = old_means[:, j].to(res.mean.device)
     log_ratio = grpo_guard_log_ratio(res.log_prob, old, res.mean, old_mean, res.std)
     weight = 1.0
-    if arch == "sd3":
+    if family_for(arch).flow:
         dt = float(traj.params[j][0] - traj.params[j][1])
         weight = 1.0 / max(abs(dt), 1e-6)
     return old.detach() + log_ratio, old, weight

@@ -13,37 +13,45 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from .families import family_for
 from .policy_net import Conditioning, PolicyNet
 from .step_logprob import StepOutput, ddim_step_with_logprob, flow_sde_step_with_logprob
 
 
 class DiffusionPolicy:
-    """Prompt encoding, schedule, noise, stepping and decoding for one pipeline and its PolicyNet."""
+    """Prompt encoding, schedule, noise, stepping and decoding for one pipeline and its PolicyNet.
+
+    What differs between model families (latent layout, timestep shift, decoding) is asked of the
+    family (:mod:`.families`); prompts are encoded by the generation engine's per-family code.
+    """
 
     def __init__(self, pipe, arch: str, net: PolicyNet, *, resolution: int, device: torch.device,
                  eta: float = 1.0, noise_level: float = 0.7):
         self.pipe = pipe
         self.arch = arch
+        self.family = family_for(arch)
         self.net = net
         self.resolution = resolution
         self.device = torch.device(device)
         self.eta = eta
         self.noise_level = noise_level
         self.prompt_cache = None  # a training.prompt_cache.PromptEmbeddingCache replaces the text encoders
-        if arch == "sd3":
+        if self.family.flow:
             self.scheduler = pipe.scheduler
-            self.latent_channels = net.denoiser.config.in_channels
         else:
             from diffusers import DDIMScheduler
 
             self.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-            self.latent_channels = net.denoiser.config.in_channels
             if arch == "sdxl":
                 r = resolution
                 net.time_ids = torch.tensor([[r, r, 0, 0, r, r]], dtype=torch.float32)
-        self.vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+        self.shape = self.family.latent_shape(pipe, net.denoiser, resolution)
 
     # prompts ---------------------------------------------------------------------------------------
+    def wants_negative(self, cfg: bool) -> bool:
+        """Whether sampling with guidance (``cfg``) runs a negative branch for this model."""
+        return bool(cfg) and getattr(self.net, "guidance_mode", "cfg") == "cfg"
+
     @torch.no_grad()
     def encode(self, prompts: Sequence[str], negative: str, cfg: bool) -> Conditioning:
         """Encode prompts with the frozen text encoders (not trained), or look them up in the prompt cache.
@@ -51,50 +59,39 @@ class DiffusionPolicy:
         One encoder call per *unique* prompt: a batched matmul may round differently with the number
         of rows, so this keeps a prompt's conditioning independent of which prompts share its
         micro-batch, bit-equal to :mod:`~.prompt_cache`'s, and a group's G copies cost one call.
+        Rows of different lengths (language-model encoders) are zero-padded with a token mask.
         """
+        cfg = self.wants_negative(cfg)
         if self.prompt_cache is not None:
             return self.prompt_cache.encode(prompts, negative, cfg)
-        prompts = list(prompts)
         unique = list(dict.fromkeys(prompts))
-        rows = [self.encode_raw([p], negative, cfg) for p in unique]
-        index = [unique.index(p) for p in prompts]
-
-        def gather(k: int) -> Optional[torch.Tensor]:
-            if rows[0][k] is None:
-                return None
-            return torch.cat([rows[i][k] for i in index]).float()
-
-        pos, pooled, neg, neg_pooled = (gather(k) for k in range(4))
-        return Conditioning(pos, pooled, neg if cfg else None, neg_pooled if cfg else None)
+        rows = {p: self.encode_raw([p], negative, cfg) for p in unique}
+        picked = [rows[p] for p in prompts]
+        first = lambda t: None if t is None else t[0]  # noqa: E731  (one prompt per encoder call)
+        context, mask = stack_rows([(e.prompt_embeds[0], first(e.prompt_mask)) for e in picked])
+        pooled = _cat_pooled([e.pooled_prompt_embeds for e in picked])
+        if not cfg:
+            return Conditioning(context, pooled, mask=mask)
+        neg_context, neg_mask = stack_rows([(e.negative_prompt_embeds[0], first(e.negative_prompt_mask)) for e in picked])
+        neg_pooled = _cat_pooled([e.negative_pooled_prompt_embeds for e in picked])
+        return Conditioning(context, pooled, neg_context, neg_pooled, mask, neg_mask)
 
     @torch.no_grad()
     def encode_raw(self, prompts: Sequence[str], negative: str, cfg: bool):
-        """The pipeline's ``encode_prompt`` outputs in the encoders' dtype: (context, pooled, neg, neg_pooled)."""
-        pipe = self.pipe
-        prompts = list(prompts)
-        negs = [negative] * len(prompts) if cfg else None
-        if self.arch == "sd15":
-            pos, neg = pipe.encode_prompt(prompts, self.device, 1, cfg, negative_prompt=negs)
-            return pos, None, neg, None
-        if self.arch == "sdxl":
-            pos, neg, pooled, neg_pooled = pipe.encode_prompt(
-                prompts, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
-                negative_prompt=negs,
-            )
-        else:
-            pos, neg, pooled, neg_pooled = pipe.encode_prompt(
-                prompt=prompts, prompt_2=None, prompt_3=None, device=self.device, num_images_per_prompt=1,
-                do_classifier_free_guidance=cfg, negative_prompt=negs,
-            )
-        return pos, pooled, neg, neg_pooled
+        """The pipeline's own ``encode_prompt`` outputs in the encoders' dtype, in the generation engine's
+        layout for every family (:class:`~emofeedback2.engines.generation.pipeline_families.EncodedPrompts`)."""
+        from ...engines.generation.pipeline_families import encode_prompts
+
+        return encode_prompts(self.pipe, self.arch, prompts, negative, negative=self.wants_negative(cfg),
+                              device=self.device)
 
     # schedule --------------------------------------------------------------------------------------
     def schedule(self, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(timesteps [T] passed to the denoiser, step parameters [T, 2]: (ᾱ_t, ᾱ_prev) or (σ, σ_next))."""
         sched = self.scheduler
-        sched.set_timesteps(steps, device="cpu")
+        self.family.set_timesteps(sched, steps, self.family.image_seq_len(self.shape))
         timesteps = sched.timesteps.clone()
-        if self.arch == "sd3":
+        if self.family.flow:
             sigmas = sched.sigmas.float()
             params = torch.stack([sigmas[:-1], sigmas[1:]], dim=1)
         else:
@@ -112,12 +109,12 @@ class DiffusionPolicy:
              prev_sample: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None) -> StepOutput:
         """One stochastic step from a stored schedule row ``params`` ([2]: (ᾱ_t, ᾱ_prev) or (σ, σ_next)).
 
-        Everything the step needs is in that row (the SD3 first-step cap is its σ_next), never in the
+        Everything the step needs is in that row (the flow first-step cap is its σ_next), never in the
         scheduler's mutable state: an evaluation with other step counts between rollout and update
         cannot change the recomputed log-probs.
         """
         a, b = params[0].to(latents.device), params[1].to(latents.device)
-        if self.arch == "sd3":
+        if self.family.flow:
             return flow_sde_step_with_logprob(model_output, latents, a, b, noise_level=self.noise_level,
                                               prev_sample=prev_sample, noise=noise)
         return ddim_step_with_logprob(model_output, latents, a, b, eta=self.eta,
@@ -126,44 +123,67 @@ class DiffusionPolicy:
 
     # noise / images --------------------------------------------------------------------------------
     def latent_shape(self) -> tuple[int, int, int]:
-        side = self.resolution // self.vae_scale
-        return (self.latent_channels, side, side)
+        return self.shape
 
     def initial_latents(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
-        shape = self.latent_shape()
-        x = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(self.device)
-        if self.arch != "sd3":
+        """Per-sample starting noise, drawn as the pipelines draw it (``randn_tensor``, one generator each)."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        x = randn_tensor((len(generators), *self.shape), generator=list(generators), dtype=torch.float32)
+        if not self.family.flow:
             x = x * float(self.scheduler.init_noise_sigma)
-        return x
+        return x.to(self.device)
 
     def step_noise(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
-        shape = self.latent_shape()
-        return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(self.device)
+        from diffusers.utils.torch_utils import randn_tensor
+
+        return randn_tensor((len(generators), *self.shape), generator=list(generators),
+                            dtype=torch.float32).to(self.device)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents → float32 images [B, H, W, 3] in 0..1 on CPU."""
-        vae = self.pipe.vae
-        cfg = vae.config
-        z = latents / cfg.scaling_factor
-        if getattr(cfg, "shift_factor", None) is not None and self.arch == "sd3":
-            z = z + cfg.shift_factor
-        images = vae.decode(z.to(vae.dtype), return_dict=False)[0]
-        return (images.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu()
+        """Latents → float32 images [B, H, W, 3] in 0..1 on CPU (the pipeline's own post-processing)."""
+        from diffusers.image_processor import VaeImageProcessor
+
+        images = self.family.decode(self.pipe, latents)
+        processor = getattr(self.pipe, "image_processor", None) or VaeImageProcessor()
+        return processor.postprocess(images.float(), output_type="pt").permute(0, 2, 3, 1).cpu()
+
+
+def _cat_pooled(rows: Sequence[Optional[torch.Tensor]]) -> Optional[torch.Tensor]:
+    return None if rows[0] is None else torch.cat(list(rows)).float()
+
+
+def stack_rows(rows: Sequence[tuple[torch.Tensor, Optional[torch.Tensor]]]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """One prompt's ``([L, D] context, [L] mask or None)`` per sample → fp32 ``[B, L_max, D]`` and a mask.
+
+    Equal-length rows without masks stack as they are (no mask); otherwise shorter rows are padded
+    with zeros and the mask marks the real tokens.
+    """
+    lengths = {int(c.shape[0]) for c, _ in rows}
+    if len(lengths) == 1 and all(m is None for _, m in rows):
+        return torch.stack([c for c, _ in rows]).float(), None
+    longest = max(lengths)
+    context = rows[0][0].new_zeros(len(rows), longest, rows[0][0].shape[-1], dtype=torch.float32)
+    mask = torch.zeros(len(rows), longest, dtype=torch.bool, device=context.device)
+    for i, (c, m) in enumerate(rows):
+        context[i, : c.shape[0]] = c.float()
+        mask[i, : c.shape[0]] = True if m is None else m.to(mask.device)
+    return context, mask
 
 
 @dataclass
 class Trajectory:
     """A rollout micro-batch: everything needed to recompute each step's log-prob later."""
 
-    latents: torch.Tensor  # [B, T+1, C, h, w] (x_T … x_0), fp32
+    latents: torch.Tensor  # [B, T+1, *latent_shape] (x_T … x_0), fp32
     log_probs: torch.Tensor  # [B, T]
     timesteps: torch.Tensor  # [T]
     params: torch.Tensor  # [T, 2]
     cond: Conditioning
     va: torch.Tensor  # [B, 2]
     images: torch.Tensor  # [B, H, W, 3]
-    means: Optional[torch.Tensor] = None  # [B, T, C, h, w] step means, kept for GRPO-Guard (keep_means=True)
+    means: Optional[torch.Tensor] = None  # [B, T, *latent_shape] step means, kept for GRPO-Guard (keep_means=True)
 
 
 @torch.no_grad()
@@ -200,7 +220,7 @@ def rollout(policy: DiffusionPolicy, net: nn.Module, cond: Conditioning, va: tor
 
 def _deterministic_step(policy: DiffusionPolicy, out: torch.Tensor, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     a, b = params[0].to(x.device), params[1].to(x.device)
-    if policy.arch == "sd3":
+    if policy.family.flow:
         return (x.float() + out.float() * (b - a)).detach()
     x = x.float()
     a_t, a_prev = a, b

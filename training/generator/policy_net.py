@@ -13,21 +13,30 @@ from typing import Iterator, Optional, Sequence
 import torch
 from torch import nn
 
+from .families import FAMILIES, family_for
+
 
 @dataclass
 class Conditioning:
-    """Encoded prompts for one micro-batch (positive; negative only when CFG is on)."""
+    """Encoded prompts for one micro-batch (positive; negative only when CFG is on).
+
+    ``mask`` / ``neg_mask`` ([B, L] bool, True = real token) are set when the rows have different
+    lengths (Qwen-Image, Z-Image); the padded positions hold zeros and the denoiser ignores them.
+    """
 
     context: torch.Tensor
     pooled: Optional[torch.Tensor] = None
     neg_context: Optional[torch.Tensor] = None
     neg_pooled: Optional[torch.Tensor] = None
+    mask: Optional[torch.Tensor] = None
+    neg_mask: Optional[torch.Tensor] = None
 
     def index(self, idx: torch.Tensor | slice) -> "Conditioning":
         def pick(t):
             return None if t is None else t[idx]
 
-        return Conditioning(pick(self.context), pick(self.pooled), pick(self.neg_context), pick(self.neg_pooled))
+        return Conditioning(pick(self.context), pick(self.pooled), pick(self.neg_context), pick(self.neg_pooled),
+                            pick(self.mask), pick(self.neg_mask))
 
 
 class PolicyNet(nn.Module):
@@ -35,17 +44,28 @@ class PolicyNet(nn.Module):
 
     The adapter changes the positive conditioning only (the unconditional branch stays plain, as in
     the EmotionConditioner node). ``use_adapters=False`` gives the frozen base model (KL reference).
+    What the denoiser call looks like is the family's (:mod:`.families`); ``guidance_mode`` says what
+    ``guidance_scale`` means: ``"cfg"`` (a negative branch when ≠ 1), ``"embedded"`` (the input of a
+    guidance-distilled model's guidance embedding) or ``"none"`` (step-distilled: ignored).
     """
 
-    def __init__(self, arch: str, denoiser: nn.Module, adapter: Optional[nn.Module], dtype: torch.dtype):
+    def __init__(self, arch: str, denoiser: nn.Module, adapter: Optional[nn.Module], dtype: torch.dtype,
+                 guidance_mode: Optional[str] = None):
         super().__init__()
         self.arch = arch
+        self.family = family_for(arch)
         self.denoiser = denoiser
         self.adapter = adapter
         self.base_dtype = dtype
+        self.guidance_mode = guidance_mode or self.family.guidance_mode(_DenoiserOnly(denoiser))
+        if self.guidance_mode not in ("cfg", "embedded", "none"):
+            raise ValueError(f"guidance_mode must be cfg, embedded or none, got {self.guidance_mode!r}")
         self.time_ids: Optional[torch.Tensor] = None  # SDXL micro-conditioning, set by the policy
         # accelerate's FSDP wraps each of these blocks as one shard unit (transformer-based auto-wrap)
         self._no_split_modules = list(getattr(denoiser, "_no_split_modules", None) or [])
+
+    def uses_negative(self, guidance_scale: float) -> bool:
+        return self.guidance_mode == "cfg" and guidance_scale != 1.0
 
     def forward(
         self,
@@ -59,34 +79,34 @@ class PolicyNet(nn.Module):
         context, pooled = cond.context, cond.pooled
         if self.adapter is not None and adapter_strength != 0.0:
             context, pooled = self.adapter(context, pooled, va, adapter_strength)
-        cfg = guidance_scale != 1.0
-        if cfg:
-            if cond.neg_context is None:
-                raise ValueError("guidance_scale != 1 needs negative conditioning")
-            context = torch.cat([cond.neg_context, context])
-            pooled = None if pooled is None else torch.cat([cond.neg_pooled, pooled])
-            x_in = torch.cat([latents, latents])
-        else:
-            x_in = latents
-        x_in = x_in.to(self.base_dtype)
-        context = context.to(self.base_dtype)
-        pooled = None if pooled is None else pooled.to(self.base_dtype)
-        t = timestep.expand(x_in.shape[0]) if timestep.ndim else timestep.repeat(x_in.shape[0])
-        if self.arch == "sd3":
-            out = self.denoiser(
-                hidden_states=x_in, timestep=t, encoder_hidden_states=context, pooled_projections=pooled, return_dict=False
-            )[0]
-        else:
-            kwargs = {}
-            if self.arch == "sdxl":
-                time_ids = self.time_ids.to(x_in.device, self.base_dtype).expand(x_in.shape[0], -1)
-                kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
-            out = self.denoiser(x_in, t, encoder_hidden_states=context, return_dict=False, **kwargs)[0]
-        out = out.float()
-        if cfg:
-            uncond, text = out.chunk(2)
-            out = uncond + guidance_scale * (text - uncond)
-        return out
+        family, dtype = self.family, self.base_dtype
+        embedded = float(guidance_scale) if self.guidance_mode == "embedded" else None
+
+        def run(x, ctx, pool, mask):
+            t = timestep.expand(x.shape[0]) if timestep.ndim else timestep.repeat(x.shape[0])
+            return family.forward(self, x.to(dtype), t, ctx.to(dtype), None if pool is None else pool.to(dtype),
+                                  mask, embedded)
+
+        if not self.uses_negative(guidance_scale):
+            return run(latents, context, pooled, cond.mask)
+        if cond.neg_context is None:
+            raise ValueError("guidance_scale != 1 needs negative conditioning")
+        if family.batch_cfg:  # both branches in one call, as the SD pipelines do
+            both = run(torch.cat([latents, latents]), torch.cat([cond.neg_context, context]),
+                       None if pooled is None else torch.cat([cond.neg_pooled, pooled]), None)
+            uncond, text = both.chunk(2)
+        else:  # one call per branch, as the Flux / Qwen-Image pipelines do
+            text = run(latents, context, pooled, cond.mask)
+            uncond = run(latents, cond.neg_context, cond.neg_pooled, cond.neg_mask)
+        return family.combine_cfg(uncond, text, guidance_scale)
+
+
+class _DenoiserOnly:
+    """Enough of a pipeline for ``Family.guidance_mode`` when only the denoiser is at hand."""
+
+    def __init__(self, denoiser: nn.Module):
+        self.transformer = self.unet = denoiser
+        self.config = None
 
 
 @contextlib.contextmanager
@@ -106,11 +126,11 @@ def adapters_disabled(net: PolicyNet) -> Iterator[None]:
             denoiser.enable_adapters()
 
 
-DEFAULT_LORA_TARGETS = {
-    "sd15": ["to_q", "to_k", "to_v", "to_out.0"],
-    "sdxl": ["to_q", "to_k", "to_v", "to_out.0"],
-    "sd3": ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"],
-}
+DEFAULT_LORA_TARGETS = {arch: family.lora_targets for arch, family in FAMILIES.items()}
+
+
+def _describe_targets(targets) -> str:
+    return targets if isinstance(targets, str) else ", ".join(targets)
 
 
 def add_lora(denoiser: nn.Module, arch: str, rank: int, alpha: float, targets: Sequence[str] = ()) -> None:
@@ -118,11 +138,12 @@ def add_lora(denoiser: nn.Module, arch: str, rank: int, alpha: float, targets: S
     from peft import LoraConfig
 
     denoiser.requires_grad_(False)
+    default = DEFAULT_LORA_TARGETS[arch]
     config = LoraConfig(
         r=rank,
         lora_alpha=alpha,
         init_lora_weights="gaussian",
-        target_modules=list(targets) or DEFAULT_LORA_TARGETS[arch],
+        target_modules=list(targets) or (default if isinstance(default, str) else list(default)),
     )
     try:
         denoiser.add_adapter(config)
@@ -130,13 +151,14 @@ def add_lora(denoiser: nn.Module, arch: str, rank: int, alpha: float, targets: S
         from .config import ConfigError
 
         raise ConfigError(
-            f"model.lora_targets {sorted(config.target_modules)!r} match no module of this {arch} denoiser ({exc}); "
-            f"leave it empty for the defaults ({', '.join(DEFAULT_LORA_TARGETS[arch])}) or name its attention "
+            f"model.lora_targets {list(targets) or default!r} match no module of this {arch} denoiser ({exc}); "
+            f"leave it empty for the defaults ({_describe_targets(default)}) or name its attention "
             "projections") from exc
+    from diffusers.training_utils import cast_training_params
+
     for name, param in denoiser.named_parameters():
-        if "lora_" in name:
-            param.data = param.data.float()
-            param.requires_grad_(True)
+        param.requires_grad_("lora_" in name)
+    cast_training_params(denoiser, dtype=torch.float32)  # the trainable (LoRA) weights only
 
 
 def lora_parameters(module: nn.Module) -> list[nn.Parameter]:

@@ -3,7 +3,9 @@
 GRPO draws its prompts from a fixed list (``data.prompts_file`` plus any prompts in the targets
 table), so every text-encoder forward after the first one per prompt is wasted work — and on SD3.x
 the encoders (T5-XXL ≈ 4.8 B parameters, 9.5 GB in fp16, plus CLIP-L and CLIP-G) hold more memory
-than the transformer being trained. :func:`build_prompt_cache` runs the pipeline's own
+than the transformer being trained; Flux.2 Klein, Qwen-Image and Z-Image encode with a 4-8 B language
+model, so for them the cache is always on (:func:`attach_prompt_cache` says so when the config has it
+off). :func:`build_prompt_cache` runs the pipeline's own
 ``encode_prompt`` once per unique prompt (and once for the negative prompt), keeps each result in
 host memory in the encoder's output dtype (the policy upcasts to fp32 on use, exactly as it does for
 on-the-fly encoding, so the values are bit-equal), optionally writes them to a safetensors file, and
@@ -27,10 +29,12 @@ from typing import Optional, Sequence
 import torch
 
 from ...engines.errors import UserError
+from .families import family_for
+from .policies import stack_rows
 from .policy_net import Conditioning
 
 TEXT_ENCODER_NAMES = ("text_encoder", "text_encoder_2", "text_encoder_3")
-FORMAT = "emofeedback2.prompt_cache/1"
+FORMAT = "emofeedback2.prompt_cache/2"  # /2: token masks, tensors named <part>.<index|neg>
 
 
 class PromptCacheError(UserError, KeyError):
@@ -43,7 +47,8 @@ class PromptCacheError(UserError, KeyError):
 @dataclass
 class _Entry:
     context: torch.Tensor  # [L, D], encoder output dtype, CPU
-    pooled: Optional[torch.Tensor]  # [P] or None (SD1.5)
+    pooled: Optional[torch.Tensor]  # [P] or None (SD1.5, the language-model encoders)
+    mask: Optional[torch.Tensor] = None  # [L] bool when the encoder marks real tokens (Qwen-Image, Z-Image)
 
 
 @dataclass
@@ -62,10 +67,10 @@ class PromptEmbeddingCache:
     def nbytes(self) -> int:
         """Host bytes held by the cached tensors."""
         total = 0
-        for entry in [*self.entries.values(), *( [self.negative] if self.negative else [])]:
-            total += entry.context.numel() * entry.context.element_size()
-            if entry.pooled is not None:
-                total += entry.pooled.numel() * entry.pooled.element_size()
+        for entry in [*self.entries.values(), *([self.negative] if self.negative else [])]:
+            for tensor in (entry.context, entry.pooled, entry.mask):
+                if tensor is not None:
+                    total += tensor.numel() * tensor.element_size()
         return total
 
     def _lookup(self, prompt: str) -> _Entry:
@@ -85,19 +90,20 @@ class PromptEmbeddingCache:
                 "rebuild the cache (delete the cache file) after changing sampling.negative_prompt"
             )
         entries = [self._lookup(p) for p in prompts]
-        to = lambda t: t.to(self.device).float()  # noqa: E731  # same upcast as DiffusionPolicy.encode
-        context = to(torch.stack([e.context for e in entries]))
-        pooled = None if entries[0].pooled is None else to(torch.stack([e.pooled for e in entries]))
+        to = lambda t: None if t is None else t.to(self.device)  # noqa: E731
+        # the same row stacking (and fp32 upcast) as DiffusionPolicy.encode: bit-equal conditioning
+        context, mask = stack_rows([(e.context, e.mask) for e in entries])
+        pooled = None if entries[0].pooled is None else torch.stack([e.pooled for e in entries]).float()
         if not cfg:
-            return Conditioning(context, pooled)
+            return Conditioning(to(context), to(pooled), mask=to(mask))
         if self.negative is None:
             raise PromptCacheError("the cache was built without guidance (no negative prompt); rebuild it with CFG on")
         n = len(prompts)
-        neg = to(self.negative.context.unsqueeze(0).expand(n, *self.negative.context.shape).contiguous())
+        neg, neg_mask = stack_rows([(self.negative.context, self.negative.mask)] * n)
         neg_pooled = None
         if self.negative.pooled is not None:
-            neg_pooled = to(self.negative.pooled.unsqueeze(0).expand(n, -1).contiguous())
-        return Conditioning(context, pooled, neg, neg_pooled)
+            neg_pooled = torch.stack([self.negative.pooled] * n).float()
+        return Conditioning(to(context), to(pooled), to(neg), to(neg_pooled), to(mask), to(neg_mask))
 
     # --- disk ---------------------------------------------------------------------------------------
     def save(self, path: str | Path, key: str) -> Path:
@@ -109,13 +115,9 @@ class PromptEmbeddingCache:
         tensors: dict[str, torch.Tensor] = {}
         prompts = list(self.entries)
         for i, prompt in enumerate(prompts):
-            tensors[f"context.{i}"] = self.entries[prompt].context.contiguous()
-            if self.entries[prompt].pooled is not None:
-                tensors[f"pooled.{i}"] = self.entries[prompt].pooled.contiguous()
+            _put(tensors, str(i), self.entries[prompt])
         if self.negative is not None:
-            tensors["neg.context"] = self.negative.context.contiguous()
-            if self.negative.pooled is not None:
-                tensors["neg.pooled"] = self.negative.pooled.contiguous()
+            _put(tensors, "neg", self.negative)
         meta = {"format": FORMAT, "key": key, "arch": self.arch, "negative_prompt": self.negative_prompt,
                 "prompts": json.dumps(prompts)}
         tmp = path.with_suffix(path.suffix + ".tmp")
@@ -139,10 +141,17 @@ class PromptEmbeddingCache:
             get = lambda name: handle.get_tensor(name) if name in names else None  # noqa: E731
             cache = cls(meta["arch"], meta["negative_prompt"])
             for i, prompt in enumerate(json.loads(meta["prompts"])):
-                cache.entries[prompt] = _Entry(get(f"context.{i}"), get(f"pooled.{i}"))
-            if "neg.context" in names:
-                cache.negative = _Entry(get("neg.context"), get("neg.pooled"))
+                cache.entries[prompt] = _Entry(get(f"context.{i}"), get(f"pooled.{i}"), get(f"mask.{i}"))
+            if "context.neg" in names:
+                cache.negative = _Entry(get("context.neg"), get("pooled.neg"), get("mask.neg"))
         return cache
+
+
+def _put(tensors: dict[str, torch.Tensor], name: str, entry: _Entry) -> None:
+    for part in ("context", "pooled", "mask"):
+        value = getattr(entry, part)
+        if value is not None:
+            tensors[f"{part}.{name}"] = value.contiguous()
 
 
 def cache_key(model: str, arch: str, prompts: Sequence[str], negative: str, cfg: bool, dtype: str) -> str:
@@ -155,11 +164,13 @@ def cache_key(model: str, arch: str, prompts: Sequence[str], negative: str, cfg:
 def build_prompt_cache(policy, prompts: Sequence[str], negative: str, cfg: bool) -> PromptEmbeddingCache:
     """Encode each unique prompt alone (and the negative once) with the pipeline's own text encoders."""
     cache = PromptEmbeddingCache(policy.arch, negative, device=policy.device)
+    first = lambda t: None if t is None else t[0].cpu()  # noqa: E731
     for prompt in dict.fromkeys(prompts):  # unique, in order
-        cond = policy.encode_raw([prompt], negative, cfg)
-        cache.entries[prompt] = _Entry(cond[0][0].cpu(), None if cond[1] is None else cond[1][0].cpu())
+        e = policy.encode_raw([prompt], negative, cfg)
+        cache.entries[prompt] = _Entry(first(e.prompt_embeds), first(e.pooled_prompt_embeds), first(e.prompt_mask))
         if cfg and cache.negative is None:
-            cache.negative = _Entry(cond[2][0].cpu(), None if cond[3] is None else cond[3][0].cpu())
+            cache.negative = _Entry(first(e.negative_prompt_embeds), first(e.negative_pooled_prompt_embeds),
+                                    first(e.negative_prompt_mask))
     return cache
 
 
@@ -196,9 +207,13 @@ def attach_prompt_cache(trainer) -> Optional[PromptEmbeddingCache]:
     evaluation when ``sampling.cfg_free_training``), so one cache serves rollouts and evaluation.
     """
     c = trainer.config
-    if not c.data.cache_prompt_embeddings:
+    forced = family_for(trainer.arch).llm_encoder and not c.data.cache_prompt_embeddings
+    if not (c.data.cache_prompt_embeddings or forced):
         return None
-    cfg = c.sampling.guidance_scale != 1.0
+    if forced and trainer.accelerator.is_main_process:
+        print(f"[train] prompt-embedding cache on although data.cache_prompt_embeddings = false: {trainer.arch}'s "
+              "text encoder is a language model (4-8B parameters); the prompts are encoded once and it is freed")
+    cfg = trainer.policy.wants_negative(c.sampling.guidance_scale != 1.0)
     prompts = training_prompts(trainer)
     key = cache_key(c.model.pretrained, trainer.arch, prompts, c.sampling.negative_prompt, cfg, c.model.dtype)
     path = Path(c.data.prompt_cache_file) if c.data.prompt_cache_file else None

@@ -41,6 +41,7 @@ from .config import Derived, TrainConfig, check_inputs, config_to_dict, derive
 from .data import PromptTargetSampler, load_prompts, quadrant
 from ..grpo import EMA, group_advantages, ppo_clip_loss
 from .precision import check_mixed_precision, make_accelerator
+from .families import family_for
 from .policies import DiffusionPolicy, Trajectory, rollout
 from .policy_net import PolicyNet, adapters_disabled, add_lora
 from .step_logprob import gaussian_kl_mean
@@ -96,13 +97,14 @@ class GRPOTrainer:
             module = getattr(pipe, name, None)
             if module is not None:
                 module.requires_grad_(False)
-        denoiser = pipe.transformer if self.arch == "sd3" else pipe.unet
+        family = family_for(self.arch)
+        denoiser = family.denoiser(pipe)
         torch.manual_seed(config.seed)  # LoRA init is random (gaussian A, zero B)
         add_lora(denoiser, self.arch, config.model.lora_rank, config.model.lora_alpha, config.model.lora_targets)
         if config.model.gradient_checkpointing:
             denoiser.enable_gradient_checkpointing()
         self.adapter = self._build_adapter() if config.model.train_adapter or config.model.adapter_init else None
-        net = PolicyNet(self.arch, denoiser, self.adapter, self.dtype)
+        net = PolicyNet(self.arch, denoiser, self.adapter, self.dtype, guidance_mode=family.guidance_mode(pipe))
         if not sharded:  # under FSDP the full denoiser never sits on one GPU: accelerate moves the shards
             net = net.to(self.device)
         if self.adapter is not None and not config.model.train_adapter:
@@ -127,8 +129,10 @@ class GRPOTrainer:
         self.reward = reward if reward is not None else build_reward(config.rewards, str(self.device))
         self.runner = AsyncRewardRunner(self.reward, config.reward_workers)
         self.sampler = PromptTargetSampler(load_prompts(config.data.prompts_file), config.data.targets, config.seed)
-        # CFG-free training (Flow-GRPO): rollouts and updates at guidance 1, evaluation at guidance_scale
-        self.train_guidance = 1.0 if config.sampling.cfg_free_training else config.sampling.guidance_scale
+        # CFG-free training (Flow-GRPO): rollouts and updates at guidance 1, evaluation at guidance_scale;
+        # a guidance-distilled model keeps its guidance embedding's value (it has no branch to drop)
+        cfg_free = config.sampling.cfg_free_training and self.raw_net.guidance_mode == "cfg"
+        self.train_guidance = 1.0 if cfg_free else config.sampling.guidance_scale
         self.prompt_cache = attach_prompt_cache(self)  # encode once, free the text encoders (optional)
         self.heldout = attach_heldout(self)  # reward-hacking check every heldout.every steps (optional)
         self.step = 0
@@ -156,7 +160,7 @@ class GRPOTrainer:
         return adapter.float().train()
 
     def _denoiser(self):
-        return self.pipe.transformer if self.arch == "sd3" else self.pipe.unet
+        return family_for(self.arch).denoiser(self.pipe)
 
     def lora_state(self) -> dict[str, torch.Tensor]:
         """Full LoRA tensors (under FSDP gathered from the shards: every process must call it)."""
