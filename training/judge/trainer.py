@@ -210,7 +210,8 @@ class JudgeTrainer:
                 "train/reward": float(r.reward.mean()), "train/format_rate": float(r.format_ok.float().mean()),
                 "train/accuracy": float(r.accuracy.mean()), "train/clipfrac": stats.clipfrac,
                 "train/ratio_max_dev_first_update": first.ratio_max_dev, "train/zero_std_ratio": info.zero_std_ratio,
-                "train/completion_tokens": rollout.completion_tokens / max(n_rows, 1), "train/grad_norm": norm}
+                "train/completion_tokens": rollout.completion_tokens / max(n_rows, 1), "train/grad_norm": norm,
+                "train/refused_completions": float(rollout.refused)}
 
     def postfix(self, metrics: dict[str, float]) -> dict[str, str]:
         """The progress bar's few numbers for this objective."""
