@@ -205,8 +205,10 @@ class LVLMModel:
         prefixes run per row, on top of the prompt's key/value cache; otherwise every row is a full
         sequence of one left-padded batch. Both give the same numbers.
         """
-        if self._shares_prefix(prompt, suffixes):
-            return self._prefix_shared_logits(prompt, suffixes, images)
+        if self._shares_prefix(prompt, suffixes) and self._keeps_cache():
+            logits = self._prefix_shared_logits(prompt, suffixes, images)
+            if logits is not None:  # None: the model returned no cache to share; full sequences below
+                return logits
         rows = [prompt + suffix for suffix in suffixes]
         if self._shares_vision():
             encoded = self._encode_shared(rows, images)
@@ -228,10 +230,17 @@ class LVLMModel:
                 return False
         return True
 
+    def _keeps_cache(self) -> bool:
+        """False in a training forward under gradient checkpointing: transformers then drops the key/value
+        cache (``use_cache=False``), so there is no prompt cache to share and every row runs in full."""
+        if not (self.model.training and torch.is_grad_enabled()):
+            return True
+        return not any(getattr(m, "gradient_checkpointing", False) is True for m in self.model.modules())
+
     def _base_model(self) -> Any:
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
 
-    def _prefix_shared_logits(self, prompt: str, suffixes: list[str], images: list[Any]) -> torch.Tensor:
+    def _prefix_shared_logits(self, prompt: str, suffixes: list[str], images: list[Any]) -> Optional[torch.Tensor]:
         import inspect
 
         n_suffix = len(suffixes)
@@ -240,7 +249,9 @@ class LVLMModel:
         if self._cache_arg is None:
             self._cache_arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
         prefix_out = self.model(**encoded, use_cache=True, logits_to_keep=1)
-        cache = getattr(prefix_out, "cache", None) or getattr(prefix_out, "past_key_values")
+        cache = getattr(prefix_out, "cache", None) or getattr(prefix_out, "past_key_values", None)
+        if cache is None:
+            return None
         # text position of the next token per image: real tokens so far + the image's mRoPE offset
         rope_deltas = base.model.rope_deltas.reshape(-1).to(self.device)
         prefix_mask = encoded["attention_mask"]
