@@ -20,6 +20,14 @@ from .options import is_quantized
 from .residency import LocalResidency, Residency
 
 
+def keeps_cache(model: Any) -> bool:
+    """False in a training forward under gradient checkpointing: transformers then drops the key/value
+    cache (``use_cache=False``), so there is no prompt cache to share and every row runs in full."""
+    if not (model.training and torch.is_grad_enabled()):
+        return True
+    return not any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+
+
 class LVLMModel:
     """A loaded image-text-to-text model with its processor, ready to run prompts on images."""
 
@@ -205,7 +213,7 @@ class LVLMModel:
         prefixes run per row, on top of the prompt's key/value cache; otherwise every row is a full
         sequence of one left-padded batch. Both give the same numbers.
         """
-        if self._shares_prefix(prompt, suffixes) and self._keeps_cache():
+        if self._shares_prefix(prompt, suffixes) and keeps_cache(self.model):
             logits = self._prefix_shared_logits(prompt, suffixes, images)
             if logits is not None:  # None: the model returned no cache to share; full sequences below
                 return logits
@@ -229,13 +237,6 @@ class LVLMModel:
             if joint[: len(prompt_ids)] != prompt_ids:
                 return False
         return True
-
-    def _keeps_cache(self) -> bool:
-        """False in a training forward under gradient checkpointing: transformers then drops the key/value
-        cache (``use_cache=False``), so there is no prompt cache to share and every row runs in full."""
-        if not (self.model.training and torch.is_grad_enabled()):
-            return True
-        return not any(getattr(m, "gradient_checkpointing", False) is True for m in self.model.modules())
 
     def _base_model(self) -> Any:
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
