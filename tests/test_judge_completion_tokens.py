@@ -49,7 +49,8 @@ def _prefer_token(model, token_id: int, boost: float = 40.0):
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_blocked_ids_are_the_vision_and_special_tokens_not_the_end_or_text(tiny_lvlm_dirs, family):
     scorer = load_lvlm(LVLMConfig(model=str(tiny_lvlm_dirs[family]), device="cpu", dtype="float32"))
-    blocked, ends = set(blocked_token_ids(scorer.model, scorer.tokenizer)), end_token_ids(scorer.model, scorer.tokenizer)
+    blocked = set(blocked_token_ids(scorer.model, scorer.tokenizer))
+    ends = end_token_ids(scorer.model, scorer.tokenizer)
     config = scorer.model.config
     for name in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
         assert getattr(config, name) in blocked, name
@@ -75,7 +76,8 @@ def test_sampling_never_emits_the_image_pad_even_when_the_model_prefers_it(tiny_
         # the control: the same prompts sampled without the suppression are nearly all image-pad tokens
         encoded = rollout.chunks[0].prompt
         with torch.no_grad():
-            plain = trainer.model.generate(**encoded, do_sample=True, top_k=0, top_p=1.0, max_new_tokens=obj.max_new_tokens,
+            plain = trainer.model.generate(**encoded, do_sample=True, top_k=0, top_p=1.0,
+                                           max_new_tokens=obj.max_new_tokens,
                                            pad_token_id=trainer.scorer.tokenizer.pad_token_id)
         assert (plain[:, encoded["input_ids"].shape[1]:] == image_pad).float().mean() > 0.9
         metrics = trainer.train_step()  # the step that used to stop with "Image features and image tokens do not match"

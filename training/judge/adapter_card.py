@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import torch
 
-from .config import JudgeTrainConfig, target_modules
+from .config import JudgeTrainConfig, effective_lr, target_modules
 
 TRAINING_RECORD = "judge_training.json"
 
@@ -38,6 +38,7 @@ def build_training_record(config: JudgeTrainConfig, labels: torch.Tensor, train_
         "label_mean": {"valence": mean_v, "arousal": mean_a},
         "steps": steps,
         "batch_size": c.optim.batch_size,
+        "lr": effective_lr(c),
         "lora": {"rank": c.model.lora_rank, "alpha": c.model.lora_alpha, "targets": target_modules(c.model)},
         "train_images_per_s": images_per_second,
         "final_train_cross_entropy": history[-1].get("train/cross_entropy") if history else None,
@@ -105,7 +106,8 @@ def model_card(record: dict) -> str:
         f"- Data: `{record['manifest']}` (split `{record['train_split']}`, {record['train_images']} images"
         + (", labels SHUFFLED: a control run" if record["shuffled_labels_control"] else "") + ")",
         f"- Objective: {_objective_summary(record)}, {record['steps']} steps of "
-        f"{record['batch_size']} images; LoRA r={record['lora']['rank']}, alpha={record['lora']['alpha']}",
+        f"{record['batch_size']} images at lr {record.get('lr', 'n/a')}; LoRA r={record['lora']['rank']}, "
+        f"alpha={record['lora']['alpha']}",
         f"- Training label mean (the constant baseline): V {record['label_mean']['valence']:+.3f}, "
         f"A {record['label_mean']['arousal']:+.3f}",
         "",

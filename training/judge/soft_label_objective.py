@@ -6,12 +6,13 @@ restricted to the digits ``1``…``9``. Training goes through the *same* code pa
 (:meth:`LVLMScorer._answer_logits`, the same prompt, prefixes and digit ids), so what is trained
 is exactly what is read at scoring time (train == read).
 
-The target at each prefix is a discretised Gaussian over the nine digits around the label,
-rescaled so that its expected digit is exactly the label (the DeQA-Score recipe,
-:func:`soft_digit_targets`): a label of ``V = 0.75`` is digit 6 on the 1..9 scale, so the target
-puts most mass on 6 and some on 5 and 7; a label of 3 is digit 9 and the target is one-hot on it. Cross-entropy against it makes the *expected* digit match the
-label while keeping the distribution unimodal; one-hot targets on rounded labels would discard the
-fraction. An optional small term ``-log(digit mass)`` keeps the model answering with a digit at all.
+The target at each prefix is a discretised Gaussian over the nine digits around the label whose
+expected digit is exactly the label (:func:`soft_digit_targets`; DeQA-Score's soft labels, with the
+mean correction made exact): a label of ``V = 0.75`` is digit 6 on the 1..9 scale, so the target
+puts most mass on 6 and some on 5 and 7; a label of 3 is digit 9 and the target is one-hot on it.
+Cross-entropy against it makes the *expected* digit match the label while keeping the distribution
+unimodal; one-hot targets on rounded labels would discard the fraction. An optional small term
+``-log(digit mass)`` keeps the model answering with a digit at all.
 """
 
 from __future__ import annotations

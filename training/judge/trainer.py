@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -34,7 +35,7 @@ from ..config_fields import ConfigError
 from .adapter_card import (  # noqa: F401  (TRAINING_RECORD, read_training_record: re-exported, their old home)
     TRAINING_RECORD, build_training_record, read_training_record, write_adapter_folder,
 )
-from .config import JudgeTrainConfig, target_modules, validate_judge_config
+from .config import JudgeTrainConfig, effective_lr, format_lr, real_size_warnings, target_modules, validate_judge_config
 from .data import JudgeSample, Manifest, ManifestError, load_images, read_manifest
 from ..grpo import group_advantages
 from .grpo_objective import attach_reference_logprobs, backward_rollout, sample_rollout
@@ -86,13 +87,17 @@ class JudgeTrainer:
         if m.gradient_checkpointing:
             base.model.gradient_checkpointing_enable()
             base.model.enable_input_require_grads()
+        self.base_parameters = sum(p.numel() for p in base.model.parameters())
+        for message in real_size_warnings(config, self.base_parameters):
+            warnings.warn(message, UserWarning, stacklevel=2)
         peft_model = add_judge_lora(base.model, config).to(self.device)
         # a fresh scorer around the LoRA-wrapped model: the same prompt/prefix/digit code path as scoring
         self.scorer = LVLMScorer(peft_model, base.processor, base.config, device=self.device, dtype=self.dtype)
         self.model = peft_model
         self.params = [p for p in peft_model.parameters() if p.requires_grad]
         o = config.optim
-        self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        self.lr = effective_lr(config)
+        self.optimizer = torch.optim.AdamW(self.params, lr=self.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.step = 0
         self.images_seen = 0
@@ -129,8 +134,10 @@ class JudgeTrainer:
         n_lora = sum(p.numel() for p in self.params)
         print(f"[train-judge] base={m.pretrained} dtype={self.dtype} device={self.device} LoRA r={m.lora_rank} "
               f"alpha={m.lora_alpha} merger={'yes' if m.train_merger else 'no'} params={n_lora}")
+        lr_source = "set" if self.config.optim.lr is not None else f"the {self.config.objective.kind} default"
         print(f"[train-judge] {len(self.train_rows)} training images (split {self.config.data.train_split!r}), "
-              f"batch {self.config.optim.batch_size}, {self.config.max_steps} steps = "
+              f"lr {format_lr(self.lr)} ({lr_source}), batch {self.config.optim.batch_size}, "
+              f"{self.config.max_steps} steps = "
               f"{self.config.max_steps * self.config.optim.batch_size / len(self.train_rows):.1f} epochs"
               + (f"; {len(self.manifest.skipped)} bad rows skipped" if self.manifest.skipped else ""))
         obj = self.config.objective
