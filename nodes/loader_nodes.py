@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engines.judge.color_scorer import ColorHeuristicScorer
+from ..engines.judge.lvlm_loading import adapter_pixel_limits
 from ..engines.judge.options import ATTENTION_CHOICES, QUANTIZATION_CHOICES
 from ..engines.judge.lvlm_scorer import LVLMConfig, LVLMLoadError, load_lvlm
 from ..engines.judge.scoring import EmotionScorer
@@ -34,6 +35,8 @@ def require_lvlm(lvlm: Any) -> EmotionScorer:
 LLM_FOLDER = "LLM"
 COLOUR_OPTION = "colour heuristic (no model)"
 NO_ADAPTER = "none"
+#: max_pixels = 0 without an adapter that recorded its limits: about 512 image tokens on Qwen-VL (speed).
+AUTO_MAX_PIXELS = 401408
 MAX_DEPTH = 2  # models/LLM/<name> and models/LLM/<org>/<name>
 
 
@@ -148,9 +151,10 @@ class LVLMLoader:
                 ),
                 "max_pixels": (
                     "INT",
-                    {"default": 401408, "min": 0, "max": 16777216, "step": 3136,
+                    {"default": 0, "min": 0, "max": 16777216, "step": 3136,
                      "tooltip": "Largest image area fed to the vision encoder (pixels); bigger is slower. "
-                                "0 keeps the model's own setting."},
+                                "0 = auto: the limit the adapter was trained at (train-judge records it), "
+                                "else 401408. A value here overrides the adapter's (the console says so)."},
                 ),
                 "trust_remote_code": (
                     "BOOLEAN",
@@ -175,7 +179,7 @@ class LVLMLoader:
         attention: str = "auto",
         keep_loaded: bool = True,
         adapter: str = NO_ADAPTER,
-        max_pixels: int = 401408,
+        max_pixels: int = 0,
         trust_remote_code: bool = False,
         quantization: str = "none",
     ):
@@ -192,7 +196,7 @@ class LVLMLoader:
             attn_implementation=None if attention == "auto" else attention,
             adapter=adapter_path,
             trust_remote_code=bool(trust_remote_code),
-            max_pixels=int(max_pixels) or None,
+            max_pixels=int(max_pixels) or (None if adapter_pixel_limits(adapter_path) else AUTO_MAX_PIXELS),
             offload_after_use=not keep_loaded,
             offload_device=str(comfy_bridge.offload_device()),
             quantization=quantization,

@@ -15,15 +15,18 @@ from typing import Any, Optional
 
 import torch
 
+from ...engines.judge.lvlm_loading import JUDGE_TRAINING_RECORD as TRAINING_RECORD
 from .config import JudgeTrainConfig, effective_lr, target_modules
-
-TRAINING_RECORD = "judge_training.json"
 
 
 def build_training_record(config: JudgeTrainConfig, labels: torch.Tensor, train_images: int, steps: int,
                           history: list[dict[str, float]], images_per_second: float,
-                          metrics: Optional[dict] = None) -> dict:
-    """The ``judge_training.json`` content of a run after ``steps`` steps."""
+                          metrics: Optional[dict] = None, pixels: Optional[dict] = None) -> dict:
+    """The ``judge_training.json`` content of a run after ``steps`` steps.
+
+    ``pixels``: the processor's pixel limits during training; every loader applies them with the
+    adapter (:func:`...engines.judge.lvlm_loading.apply_pixel_limits`).
+    """
     c = config
     mean_v, mean_a = (float(x) for x in labels.mean(dim=0))
     return {
@@ -39,6 +42,7 @@ def build_training_record(config: JudgeTrainConfig, labels: torch.Tensor, train_
         "steps": steps,
         "batch_size": c.optim.batch_size,
         "lr": effective_lr(c),
+        "pixels": {k: v for k, v in (pixels or {}).items() if v is not None},
         "lora": {"rank": c.model.lora_rank, "alpha": c.model.lora_alpha, "targets": target_modules(c.model)},
         "train_images_per_s": images_per_second,
         "final_train_cross_entropy": history[-1].get("train/cross_entropy") if history else None,
@@ -110,6 +114,8 @@ def model_card(record: dict) -> str:
         f"alpha={record['lora']['alpha']}",
         f"- Training label mean (the constant baseline): V {record['label_mean']['valence']:+.3f}, "
         f"A {record['label_mean']['arousal']:+.3f}",
+        f"- Images read at {_pixels(record.get('pixels') or {})}; every loader applies these limits with the "
+        "adapter unless told otherwise",
         "",
         "Load it with `emofeedback2 score --lvlm <base> --adapter <this folder>`, the LVLM loader node's adapter",
         "option (put the folder under `ComfyUI/models/LLM/<name>`), or `LVLMConfig(adapter=...)`.",
@@ -126,6 +132,11 @@ def model_card(record: dict) -> str:
                     lines.append(f"| {name} | {axis} | {_fmt(m['mae'])} | {_fmt(m['plcc'])} | {_fmt(m['srcc'])} | "
                                  f"{_fmt(m['mae_constant'])} |")
     return "\n".join(lines) + "\n"
+
+
+def _pixels(pixels: dict) -> str:
+    parts = [f"{name} {pixels[name]}" for name in ("min_pixels", "max_pixels") if name in pixels]
+    return ", ".join(parts) if parts else "the processor's own pixel limits"
 
 
 def _fmt(value: Any) -> str:

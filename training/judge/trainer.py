@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ...engines.judge.options import attention_setting
+from ...engines.judge.lvlm_loading import processor_pixel_limits
 from ...engines.judge.lvlm_scorer import LVLMConfig, LVLMScorer, load_lvlm
 from ..checkpoint import latest_checkpoint
 from ..config_fields import ConfigError
@@ -284,4 +285,4 @@ class JudgeTrainer:
 
     def training_record(self, metrics: Optional[dict] = None) -> dict:
         return build_training_record(self.config, self.labels, len(self.train_rows), self.step, self.history,
-                                     self.images_per_second, metrics)
+                                     self.images_per_second, metrics, processor_pixel_limits(self.scorer.processor))
