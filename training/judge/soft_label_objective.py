@@ -18,7 +18,7 @@ unimodal; one-hot targets on rounded labels would discard the fraction. An optio
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -133,13 +133,15 @@ class SoftLabelLoss:
     mae: float
 
 
-def soft_label_loss(readout: ReadoutLogits, labels: torch.Tensor, sigma: float, mass_weight: float = 0.0) -> SoftLabelLoss:
+def soft_label_loss(readout: ReadoutLogits, labels: torch.Tensor, sigma: float, mass_weight: float = 0.0,
+                    target: Optional[torch.Tensor] = None) -> SoftLabelLoss:
     """Cross-entropy between the digit distribution and the soft label, mean over images and axes.
 
     ``labels[B, 2]`` are (valence, arousal) in [-3, 3]. ``mass_weight`` adds ``-log(digit mass)``.
+    ``target``: ``soft_digit_targets(labels, sigma)`` computed beforehand (a trainer does it once per row).
     """
     labels = labels.to(readout.digits.device).float()
-    target = soft_digit_targets(labels, sigma)
+    target = (soft_digit_targets(labels, sigma) if target is None else target).to(readout.digits.device).float()
     log_probs = torch.log_softmax(readout.digits, dim=-1)
     ce = -(target * log_probs).sum(dim=-1).mean()
     mass_nll = -readout.log_mass.mean()

@@ -41,7 +41,7 @@ from .data import JudgeSample, Manifest, ManifestError, load_images, read_manife
 from ..grpo import group_advantages
 from .grpo_objective import attach_reference_logprobs, backward_rollout, sample_rollout
 from .judge_checkpoint import load_judge_checkpoint, lora_state, save_judge_checkpoint
-from .soft_label_objective import readout_logits, soft_label_loss
+from .soft_label_objective import readout_logits, soft_digit_targets, soft_label_loss
 
 
 def add_judge_lora(model: Any, config: JudgeTrainConfig) -> Any:
@@ -81,6 +81,8 @@ class JudgeTrainer:
         if config.data.shuffle_labels:  # control runs only: break the image-label link
             labels = labels[torch.from_numpy(np.random.default_rng([config.seed, 7]).permutation(len(labels)))]
         self.labels = labels
+        if config.objective.kind == "soft_label":  # once per row, not per step
+            self.soft_targets = soft_digit_targets(labels, config.objective.sigma)
         base = load_lvlm(LVLMConfig(model=m.pretrained, dtype=m.dtype, device=m.device,
                                     max_pixels=m.max_pixels, min_pixels=m.min_pixels,
                                     attn_implementation=attention_setting(m.attention)))
@@ -188,7 +190,7 @@ class JudgeTrainer:
         obj = self.config.objective
         self.model.train()
         readout = readout_logits(self.scorer, images)
-        parts = soft_label_loss(readout, self.labels[index], obj.sigma, obj.digit_mass_weight)
+        parts = soft_label_loss(readout, self.labels[index], obj.sigma, obj.digit_mass_weight, self.soft_targets[index])
         self.optimizer.zero_grad(set_to_none=True)
         parts.loss.backward()
         norm = self._optimizer_step()
