@@ -60,6 +60,10 @@ def write_synthetic_judge_set(folder: str | Path, n_train: int, n_test: int, see
     return write_manifest(folder / manifest_name, rows)
 
 
+#: The learning rate the tiny random judges of the tests and this benchmark train at.
+TINY_JUDGE_LR = 4e-3
+
+
 def judge_run_config(model_dir: str | Path, manifest: str | Path, out: str | Path, *, seed: int, steps: int,
                      batch_size: int = 16, shuffle_labels: bool = False, pixels: Optional[int] = None):
     """The judge-training config the learning test and this benchmark share (tiny-model settings)."""
@@ -78,6 +82,7 @@ def judge_run_config(model_dir: str | Path, manifest: str | Path, out: str | Pat
     config.save_every = max(1, steps)
     config.keep_checkpoints = 1
     config.optim.batch_size = batch_size
+    config.optim.lr = TINY_JUDGE_LR  # the defaults are for a real-size judge
     config.progress = False
     return config
 

@@ -79,7 +79,7 @@ def _held_out_split(manifest, requested):
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..training.judge.config import describe_judge_fields, judge_config_to_dict
+    from ..training.judge.config import describe_judge_fields, effective_lr, format_lr, judge_config_to_dict
     from ..training.judge.data import read_manifest
     from ..training.run_lock import check_not_held, holding
 
@@ -95,7 +95,9 @@ def _train(args: argparse.Namespace) -> int:
         print(json.dumps(judge_config_to_dict(config), indent=2))
         print(f"[train-judge] manifest {manifest.path}: {len(manifest.samples)} rows, splits "
               f"{sorted(manifest.splits) or ['(none)']}, {len(train_rows)} training rows, held-out split "
-              f"{held_out or '(none)'}" + (f", {len(manifest.skipped)} bad rows skipped" if manifest.skipped else ""))
+              f"{held_out or '(none)'}" + (f", {len(manifest.skipped)} bad rows skipped" if manifest.skipped else "")
+              + f"; lr {format_lr(effective_lr(config))}"
+              + ("" if config.optim.lr is not None else f" ({config.objective.kind} default)"))
         return 0
     with holding(config.output_dir, "output_dir"):  # before the trainer opens tb/ or reads a checkpoint there
         return _run_judge_trainer(config, manifest, held_out, args)

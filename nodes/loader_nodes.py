@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engines.judge.color_scorer import ColorHeuristicScorer
+from ..engines.judge.lvlm_loading import adapter_pixel_limits
 from ..engines.judge.options import ATTENTION_CHOICES, QUANTIZATION_CHOICES
 from ..engines.judge.lvlm_scorer import LVLMConfig, LVLMLoadError, load_lvlm
 from ..engines.judge.preset_judge import choose_reading, judge_with_reading
@@ -36,6 +37,8 @@ def require_lvlm(lvlm: Any) -> EmotionScorer:
 LLM_FOLDER = "LLM"
 COLOUR_OPTION = "colour heuristic (no model)"
 NO_ADAPTER = "none"
+#: max_pixels = 0 without an adapter that recorded its limits: about 512 image tokens on Qwen-VL (speed).
+AUTO_MAX_PIXELS = 401408
 MAX_DEPTH = 2  # models/LLM/<name> and models/LLM/<org>/<name>
 
 
@@ -180,9 +183,10 @@ class LVLMLoader:
                 ),
                 "max_pixels": (
                     "INT",
-                    {"default": 401408, "min": 0, "max": 16777216, "step": 3136,
+                    {"default": 0, "min": 0, "max": 16777216, "step": 3136,
                      "tooltip": "Largest image area fed to the vision encoder (pixels); bigger is slower. "
-                                "0 keeps the model's own setting (or the judge preset's, e.g. eemo-logic's)."},
+                                "0 = auto: the judge preset's limits (e.g. eemo-logic's), else the limit the adapter was "
+                                "trained at (train-judge records it), else 401408. A value here overrides them (the console says so)."},
                 ),
                 "trust_remote_code": (
                     "BOOLEAN",
@@ -216,7 +220,7 @@ class LVLMLoader:
         attention: str = "auto",
         keep_loaded: bool = True,
         adapter: str = NO_ADAPTER,
-        max_pixels: int = 401408,
+        max_pixels: int = 0,
         trust_remote_code: bool = False,
         quantization: str = "none",
         judge_preset: str = AUTO,
@@ -240,8 +244,9 @@ class LVLMLoader:
             attn_implementation=None if attention == "auto" else attention,
             adapter=adapter_path,
             trust_remote_code=bool(trust_remote_code),
-            # 0 = the model's own limit, or the preset's (the limits its released judge was run at)
-            max_pixels=int(max_pixels) or (reading.preset.max_pixels if reading.preset else None),
+            # 0 = auto: the preset's limits (those its released judge was run at), else the adapter's, else 401408
+            max_pixels=int(max_pixels) or (reading.preset.max_pixels if reading.preset
+                                            else None if adapter_pixel_limits(adapter_path) else AUTO_MAX_PIXELS),
             min_pixels=None if int(max_pixels) or reading.preset is None else reading.preset.min_pixels,
             offload_after_use=not keep_loaded,
             offload_device=str(comfy_bridge.offload_device()),

@@ -16,7 +16,7 @@ from emofeedback2.bench.judge import judge_run_config, write_synthetic_judge_set
 from emofeedback2.cli import main
 from emofeedback2.engines.judge.lvlm_scorer import LVLMConfig, load_lvlm
 from emofeedback2.training.generator.config import ConfigError
-from emofeedback2.training.judge.config import apply_judge_overrides, JudgeTrainConfig
+from emofeedback2.training.judge.config import apply_judge_overrides, JudgeTrainConfig, validate_judge_config
 from emofeedback2.training.judge.trainer import JudgeTrainer
 
 PIXELS = 56  # the tiny processor's smallest image: 4 image tokens, fastest
@@ -191,3 +191,42 @@ def test_tiny_lvlm_module_builds_a_judge_folder_from_the_command_line(tmp_path):
 
     reading = load_lvlm(LVLMConfig(model=str(out), device="cpu", dtype="float32")).score([Image.new("RGB", (56, 56))])[0]
     assert -3.0 <= reading.valence <= 3.0
+
+
+def test_learning_rate_defaults_are_per_objective_and_for_a_real_size_judge(judge_set, tiny_lvlm_dir, capsys):
+    from emofeedback2.training.judge.config import DEFAULT_LR, effective_lr
+
+    config = JudgeTrainConfig()
+    assert config.optim.lr is None and effective_lr(config) == DEFAULT_LR["soft_label"] == 1e-4
+    config.objective.kind = "grpo"
+    assert effective_lr(config) == DEFAULT_LR["grpo"] == 1e-6
+    apply_judge_overrides(config, ["optim.lr=3e-5"])
+    assert effective_lr(config) == 3e-5
+    assert main(["train-judge", "--data", str(judge_set), "--model", str(tiny_lvlm_dir), "--set", "objective.kind=grpo",
+                 "--dry-run"]) == 0
+    assert "lr 1e-6 (grpo default)" in capsys.readouterr().out
+    config.model.pretrained, config.data.manifest = "m", "d.csv"
+    apply_judge_overrides(config, ["optim.lr=-1"])
+    with pytest.raises(ConfigError, match="optim.lr and optim.max_grad_norm must be >= 0"):
+        validate_judge_config(config)
+    apply_judge_overrides(config, ["optim.lr=none"])
+    validate_judge_config(config)  # back to the default
+
+
+def test_a_tiny_model_learning_rate_on_a_real_size_judge_is_warned(tiny_lvlm_dir, judge_set, tmp_path, monkeypatch):
+    from emofeedback2.training.judge import config as judge_config
+    from emofeedback2.training.judge.config import real_size_warnings
+
+    config = judge_run_config(tiny_lvlm_dir, judge_set, tmp_path / "run", seed=0, steps=1, batch_size=2)
+    assert config.optim.lr == 4e-3  # the tiny settings set it explicitly
+    message = real_size_warnings(config, 8_290_000_000)
+    assert len(message) == 1 and "tiny test models" in message[0] and "8.29B" in message[0] and "about 1e-4" in message[0]
+    assert real_size_warnings(config, 120_000) == []  # a tiny judge: 4e-3 is right there
+    config.optim.lr = None
+    assert real_size_warnings(config, 8_290_000_000) == []  # the default is the real-size one
+    # through the trainer, with the loaded model's own parameter count (the threshold lowered to the tiny judge)
+    monkeypatch.setattr(judge_config, "REAL_SIZE_PARAMS", 1000)
+    config.optim.lr = 4e-3
+    with pytest.warns(UserWarning, match="learning rate for tiny test models"):
+        trainer = JudgeTrainer(config, log=False)
+    assert trainer.base_parameters > 1000 and trainer.optimizer.param_groups[0]["initial_lr"] == 4e-3

@@ -1,10 +1,16 @@
 """Loading the judge's weights: model folder or hub id, safetensors only, optional peft adapter, pixel limits.
 
 Every failure ends in an :class:`~.lvlm_config.LVLMLoadError` that names the folder to fix.
+
+Pixel limits travel with a trained adapter: ``train-judge`` records the limits its images were
+read at in the adapter's ``judge_training.json``, and :func:`apply_pixel_limits` (called by every
+load) applies them unless the caller set its own, in which case one log line says so.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -16,6 +22,11 @@ from .. import devices
 from .lvlm_config import _HUB_ID, MODELS_LLM_HINT, LVLMConfig, LVLMLoadError
 from .options import quantization_kwargs
 
+logger = logging.getLogger(__name__)
+
+#: The record ``train-judge`` writes into an adapter folder (base model, data, objective, pixel limits).
+JUDGE_TRAINING_RECORD = "judge_training.json"
+PIXEL_FIELDS = ("min_pixels", "max_pixels")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -128,6 +139,55 @@ def _apply_pixel_limits(processor: Any, min_pixels: Optional[int], max_pixels: O
     for name, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)):
         if value is not None and hasattr(image_processor, name):
             setattr(image_processor, name, value)
+
+
+def processor_pixel_limits(processor: Any) -> dict[str, Optional[int]]:
+    """The pixel limits the processor applies now, in the fields :func:`_apply_pixel_limits` sets."""
+    image_processor = getattr(processor, "image_processor", None)
+    size = dict(getattr(image_processor, "size", None) or {})
+    limits = {}
+    for name, key in (("min_pixels", "shortest_edge"), ("max_pixels", "longest_edge")):
+        value = getattr(image_processor, name, None)
+        value = value if value is not None else size.get(key)
+        limits[name] = int(value) if isinstance(value, (int, float)) and value > 0 else None
+    return limits
+
+
+def adapter_pixel_limits(adapter: Optional[str]) -> dict[str, int]:
+    """The pixel limits an adapter was trained at (from its ``judge_training.json``), or ``{}``.
+
+    The record is a file in a downloaded folder: anything but positive integers is ignored.
+    """
+    if not adapter:
+        return {}
+    try:
+        record = json.loads((Path(os.path.expanduser(adapter)) / JUDGE_TRAINING_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    pixels = record.get("pixels") if isinstance(record, dict) else None
+    if not isinstance(pixels, dict):
+        return {}
+    return {name: pixels[name] for name in PIXEL_FIELDS
+            if isinstance(pixels.get(name), int) and not isinstance(pixels[name], bool) and pixels[name] > 0}
+
+
+def apply_pixel_limits(processor: Any, config: LVLMConfig) -> dict[str, Optional[int]]:
+    """Apply ``config``'s pixel limits, falling back to those its adapter was trained at; returns what applies.
+
+    An explicit ``min_pixels``/``max_pixels`` wins over the adapter's and is logged as an override: the
+    judge then reads images at another resolution than it was trained at.
+    """
+    trained = adapter_pixel_limits(config.adapter)
+    chosen = {name: getattr(config, name) for name in PIXEL_FIELDS}
+    overrides = [f"{name}={chosen[name]} (trained at {trained[name]})" for name in PIXEL_FIELDS
+                 if chosen[name] is not None and name in trained and chosen[name] != trained[name]]
+    if overrides:
+        logger.warning("judge adapter %s: %s set explicitly overrides the pixel limits it was trained at; leave "
+                       "the setting empty (0 in the LVLM loader node) to read images as in training",
+                       Path(config.adapter).name, ", ".join(overrides))
+    limits = {name: chosen[name] if chosen[name] is not None else trained.get(name) for name in PIXEL_FIELDS}
+    _apply_pixel_limits(processor, limits["min_pixels"], limits["max_pixels"])
+    return limits
 
 
 def _load_adapter(model: Any, adapter: str) -> Any:

@@ -35,8 +35,8 @@ from .lvlm_config import (  # noqa: F401  (re-exported: the scorer's public name
     MODELS_LLM_HINT, SCALE_DIGITS, _SCALE_HI, _SCALE_LO, LVLMConfig, LVLMLoadError, ScoreDetails, ScoringPrompts,
 )
 from .lvlm_loading import (  # noqa: F401
-    _apply_pixel_limits, _check_image_text_model, _module_bytes, load_lvlm_weights, resolve_device, resolve_dtype,
-    resolve_model_source,
+    _apply_pixel_limits, _check_image_text_model, _module_bytes, apply_pixel_limits, load_lvlm_weights, resolve_device,
+    resolve_dtype, resolve_model_source,
 )
 from .residency import Residency
 from .lvlm_model import LVLMModel
@@ -80,7 +80,7 @@ def load_lvlm(config: LVLMConfig, residency: Optional[Residency] = None) -> "LVL
         ) from exc
     if getattr(processor, "image_processor", None) is None or getattr(processor, "tokenizer", None) is None:
         raise LVLMLoadError(f"{source} has no image processor and tokenizer; it is not a vision-language model folder.")
-    _apply_pixel_limits(processor, config.min_pixels, config.max_pixels)
+    apply_pixel_limits(processor, config)  # explicit limits, else those the adapter was trained at
     scorer = LVLMScorer(model, processor, config, device=device, dtype=dtype, source=source, residency=residency)
     scorer.residency.place(scorer)
     return scorer

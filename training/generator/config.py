@@ -130,6 +130,8 @@ class RewardSpec:
     attention: str = _f("auto", "LVLM judge attention kernel: 'auto' (transformers' default), 'sdpa', 'eager' or "
                         "'flash_attention_2' (CUDA GPU + the flash-attn package)")
     images_per_pass: int = _f(0, "LVLM judge images per forward pass inside its one call per step (0 = all)")
+    max_pixels: int = _f(0, "LVLM judge: cap on pixels per image for its vision encoder (0 = the limit the adapter "
+                         "was trained at, from its judge_training.json; without one, the model's own)")
     role: str = _f("auto", "'emotion', 'quality' or 'auto' (clip_quality = quality, others = emotion): how the "
                    "held-out check reports it")
 
@@ -528,6 +530,9 @@ def _validate_one_gpu_options(config: TrainConfig) -> None:
             raise ConfigError(f"rewards[{i}].role must be 'auto', 'emotion' or 'quality', got {r.role!r}")
         if r.images_per_pass < 0:
             raise ConfigError(f"rewards[{i}].images_per_pass must be >= 0 (0 = all images in one pass)")
+        if r.max_pixels < 0 or (r.max_pixels and not r.kind.startswith("lvlm")):
+            raise ConfigError(f"rewards[{i}].max_pixels must be >= 0 (0 = the adapter's training limit, else the "
+                              "model's own) and applies to the LVLM judge only")
     h = config.heldout
     if h.every < 0 or h.num_prompts < 1 or h.steps < 0:
         raise ConfigError("heldout.every and heldout.steps must be >= 0 and heldout.num_prompts >= 1")

@@ -62,12 +62,13 @@ class LVLMVAReward:
     @classmethod
     def from_path(cls, path: str, device: str = "", dtype: str = "float32", offload: bool = False,
                   quantization: str = "none", images_per_pass: int = 0, adapter: str = "",
-                  attention: str = "auto") -> "LVLMVAReward":
+                  attention: str = "auto", max_pixels: int = 0) -> "LVLMVAReward":
         from ...engines.judge.lvlm_scorer import load_lvlm
         from ...engines.judge.placement import judge_config
 
         config = judge_config(path, device, dtype, offload, quantization, images_per_pass, attention)
         config.adapter = adapter or None  # a judge LoRA from ``emofeedback2 train-judge``
+        config.max_pixels = max_pixels or None  # None: the adapter's training limit (load_lvlm applies it)
         return cls(load_lvlm(config))
 
     def __call__(self, images, prompts, targets):
@@ -239,7 +240,8 @@ def build_reward(specs, device: str = "cpu") -> CompositeReward:
         elif spec.kind == "lvlm":
             reading_choice(spec, index)  # a GRPO-trained judge adapter is refused here, with the fix
             rewards.append(LVLMVAReward.from_path(spec.path, dev, spec.dtype, spec.offload, spec.quantization,
-                                                  spec.images_per_pass, spec.adapter, spec.attention))
+                                                  spec.images_per_pass, spec.adapter, spec.attention,
+                                                  spec.max_pixels))
         elif spec.kind == "lvlm_reasoning":
             rewards.append(LVLMReasoningReward.from_spec(spec, dev, index))
         elif spec.kind == "clip_quality":

@@ -16,6 +16,15 @@ from ...engines.judge.options import ATTENTION_SETTINGS
 from ..config_fields import ConfigError, _coerce, _f, _fill, _number
 
 OBJECTIVES = ("soft_label", "grpo")
+
+#: Peak learning rate per objective when ``optim.lr`` is not set: values for a LoRA on a real-size judge.
+#: soft_label: LoRA SFT of a 7B VLM runs at 1e-4..2e-4 (EEmo-Logic's stage 1: 2e-4 at 128 images per step; we
+#: default to 8); grpo: trl's ``GRPOConfig.learning_rate`` default (EEmo-Logic's GRPO stage ran with it).
+DEFAULT_LR = {"soft_label": 1e-4, "grpo": 1e-6}
+#: Above these, a learning rate on a real-size judge is one tuned for tiny test models (they train at 4e-3..2e-2).
+REAL_SIZE_MAX_LR = {"soft_label": 2e-4, "grpo": 1e-5}
+#: Below this many parameters a judge is a tiny test model: the smallest real VLMs (SmolVLM-256M) are 2.5x above it.
+REAL_SIZE_PARAMS = 100_000_000
 FAMILY_HINT = "a Qwen2-VL / Qwen2.5-VL / Qwen3-VL model folder (or hub id)"
 
 #: peft target-module regexes. Language model: attention and MLP projections of every decoder layer.
@@ -71,7 +80,9 @@ class JudgeObjectiveConfig:
 
 @dataclass
 class JudgeOptimConfig:
-    lr: float = _f(4e-3, "peak learning rate (linear warm-up, then linear decay to 0)")
+    lr: Optional[float] = _f(None, "peak learning rate (linear warm-up, then linear decay to 0); None = the "
+                             "objective's default for a real-size judge: 1e-4 for soft_label (LoRA SFT), 1e-6 for grpo "
+                             "(trl's GRPO default). Tiny test models need ~4e-3")
     warmup_steps: int = _f(10, "linear warm-up steps")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     betas: list = _f([0.9, 0.999], "AdamW betas")
@@ -166,7 +177,7 @@ def validate_judge_config(config: JudgeTrainConfig) -> None:
         raise ConfigError("objective.sigma must be > 0 and objective.digit_mass_weight >= 0")
     if obj.kind == "grpo":
         _validate_grpo(obj)
-    if o.lr < 0 or o.batch_size < 1 or o.warmup_steps < 0 or o.max_grad_norm < 0:
+    if (o.lr is not None and (o.lr < 0 or o.lr != o.lr)) or o.batch_size < 1 or o.warmup_steps < 0 or o.max_grad_norm < 0:
         raise ConfigError("optim.lr and optim.max_grad_norm must be >= 0, optim.batch_size >= 1, optim.warmup_steps >= 0")
     if config.max_steps < 0 or config.save_every < 1 or config.keep_checkpoints < 1 or config.log_every < 1:
         raise ConfigError("max_steps must be >= 0; save_every, keep_checkpoints and log_every >= 1")
@@ -183,6 +194,28 @@ def _validate_grpo(obj: JudgeObjectiveConfig) -> None:
     _number(obj.clip_range, "objective.clip_range", 0, 1, lo_open=True, hi_open=True)
     _number(obj.inner_updates, "objective.inner_updates", 1, 64, integer=True)
     _number(obj.rows_per_pass, "objective.rows_per_pass", 0, 1 << 20, integer=True)
+
+
+def format_lr(value: float) -> str:
+    """``1e-4``, ``4e-3``, ``1.5e-4``: learning rates as people write them."""
+    mantissa, exponent = f"{value:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def effective_lr(config: JudgeTrainConfig) -> float:
+    """``optim.lr``, or the objective's default when it is not set (:data:`DEFAULT_LR`)."""
+    return float(config.optim.lr) if config.optim.lr is not None else DEFAULT_LR[config.objective.kind]
+
+
+def real_size_warnings(config: JudgeTrainConfig, n_params: int) -> list[str]:
+    """Settings tuned on tiny test models met a real-size judge (``n_params`` >= :data:`REAL_SIZE_PARAMS`)."""
+    kind, lr = config.objective.kind, effective_lr(config)
+    if n_params < REAL_SIZE_PARAMS or lr <= REAL_SIZE_MAX_LR[kind]:
+        return []
+    return [f"optim.lr = {format_lr(lr)} is a learning rate for tiny test models; this judge has "
+            f"{n_params / 1e9:.2f}B parameters, where a LoRA with the {kind} objective trains at about "
+            f"{format_lr(DEFAULT_LR[kind])} (at most ~{format_lr(REAL_SIZE_MAX_LR[kind])}): drop optim.lr to take "
+            "that default, or set it in that range"]
 
 
 def judge_config_to_dict(config: JudgeTrainConfig) -> dict:

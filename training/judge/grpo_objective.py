@@ -26,6 +26,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from ...engines.judge import completion_tokens
 from ...engines.judge.paper_format import REASONING_INSTRUCTION, parse_paper_answer
 from ..grpo import ppo_clip_loss
 
@@ -76,6 +77,7 @@ class RolloutChunk:
     mask: torch.Tensor  # [n, T] bool: tokens up to and including the first end token
     old_logp: Optional[torch.Tensor] = None  # [n, T] when there is more than one update per rollout
     ref_logp: Optional[torch.Tensor] = None  # [n, T] the base model's (LoRA disabled), when kl_coef > 0
+    blocked: Optional[torch.Tensor] = None  # ids sampling suppressed: log-probs are of the distribution sampled from
 
 
 @dataclass
@@ -84,6 +86,7 @@ class Rollout:
     texts: list[str]
     group_ids: torch.Tensor  # [N] image index of each completion
     rewards: CompletionRewards
+    refused: int = 0  # completions that carried a blocked (vision/special) token despite suppression: not trained
 
     @property
     def completion_tokens(self) -> int:
@@ -92,12 +95,26 @@ class Rollout:
 
 def end_token_ids(scorer: Any) -> set[int]:
     """The ids that end a completion: the generation config's EOS ids and the tokenizer's."""
-    ids: set[int] = set()
-    eos = getattr(getattr(scorer.model, "generation_config", None), "eos_token_id", None)
-    for value in ([eos] if isinstance(eos, int) else list(eos or [])) + [scorer.tokenizer.eos_token_id]:
-        if value is not None:
-            ids.add(int(value))
-    return ids
+    return completion_tokens.end_token_ids(scorer.model, scorer.tokenizer)
+
+
+def blocked_token_ids(scorer: Any) -> list[int]:
+    """Ids a completion must never carry (vision placeholders, other special tokens): suppressed in sampling."""
+    return completion_tokens.blocked_token_ids(scorer.model, scorer.tokenizer)
+
+
+def refuse_blocked(completion: torch.Tensor, mask: torch.Tensor, blocked: Sequence[int],
+                   pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows that carry a blocked id inside their completion are refused: all padding, nothing trained.
+
+    Returns ``(completion, mask, refused[N])``. Every position outside the (new) mask becomes
+    ``pad_id``: the training forward counts vision placeholders whether attended or not, so no
+    blocked id may stay anywhere in the ids it is fed.
+    """
+    hit = torch.isin(completion, torch.as_tensor(list(blocked), dtype=completion.dtype, device=completion.device))
+    refused = (hit & mask).any(dim=1)
+    mask = mask & ~refused[:, None]
+    return completion.masked_fill(~mask, pad_id), mask, refused
 
 
 def completion_mask(completion: torch.Tensor, end_ids: set[int]) -> torch.Tensor:
@@ -129,18 +146,22 @@ def build_rollout(scorer: Any, images: Sequence[Any], labels: torch.Tensor, comp
     n_rows = len(images) * group
     encodings = encodings if encodings is not None else encode_prompts(scorer, images, objective)
     end_ids = end_token_ids(scorer)
-    chunks, texts = [], []
+    blocked = blocked_token_ids(scorer)
+    blocked_ids = torch.tensor(blocked, dtype=torch.long)
+    chunks, texts, refused = [], [], 0
     for (start, stop), completion, encoded in zip(_row_chunks(n_rows, objective.rows_per_pass), completions,
                                                   encodings, strict=True):
-        mask = completion_mask(completion, end_ids)
-        for ids, row_mask in zip(completion, mask):
+        completion, mask, row_refused = refuse_blocked(completion, completion_mask(completion, end_ids), blocked,
+                                                       scorer.tokenizer.pad_token_id)
+        refused += int(row_refused.sum())
+        for ids, row_mask in zip(completion, mask):  # a refused row reads as "": no format, reward 0
             kept = [int(t) for t, m in zip(ids, row_mask) if m and int(t) not in end_ids]
             texts.append(scorer.tokenizer.decode(kept, skip_special_tokens=True))
-        chunks.append(RolloutChunk(start, stop, encoded, completion, mask))
+        chunks.append(RolloutChunk(start, stop, encoded, completion, mask, blocked=blocked_ids))
     labels = torch.as_tensor(labels, dtype=torch.float32).reshape(-1, 2).repeat_interleave(group, dim=0)
     rewards = completion_rewards(texts, labels, objective.epsilon, objective.format_weight)
     group_ids = torch.arange(len(images)).repeat_interleave(group)
-    return Rollout(chunks=chunks, texts=texts, group_ids=group_ids, rewards=rewards)
+    return Rollout(chunks=chunks, texts=texts, group_ids=group_ids, rewards=rewards, refused=refused)
 
 
 @torch.no_grad()
@@ -149,8 +170,11 @@ def sample_rollout(scorer: Any, images: Sequence[Any], labels: torch.Tensor, obj
 
     The model's own generation defaults (Qwen-VL ships ``top_k=1``, ``top_p=0.001``, a repetition
     penalty) are overridden: GRPO needs samples from exactly the distribution whose log-probs it takes.
+    Vision placeholders and other special tokens are suppressed (:func:`blocked_token_ids`): fed back
+    into the training forward, an ``<|image_pad|>`` would be an image slot without features.
     """
     encodings = encode_prompts(scorer, images, objective)
+    blocked = blocked_token_ids(scorer)
     devices = [scorer.device] if scorer.device.type == "cuda" else []
     completions = []
     with torch.random.fork_rng(devices=devices):
@@ -159,7 +183,7 @@ def sample_rollout(scorer: Any, images: Sequence[Any], labels: torch.Tensor, obj
             generated = scorer.model.generate(
                 **encoded, do_sample=True, temperature=objective.temperature, top_k=0, top_p=1.0, min_p=None,
                 typical_p=1.0, repetition_penalty=1.0, num_beams=1, max_new_tokens=objective.max_new_tokens,
-                pad_token_id=scorer.tokenizer.pad_token_id,
+                pad_token_id=scorer.tokenizer.pad_token_id, suppress_tokens=blocked or None,
             )
             completions.append(generated[:, encoded["input_ids"].shape[1]:])
     return build_rollout(scorer, images, labels, completions, objective, encodings)
@@ -181,7 +205,11 @@ def token_logprobs(model: Any, chunk: RolloutChunk, temperature: float) -> torch
                 attention_mask=torch.cat([prompt["attention_mask"], mask.long()], dim=1),
                 use_cache=False, logits_to_keep=width + 1, **inputs)
     logits = out.logits[:, :-1].float() / temperature  # position P-1+t predicts completion token t
-    return torch.gather(logits, -1, completion[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    if chunk.blocked is not None and len(chunk.blocked):  # the suppressed ids have probability 0 when sampling
+        blocked = chunk.blocked.to(logits.device)
+        logits = logits.index_fill(-1, blocked[blocked < logits.shape[-1]], float("-inf"))
+    logp = torch.gather(logits, -1, completion[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return logp.masked_fill(~mask, 0.0)  # padding may be a suppressed id (-inf): keep it out of every sum and grad
 
 
 @torch.no_grad()
@@ -251,12 +279,14 @@ __all__ = [
     "RolloutChunk",
     "attach_reference_logprobs",
     "backward_rollout",
+    "blocked_token_ids",
     "build_rollout",
     "completion_mask",
     "completion_rewards",
     "encode_prompts",
     "end_token_ids",
     "kl_k3",
+    "refuse_blocked",
     "sample_rollout",
     "token_logprobs",
 ]

@@ -6,17 +6,19 @@ restricted to the digits ``1``…``9``. Training goes through the *same* code pa
 (:meth:`LVLMScorer._answer_logits`, the same prompt, prefixes and digit ids), so what is trained
 is exactly what is read at scoring time (train == read).
 
-The target at each prefix is a discretised Gaussian over the nine digits centred on the label
-(the DeQA-Score recipe): a label of ``V = 0.75`` is digit 6 on the 1..9 scale, so the target puts
-most mass on 6 and some on 5 and 7. Cross-entropy against it makes the *expected* digit match the
-label while keeping the distribution unimodal; one-hot targets on rounded labels would discard the
-fraction. An optional small term ``-log(digit mass)`` keeps the model answering with a digit at all.
+The target at each prefix is a discretised Gaussian over the nine digits around the label whose
+expected digit is exactly the label (:func:`soft_digit_targets`; DeQA-Score's soft labels, with the
+mean correction made exact): a label of ``V = 0.75`` is digit 6 on the 1..9 scale, so the target
+puts most mass on 6 and some on 5 and 7; a label of 3 is digit 9 and the target is one-hot on it.
+Cross-entropy against it makes the *expected* digit match the label while keeping the distribution
+unimodal; one-hot targets on rounded labels would discard the fraction. An optional small term
+``-log(digit mass)`` keeps the model answering with a digit at all.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -38,21 +40,60 @@ def digit_to_va(digit: torch.Tensor) -> torch.Tensor:
 
 
 def soft_digit_targets(values: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Discretised Gaussian over digits 1..9 centred on each label (``[...]`` in [-3, 3] → ``[..., 9]``).
+    """Soft labels over digits 1..9 whose expected digit *is* each label (``[...]`` in [-3, 3] → ``[..., 9]``).
 
-    Each digit k gets the Gaussian mass of ``[k - 0.5, k + 0.5]``; the two end digits also take the
-    tails, so a label at the scale's end is a near one-hot on 1 or 9. ``sigma`` is in digit units.
+    A discretised Gaussian: digit k gets the mass of ``[k - 0.5, k + 0.5]`` of ``N(centre, sigma)``
+    (``sigma`` in digit units), normalised over 1..9. Centred on the label, its mean is pulled
+    toward the middle of the scale near the ends (the tails beyond 1 and 9 are cut; lumping them
+    into the end digits, as this function once did, still reads a label of ±3 as ±2.81 with
+    sigma = 0.7 and ±2.71 with sigma = 1). DeQA-Score corrects that bias by rescaling the
+    distribution affinely; its script then clips negative masses (mean errors up to 0.1 accepted)
+    and at the exact centre its formula is 0/0 (it returns a uniform distribution). Here the same
+    Gaussian is instead re-centred: ``centre`` is solved (bisection) so that the mean is the label.
+    The mean is exact, every mass stays positive, the targets change smoothly with the label and
+    keep the Gaussian's shape; in the middle of the scale the centre moves by less than 1e-4 digit.
+    Where no Gaussian fits (a label at 1 or 9, where only a one-hot has that mean), the label is
+    split between its two nearest digits.
     """
     if sigma <= 0:
         raise ValueError(f"soft-label sigma must be > 0 (digit units), got {sigma}")
-    mu = va_to_digit(values.float())[..., None]
-    digits = torch.arange(_DIGIT_LO, _DIGIT_HI + 1.0, device=mu.device)
-    lower = torch.special.ndtr((digits - 0.5 - mu) / sigma)
-    upper = torch.special.ndtr((digits + 0.5 - mu) / sigma)
-    lower[..., 0] = 0.0
-    upper[..., -1] = 1.0
-    mass = (upper - lower).clamp_min(1e-12)
-    return mass / mass.sum(dim=-1, keepdim=True)
+    mu = va_to_digit(values.double())[..., None]  # float64: exact means, no underflow far from the centre
+    digits = torch.arange(_DIGIT_LO, _DIGIT_HI + 1.0, dtype=torch.float64, device=mu.device)
+    reach = 40.0 * sigma + 1.0  # beyond this the end digit holds all but ~e^-800 of the mass
+    low, high = torch.full_like(mu, _DIGIT_LO - reach), torch.full_like(mu, _DIGIT_HI + reach)
+    for _ in range(_BISECTION_STEPS):  # the mean rises strictly with the centre (log-concave family)
+        middle = 0.5 * (low + high)
+        above = _gaussian_digits(middle, sigma, digits) @ digits >= mu[..., 0]
+        high = torch.where(above[..., None], middle, high)
+        low = torch.where(above[..., None], low, middle)
+    target = _gaussian_digits(0.5 * (low + high), sigma, digits)
+    fits = ((target @ digits)[..., None] - mu).abs() <= 1e-9
+    target = torch.where(fits, target, _two_nearest_digits(mu, digits))
+    return target.to(values.dtype if values.is_floating_point() else torch.float32)
+
+
+_BISECTION_STEPS = 64  # halves a bracket of 10 + 80·sigma digits to far below float64's step at 9
+
+
+def _gaussian_digits(centre: torch.Tensor, sigma: float, digits: torch.Tensor) -> torch.Tensor:
+    """``[..., 1]`` centres → the normalised masses of ``N(centre, sigma)`` on ``[k - 0.5, k + 0.5]``, k = 1..9.
+
+    Computed in log space from the nearer tail, so a centre far outside 1..9 still gives finite masses.
+    """
+    upper, lower = (digits + 0.5 - centre) / sigma, (digits - 0.5 - centre) / sigma
+    flip = lower > 0  # right of the centre use the upper tail: Φ(u) - Φ(l) = Φ(-l) - Φ(-u)
+    hi = torch.where(flip, -lower, upper)
+    lo = torch.where(flip, -upper, lower)
+    log_hi, log_lo = torch.special.log_ndtr(hi), torch.special.log_ndtr(lo)
+    log_mass = log_hi + torch.log1p(-torch.exp(log_lo - log_hi).clamp_max(1.0 - 1e-16))
+    return torch.softmax(log_mass, dim=-1)
+
+
+def _two_nearest_digits(mu: torch.Tensor, digits: torch.Tensor) -> torch.Tensor:
+    """``[..., 1]`` digit positions → the label split linearly between its two nearest digits (mean = label)."""
+    low = mu.floor().clamp(_DIGIT_LO, _DIGIT_HI - 1.0)
+    frac = mu - low
+    return (digits == low) * (1.0 - frac) + (digits == low + 1.0) * frac
 
 
 @dataclass
@@ -92,13 +133,15 @@ class SoftLabelLoss:
     mae: float
 
 
-def soft_label_loss(readout: ReadoutLogits, labels: torch.Tensor, sigma: float, mass_weight: float = 0.0) -> SoftLabelLoss:
+def soft_label_loss(readout: ReadoutLogits, labels: torch.Tensor, sigma: float, mass_weight: float = 0.0,
+                    target: Optional[torch.Tensor] = None) -> SoftLabelLoss:
     """Cross-entropy between the digit distribution and the soft label, mean over images and axes.
 
     ``labels[B, 2]`` are (valence, arousal) in [-3, 3]. ``mass_weight`` adds ``-log(digit mass)``.
+    ``target``: ``soft_digit_targets(labels, sigma)`` computed beforehand (a trainer does it once per row).
     """
     labels = labels.to(readout.digits.device).float()
-    target = soft_digit_targets(labels, sigma)
+    target = (soft_digit_targets(labels, sigma) if target is None else target).to(readout.digits.device).float()
     log_probs = torch.log_softmax(readout.digits, dim=-1)
     ce = -(target * log_probs).sum(dim=-1).mean()
     mass_nll = -readout.log_mass.mean()
@@ -111,7 +154,7 @@ def soft_label_loss(readout: ReadoutLogits, labels: torch.Tensor, sigma: float, 
 def minimum_cross_entropy(labels: torch.Tensor, sigma: float) -> float:
     """Entropy of the soft targets: the floor the cross-entropy can reach (for logging a gap)."""
     target = soft_digit_targets(labels.float(), sigma)
-    return float(-(target * torch.log(target)).sum(dim=-1).mean())
+    return float(-torch.special.xlogy(target, target).sum(dim=-1).mean())
 
 
 __all__ = [

@@ -2,29 +2,26 @@
 
 One step: draw ``batch_size`` manifest rows from ``(seed, step)`` (an epoch-wise permutation, so
 a resumed run draws what the uninterrupted one would), run them through the scorer's prompt /
-answer-prefix / digit path (:func:`.judge_objective.readout_logits`), take the soft-label
-cross-entropy (:func:`.judge_objective.soft_label_loss`), clip, AdamW, warm-up + linear decay.
+answer-prefix / digit path (:func:`.soft_label_objective.readout_logits`), take the soft-label
+cross-entropy (:func:`.soft_label_objective.soft_label_loss`), clip, AdamW, warm-up + linear decay.
 
-The output folder is what every judge consumer loads: a peft adapter (``adapter_config.json`` +
-``adapter_model.safetensors``), a model card ``README.md`` and ``judge_training.json`` (base
-model, data, label means for the constant baseline, metrics). Checkpoints (``checkpoints/``,
-atomic, :mod:`.checkpoint`) and TensorBoard logs (``tb/``) sit beside it.
+The output folder is what every judge consumer loads (:mod:`.adapter_card`): a peft adapter, a
+model card ``README.md`` and ``judge_training.json``. Checkpoints (``checkpoints/``, atomic,
+:mod:`.judge_checkpoint`) and TensorBoard logs (``tb/``) sit beside it.
 
-``objective.kind = "grpo"`` swaps the loss for GRPO on the paper's format (:mod:`.judge_grpo`):
+``objective.kind = "grpo"`` swaps the loss for GRPO on the paper's format (:mod:`.grpo_objective`):
 per image ``group_size`` sampled completions (short reasoning, then ``<answer>V, A</answer>``),
 rewards for the format and for answers within ``epsilon`` of the label, group-relative
 advantages, a clipped-ratio loss over the completion tokens and a KL to the base model (LoRA
 disabled). Sampling is seeded from ``(seed, step)``, so checkpoints, resume and the exported adapter
-work exactly as for the soft-label path. It is our own loop rather than trl's (reasons in :mod:`.judge_grpo`).
+work exactly as for the soft-label path. It is our own loop rather than trl's (reasons in :mod:`.grpo_objective`).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -32,16 +29,19 @@ import numpy as np
 import torch
 
 from ...engines.judge.options import attention_setting
+from ...engines.judge.lvlm_loading import processor_pixel_limits
 from ...engines.judge.lvlm_scorer import LVLMConfig, LVLMScorer, load_lvlm
-from ..checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..checkpoint import latest_checkpoint
 from ..config_fields import ConfigError
-from .config import JudgeTrainConfig, judge_config_to_dict, target_modules, validate_judge_config
+from .adapter_card import (  # noqa: F401  (TRAINING_RECORD, read_training_record: re-exported, their old home)
+    TRAINING_RECORD, build_training_record, read_training_record, write_adapter_folder,
+)
+from .config import JudgeTrainConfig, effective_lr, format_lr, real_size_warnings, target_modules, validate_judge_config
 from .data import JudgeSample, Manifest, ManifestError, load_images, read_manifest
 from ..grpo import group_advantages
 from .grpo_objective import attach_reference_logprobs, backward_rollout, sample_rollout
-from .soft_label_objective import readout_logits, soft_label_loss
-
-TRAINING_RECORD = "judge_training.json"
+from .judge_checkpoint import load_judge_checkpoint, lora_state, save_judge_checkpoint
+from .soft_label_objective import readout_logits, soft_digit_targets, soft_label_loss
 
 
 def add_judge_lora(model: Any, config: JudgeTrainConfig) -> Any:
@@ -82,6 +82,8 @@ class JudgeTrainer:
         if config.data.shuffle_labels:  # control runs only: break the image-label link
             labels = labels[torch.from_numpy(np.random.default_rng([config.seed, 7]).permutation(len(labels)))]
         self.labels = labels
+        if config.objective.kind == "soft_label":  # once per row, not per step
+            self.soft_targets = soft_digit_targets(labels, config.objective.sigma)
         base = load_lvlm(LVLMConfig(model=m.pretrained, dtype=m.dtype, device=m.device,
                                     max_pixels=m.max_pixels, min_pixels=m.min_pixels,
                                     attn_implementation=attention_setting(m.attention)))
@@ -89,13 +91,17 @@ class JudgeTrainer:
         if m.gradient_checkpointing:
             base.model.gradient_checkpointing_enable()
             base.model.enable_input_require_grads()
+        self.base_parameters = sum(p.numel() for p in base.model.parameters())
+        for message in real_size_warnings(config, self.base_parameters):
+            warnings.warn(message, UserWarning, stacklevel=2)
         peft_model = add_judge_lora(base.model, config).to(self.device)
         # a fresh scorer around the LoRA-wrapped model: the same prompt/prefix/digit code path as scoring
         self.scorer = LVLMScorer(peft_model, base.processor, base.config, device=self.device, dtype=self.dtype)
         self.model = peft_model
         self.params = [p for p in peft_model.parameters() if p.requires_grad]
         o = config.optim
-        self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        self.lr = effective_lr(config)
+        self.optimizer = torch.optim.AdamW(self.params, lr=self.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.step = 0
         self.images_seen = 0
@@ -132,8 +138,10 @@ class JudgeTrainer:
         n_lora = sum(p.numel() for p in self.params)
         print(f"[train-judge] base={m.pretrained} dtype={self.dtype} device={self.device} LoRA r={m.lora_rank} "
               f"alpha={m.lora_alpha} merger={'yes' if m.train_merger else 'no'} params={n_lora}")
+        lr_source = "set" if self.config.optim.lr is not None else f"the {self.config.objective.kind} default"
         print(f"[train-judge] {len(self.train_rows)} training images (split {self.config.data.train_split!r}), "
-              f"batch {self.config.optim.batch_size}, {self.config.max_steps} steps = "
+              f"lr {format_lr(self.lr)} ({lr_source}), batch {self.config.optim.batch_size}, "
+              f"{self.config.max_steps} steps = "
               f"{self.config.max_steps * self.config.optim.batch_size / len(self.train_rows):.1f} epochs"
               + (f"; {len(self.manifest.skipped)} bad rows skipped" if self.manifest.skipped else ""))
         obj = self.config.objective
@@ -183,7 +191,7 @@ class JudgeTrainer:
         obj = self.config.objective
         self.model.train()
         readout = readout_logits(self.scorer, images)
-        parts = soft_label_loss(readout, self.labels[index], obj.sigma, obj.digit_mass_weight)
+        parts = soft_label_loss(readout, self.labels[index], obj.sigma, obj.digit_mass_weight, self.soft_targets[index])
         self.optimizer.zero_grad(set_to_none=True)
         parts.loss.backward()
         norm = self._optimizer_step()
@@ -213,7 +221,8 @@ class JudgeTrainer:
                 "train/reward": float(r.reward.mean()), "train/format_rate": float(r.format_ok.float().mean()),
                 "train/accuracy": float(r.accuracy.mean()), "train/clipfrac": stats.clipfrac,
                 "train/ratio_max_dev_first_update": first.ratio_max_dev, "train/zero_std_ratio": info.zero_std_ratio,
-                "train/completion_tokens": rollout.completion_tokens / max(n_rows, 1), "train/grad_norm": norm}
+                "train/completion_tokens": rollout.completion_tokens / max(n_rows, 1), "train/grad_norm": norm,
+                "train/refused_completions": float(rollout.refused)}
 
     def postfix(self, metrics: dict[str, float]) -> dict[str, str]:
         """The progress bar's few numbers for this objective."""
@@ -231,38 +240,18 @@ class JudgeTrainer:
         return self.out / "checkpoints"
 
     def lora_state(self) -> dict[str, torch.Tensor]:
-        from peft import get_peft_model_state_dict
-
-        return {k: v.detach() for k, v in get_peft_model_state_dict(self.model).items()}
+        return lora_state(self.model)
 
     def save(self) -> Path:
-        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
-                 "images_seen": self.images_seen}
-        meta = {"kind": "judge", "config": judge_config_to_dict(self.config), "train_rows": len(self.train_rows)}
-        return save_checkpoint(self.checkpoint_root(), self.step, self.lora_state(), state, meta, self.config.keep_checkpoints)
+        return save_judge_checkpoint(self.checkpoint_root(), self.step, self.model, self.optimizer, self.scheduler,
+                                     self.images_seen, self.config, len(self.train_rows))
 
     def resume(self, path: Optional[str | Path] = None) -> bool:
         """Load the latest (or given) checkpoint; False when there is none."""
-        from peft import set_peft_model_state_dict
-
         path = Path(path) if path else latest_checkpoint(self.checkpoint_root())
         if path is None:
             return False
-        weights, state, meta = load_checkpoint(path)
-        if meta.get("kind") != "judge":
-            raise CheckpointError(f"{path} is not a judge checkpoint (it was written by `emofeedback2 train`)")
-        expected = set(self.lora_state())
-        if set(weights) != expected:
-            raise CheckpointError(f"checkpoint {path} holds other LoRA tensors than this run "
-                                  f"({len(weights)} vs {len(expected)}); was it written with another rank/targets/model?")
-        result = set_peft_model_state_dict(self.model, weights)
-        if getattr(result, "unexpected_keys", None):
-            raise CheckpointError(f"checkpoint {path} has tensors this model lacks: {result.unexpected_keys[:3]}")
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        self.images_seen = int(state.get("images_seen", 0))
-        self.step = int(meta["step"])
+        self.step, self.images_seen = load_judge_checkpoint(path, self.model, self.optimizer, self.scheduler)
         return True
 
     # --- the loop ---------------------------------------------------------------------------------
@@ -292,122 +281,12 @@ class JudgeTrainer:
             self.writer.close()
             self.writer = None
 
-    # --- the adapter folder -----------------------------------------------------------------------
+    # --- the adapter folder ---------------------------------------------------------------------------
     def export_adapter(self, metrics: Optional[dict] = None) -> Path:
         """Write the adapter (+ model card + training record) into ``output_dir`` (files replaced atomically)."""
-        out = self.out
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / f".tmp-adapter-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        self.model.save_pretrained(str(tmp), safe_serialization=True)
-        record = self.training_record(metrics)
-        (tmp / TRAINING_RECORD).write_text(json.dumps(record, indent=2), encoding="utf-8")
-        (tmp / "README.md").write_text(model_card(record), encoding="utf-8")
-        for file in tmp.iterdir():
-            os.replace(file, out / file.name)
-        shutil.rmtree(tmp, ignore_errors=True)
-        return out
+        return write_adapter_folder(self.model, self.out, self.training_record(metrics))
 
     def training_record(self, metrics: Optional[dict] = None) -> dict:
-        c = self.config
-        mean_v, mean_a = (float(x) for x in self.labels.mean(dim=0))
-        return {
-            "base_model": c.model.pretrained,
-            "objective": c.objective.kind,
-            "sigma": c.objective.sigma,
-            "objective_settings": objective_settings(c.objective),
-            "manifest": str(Path(c.data.manifest).resolve()),
-            "train_split": c.data.train_split,
-            "train_images": len(self.train_rows),
-            "shuffled_labels_control": c.data.shuffle_labels,
-            "label_mean": {"valence": mean_v, "arousal": mean_a},
-            "steps": self.step,
-            "batch_size": c.optim.batch_size,
-            "lora": {"rank": c.model.lora_rank, "alpha": c.model.lora_alpha,
-                     "targets": self.model.peft_config["default"].target_modules},
-            "train_images_per_s": self.images_per_second,
-            "final_train_cross_entropy": self.history[-1].get("train/cross_entropy") if self.history else None,
-            "final_train_reward": self.history[-1].get("train/reward") if self.history else None,
-            "metrics": metrics or {},
-        }
-
-
-GRPO_FIELDS = ("group_size", "temperature", "max_new_tokens", "epsilon", "format_weight", "kl_coef", "clip_range",
-               "inner_updates")
-
-
-def objective_settings(objective: Any) -> dict:
-    """The fields of ``objective`` that shaped this adapter (for the training record and model card)."""
-    if objective.kind == "grpo":
-        return {name: getattr(objective, name) for name in GRPO_FIELDS}
-    return {"sigma": objective.sigma, "digit_mass_weight": objective.digit_mass_weight}
-
-
-def _objective_lines(record: dict) -> list[str]:
-    if record["objective"] == "grpo":
-        s = record.get("objective_settings") or {}
-        return [
-            "with `emofeedback2 train-judge --set objective.kind=grpo`: GRPO on the paper's output format (a short",
-            "reasoning in `<think></think>`, then `<answer>V, A</answer>`), rewarded for the format and for answers",
-            f"within epsilon = {s.get('epsilon')} of the label. This trains the generate-then-parse (reasoning) mode;",
-            "the digit readout the nodes score with is not trained directly (the held-out table below measures it).",
-        ]
-    return ["with `emofeedback2 train-judge` (soft-label cross-entropy on the scorer's digit readout after",
-            "`Valence: ` / `Arousal: `)."]
-
-
-def _objective_summary(record: dict) -> str:
-    if record["objective"] == "grpo":
-        s = record.get("objective_settings") or {}
-        return (f"grpo (G={s.get('group_size')}, epsilon {s.get('epsilon')}, format weight {s.get('format_weight')}, "
-                f"KL {s.get('kl_coef')}, final train reward {_fmt(record.get('final_train_reward'))})")
-    return f"{record['objective']} (sigma {record['sigma']} digits)"
-
-
-def model_card(record: dict) -> str:
-    """A short model card for the adapter folder: base model, data, objective and metrics."""
-    lines = [
-        "# EmoFeedback² judge adapter",
-        "",
-        "A peft LoRA for a vision-language model that reads valence and arousal of an image in [-3, 3], trained",
-        *_objective_lines(record),
-        "",
-        f"- Base model: `{record['base_model']}`",
-        f"- Data: `{record['manifest']}` (split `{record['train_split']}`, {record['train_images']} images"
-        + (", labels SHUFFLED: a control run" if record["shuffled_labels_control"] else "") + ")",
-        f"- Objective: {_objective_summary(record)}, {record['steps']} steps of "
-        f"{record['batch_size']} images; LoRA r={record['lora']['rank']}, alpha={record['lora']['alpha']}",
-        f"- Training label mean (the constant baseline): V {record['label_mean']['valence']:+.3f}, "
-        f"A {record['label_mean']['arousal']:+.3f}",
-        "",
-        "Load it with `emofeedback2 score --lvlm <base> --adapter <this folder>`, the LVLM loader node's adapter",
-        "option (put the folder under `ComfyUI/models/LLM/<name>`), or `LVLMConfig(adapter=...)`.",
-    ]
-    metrics = record.get("metrics") or {}
-    if metrics:
-        lines += ["", f"## Held-out metrics ({metrics.get('split', 'eval')} split, n={metrics.get('n')})", "",
-                  "| model | axis | MAE | PLCC | SRCC | MAE constant |", "|---|---|---|---|---|---|"]
-        for name in ("base", "trained"):
-            block = metrics.get(name) or {}
-            for axis in ("valence", "arousal"):
-                m = block.get(axis)
-                if m:
-                    lines.append(f"| {name} | {axis} | {_fmt(m['mae'])} | {_fmt(m['plcc'])} | {_fmt(m['srcc'])} | "
-                                 f"{_fmt(m['mae_constant'])} |")
-    return "\n".join(lines) + "\n"
-
-
-def _fmt(value: Any) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
-def read_training_record(adapter: str | Path) -> Optional[dict]:
-    """The ``judge_training.json`` of an adapter folder, or None (adapters from elsewhere)."""
-    path = Path(adapter) / TRAINING_RECORD
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
+        return build_training_record(self.config, self.labels, len(self.train_rows), self.step, self.history,
+                                     self.images_per_second, metrics, processor_pixel_limits(self.scorer.processor),
+                                     lora_targets=self.model.peft_config["default"].target_modules)
