@@ -207,9 +207,10 @@ def validate(ui: dict, api: dict) -> list[str]:
 TITLE_HEIGHT, SLOT_HEIGHT, WIDGET_HEIGHT, MULTILINE_HEIGHT = 30, 20, 24, 60
 GAP = 20  # the least free space kept between two nodes
 FIT_ZOOM, FIT_PADDING = 0.75, 10
-#: a maximised browser on a 1920 x 1080 screen: the OS task bar and the browser's tab strip and
-#: address bar leave about 950 px of height for the page
-VIEWPORT = (1920, 950)
+#: the graph canvas on a 1920 x 1080 screen: a maximised browser leaves a ~1920 x 950 page (task bar,
+#: tab strip, address bar), of which the front end's side bar and top menu leave 1856 x 872 for the
+#: canvas (measured by tests/comfy_frontend_check.py in ComfyUI v0.3.64's front end 1.27.10)
+VIEWPORT = (1856, 872)
 #: below this zoom LiteGraph draws nodes without text: the default "MinFontSizeForLOD" 8 px / 14 px font
 LOD_ZOOM = 8 / 14
 #: what we ask of every shipped workflow at fit-to-view (a margin above the LOD threshold)
