@@ -17,8 +17,6 @@ from typing import Any, Optional
 from . import conditioner_nodes, loader_nodes, loop_nodes, scorer_nodes, sweep_nodes, weights_nodes
 from .errors import clean_errors
 
-#: the pack version whose graphs use these names
-RENAMED_IN = "0.2.0"
 _MODULES = (loader_nodes, weights_nodes, conditioner_nodes, scorer_nodes, loop_nodes, sweep_nodes)
 #: the new nodes' display names, to point at from each alias
 NEW_DISPLAY_NAMES: dict[str, str] = {k: v for m in _MODULES for k, v in m.NODE_DISPLAY_NAME_MAPPINGS.items()}
@@ -71,7 +69,7 @@ def legacy_alias(
         return tuple(getattr(node, new_cls.FUNCTION)(**inputs))[:count]
 
     attributes: dict[str, Any] = {
-        "__doc__": f"Deprecated alias of {new_id} for graphs saved before version {RENAMED_IN}.",
+        "__doc__": f"Deprecated alias of {new_id} for graphs saved before the node renames.",
         "DEPRECATED": True,
         "CATEGORY": new_cls.CATEGORY,
         "FUNCTION": "run_legacy",
@@ -79,7 +77,7 @@ def legacy_alias(
         "RETURN_NAMES": names,
         "OUTPUT_TOOLTIPS": tuple(getattr(new_cls, "OUTPUT_TOOLTIPS", ())[:count]),
         "DESCRIPTION": (
-            f"Deprecated: kept so that graphs saved before EmoFeedback2 {RENAMED_IN} load and run unchanged. "
+            "Deprecated: kept so that graphs saved before the node renames load and run unchanged. "
             f"For new graphs use {new_name} (renamed inputs: {changes})."
         ),
         "INPUT_TYPES": classmethod(
