@@ -93,6 +93,8 @@ def test_ui_files_load_in_the_comfyui_front_end_without_warnings(comfy_server, t
         if folder == ROOT / "workflows":
             fits[name] = (report["scale"], report["truncated"])
     # shipped files: fitted to the page at a zoom where node text is drawn, every title shown in full
+    if fits:
+        print("front-end fit (zoom, titles cut short):", json.dumps(fits))
     assert all(scale >= MIN_FIT_ZOOM and not cut for scale, cut in fits.values()), fits
 
 

@@ -372,3 +372,11 @@ def group_errors(ui: dict, stages: tuple[str, ...]) -> list[str]:
         if len(inside) != 1:
             errors.append(f"node {node['id']} ({node['type']}) is inside groups {inside}, not exactly one")
     return errors
+
+
+if __name__ == "__main__":  # a summary of the shipped files: python tests/workflow_checks.py
+    for ui_path in sorted((ROOT / "workflows").glob("*.json")):
+        shipped = load(ui_path)
+        fitted = fit_to_view(shipped)
+        print(f"{ui_path.stem}: {fitted.width:.0f} x {fitted.height:.0f} (groups included), fit zoom "
+              f"{fitted.zoom:.3f} on a {VIEWPORT[0]} x {VIEWPORT[1]} canvas, {len(crossing_pairs(shipped))} crossings")
