@@ -11,9 +11,10 @@ if "." not in __name__:
         "import emofeedback2.nodes, or load the pack through ComfyUI's custom_nodes"
     )
 
-from . import conditioner_nodes, loader_nodes, loop_nodes, scorer_nodes, sweep_nodes, weights_nodes
+from . import conditioner_nodes, legacy_nodes, loader_nodes, loop_nodes, scorer_nodes, sweep_nodes, weights_nodes
 
-_MODULES = (loader_nodes, weights_nodes, scorer_nodes, conditioner_nodes, loop_nodes, sweep_nodes)
+# legacy_nodes: the class names of graphs saved before the renames, as hidden (DEPRECATED) aliases
+_MODULES = (loader_nodes, weights_nodes, scorer_nodes, conditioner_nodes, loop_nodes, sweep_nodes, legacy_nodes)
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}

@@ -4,7 +4,24 @@ from __future__ import annotations
 
 from ..engines.emotion_space import VA_MAX, VA_MIN
 
-CATEGORY = "EmoFeedback2"
+#: the pack's name: the first word of every node's class name and display name, and its menu root
+PACK = "EmoFeedback2"
+CATEGORY = PACK
+
+
+def category(leaf: str) -> str:
+    """``EmoFeedback2/<leaf>``: one menu tree, with core's lowercase leaves (loaders, conditioning, sampling …)."""
+    return f"{PACK}/{leaf}"
+
+
+def node_id(name: str) -> str:
+    """The ComfyUI class name of one of our nodes: the pack name, then the node's own (``EmoFeedback2Scorer``)."""
+    return f"{PACK}{name.replace(' ', '')}"
+
+
+def display_name(name: str) -> str:
+    """What the canvas shows: ``EmoFeedback2 <name>``, short enough for the default node width."""
+    return f"{PACK} {name}"
 
 VALENCE_TOOLTIP = (
     "Valence in [-3, 3]: how pleasant the image should feel. -3 = distressing, grim, hostile; "
@@ -49,6 +66,21 @@ def size_widget(what: str) -> tuple:
 
 def negative_widget(tooltip: str) -> tuple:
     return ("STRING", {"multiline": True, "default": NEGATIVE_DEFAULT, "tooltip": tooltip})
+
+
+#: what to do about an empty prompt typed into a widget
+PROMPT_HINT = "type what the image should show (e.g. 'a lighthouse on a rocky coast')"
+
+
+def check_prompt_given(prompt: object, hint: str = PROMPT_HINT) -> "bool | str":
+    """``VALIDATE_INPUTS`` for a prompt that cannot be empty: ComfyUI rejects the queue request with this text.
+
+    ComfyUI passes ``None`` for an input wired from another node (its value exists only at run
+    time); that one is accepted here and checked when the node runs.
+    """
+    if prompt is None or str(prompt).strip():
+        return True
+    return f"prompt is empty: {hint}"
 
 
 def latent_multiple(pixels: int) -> int:

@@ -1,4 +1,4 @@
-"""LVLM loader node: pick a vision-language model folder under ComfyUI's ``models/LLM`` (or the colour heuristic).
+"""LVLM Loader node: pick a vision-language model folder under ComfyUI's ``models/LLM`` (or the colour heuristic).
 
 The output (ComfyUI type ``"LVLM"``) is an :class:`~..engines.scoring.EmotionScorer`: an
 :class:`~..engines.lvlm_scorer.LVLMScorer` or the weight-free
@@ -21,21 +21,33 @@ from ..engines.judge.presets import AUTO, DIGITS, shipped_preset_names
 from ..engines.judge.scoring import EmotionScorer
 from . import comfy_bridge
 from .errors import clean_errors
-from .common import CATEGORY
+from .common import category, display_name, node_id
 from .lvlm_memory import ComfyResidency
 
 LVLM_TYPE = "LVLM"
+NAME = "LVLM Loader"
+NODE_ID, DISPLAY_NAME = node_id(NAME), display_name(NAME)
 
 
 def require_lvlm(lvlm: Any) -> EmotionScorer:
     """The object on an LVLM input, checked: nodes take it only from the LVLM loader."""
     if not isinstance(lvlm, EmotionScorer):
-        raise TypeError(f"lvlm must come from the 'LVLM Loader (EmoFeedback2)' node, got {type(lvlm).__name__}")
+        raise TypeError(f"lvlm must come from the '{DISPLAY_NAME}' node, got {type(lvlm).__name__}")
     return lvlm
 
 
+def judge_label(lvlm: EmotionScorer) -> str:
+    """One line naming the judge, for the scorer's and the loop's ``judge`` outputs."""
+    if lvlm.is_heuristic:
+        return f"{lvlm.name}: NO LVLM judged (a brightness/saturation rule of thumb, not a reading of content)"
+    return lvlm.name
+
+
 LLM_FOLDER = "LLM"
-COLOUR_OPTION = "colour heuristic (no model)"
+#: the weight-free choice, named so that a graph running on it says so where the model name would be
+COLOUR_OPTION = "no LVLM: colour heuristic judges"
+#: its name before the rename (graphs saved with the old loader hold this value)
+LEGACY_COLOUR_OPTION = "colour heuristic (no model)"
 NO_ADAPTER = "none"
 #: max_pixels = 0 without an adapter that recorded its limits: about 512 image tokens on Qwen-VL (speed).
 AUTO_MAX_PIXELS = 401408
@@ -111,6 +123,11 @@ def resolve_judge_preset(choice: str) -> str:
     raise LVLMLoadError(f"judge preset file {choice!r} not found under models/LLM/{PRESET_FOLDER}/; put it there and refresh")
 
 
+def model_choices() -> list[str]:
+    """The model folders found, then the colour heuristic: with a model on disk, a model is the default."""
+    return [*list_model_folders(), COLOUR_OPTION]
+
+
 def resolve_llm_folder(name: str, marker: str = "config.json") -> str:
     """Full path of the listed folder ``name``; a clear error naming the searched folders otherwise."""
     parts = Path(name).parts
@@ -131,17 +148,17 @@ def resolve_llm_folder(name: str, marker: str = "config.json") -> str:
 class LVLMLoader:
     """Load a vision-language model to judge emotion, or select the colour heuristic."""
 
-    CATEGORY = f"{CATEGORY}/LVLM"
+    CATEGORY = category("loaders")
     FUNCTION = "load"
     RETURN_TYPES = (LVLM_TYPE,)
     RETURN_NAMES = ("lvlm",)
-    OUTPUT_TOOLTIPS = ("The emotion judge: connect it to LVLM Emotion Scorer, Feedback Prompt Refiner or Emo Reward Loop.",)
+    OUTPUT_TOOLTIPS = ("The emotion judge: connect it to the EmoFeedback2 Scorer, Prompt Refiner or Reward Loop.",)
     DESCRIPTION = (
         "Loads a Hugging Face image-text-to-text chat model (Qwen2/2.5/3-VL, Qwen3.5, Gemma 3/4, InternVL, "
         "LLaVA-OneVision, SmolVLM …) from a folder "
-        "under ComfyUI/models/LLM/<name>, optionally with a LoRA adapter from training. The first option, "
-        "the colour heuristic, needs no model: it reads brightness and saturation (Valdez & Mehrabian 1994) "
-        "and is a rough stand-in, not a content judgement."
+        "under ComfyUI/models/LLM/<name>, optionally with a LoRA adapter from training. The last option, "
+        f"'{COLOUR_OPTION}', needs no model: it reads brightness and saturation (Valdez & Mehrabian 1994) "
+        "and is a rough stand-in, not a content judgement; the nodes it feeds say so in their judge output."
     )
 
     @classmethod
@@ -149,9 +166,10 @@ class LVLMLoader:
         return {
             "required": {
                 "model": (
-                    [COLOUR_OPTION, *list_model_folders()],
-                    {"tooltip": "A model folder under ComfyUI/models/LLM (must contain config.json and *.safetensors), "
-                                "or the weight-free colour heuristic."},
+                    model_choices(),
+                    {"tooltip": "A model folder under ComfyUI/models/LLM (must contain config.json and *.safetensors). "
+                                f"'{COLOUR_OPTION}' (the only choice until a model is there) uses a weight-free "
+                                "brightness/saturation rule instead of a model."},
                 ),
                 "dtype": (
                     ["auto", "bfloat16", "float16", "float32"],
@@ -258,5 +276,5 @@ class LVLMLoader:
         return (scorer,)
 
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {"EmoLVLMLoader": LVLMLoader}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {"EmoLVLMLoader": "LVLM Loader (EmoFeedback2)"}
+NODE_CLASS_MAPPINGS: dict[str, type] = {NODE_ID: LVLMLoader}
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {NODE_ID: DISPLAY_NAME}

@@ -1,4 +1,4 @@
-"""FeedbackPromptRefiner and EmoRewardLoop: the LVLM's judgement as text that rewrites the prompt.
+"""EmoFeedback2 Prompt Refiner and Reward Loop: the LVLM's judgement as text that rewrites the prompt.
 
 Both are thin: they parse widgets, build engine objects (refiner, ComfyUI generator, loop config)
 and call :mod:`..engines.refiner` / :mod:`..engines.feedback_loop`; progress and Cancel go through
@@ -21,19 +21,24 @@ from ..engines.loop.trajectory_plot import plot_to_tensor, plot_trajectory
 from . import comfy_bridge
 from .errors import clean_errors
 from .common import (
-    CATEGORY, arousal_widget, cfg_widget, latent_multiple, negative_widget, size_widget, steps_widget, valence_widget,
+    arousal_widget, category, cfg_widget, check_prompt_given, display_name, latent_multiple, negative_widget, node_id,
+    size_widget, steps_widget, valence_widget,
 )
 from .conditioner_nodes import EMOTION_ADAPTER_TYPE
-from .loader_nodes import LVLM_TYPE, require_lvlm
+from .loader_nodes import DISPLAY_NAME as LOADER_DISPLAY_NAME, LVLM_TYPE, judge_label, require_lvlm
+from .scorer_nodes import JUDGE_OUTPUT_TOOLTIP
 
 _DEFAULTS = LoopConfig()
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
+REFINER_NAME, LOOP_NAME = "Prompt Refiner", "Reward Loop"
+REFINER_NODE_ID, REFINER_DISPLAY_NAME = node_id(REFINER_NAME), display_name(REFINER_NAME)
+LOOP_NODE_ID, LOOP_DISPLAY_NAME = node_id(LOOP_NAME), display_name(LOOP_NAME)
 
 
 class FeedbackPromptRefiner:
     """One refinement step: image + its reading + target → feedback and a rewritten prompt."""
 
-    CATEGORY = f"{CATEGORY}/LVLM"
+    CATEGORY = category("judge")
     FUNCTION = "refine"
     RETURN_TYPES = ("STRING", "STRING", "FLOAT", "FLOAT", "BOOLEAN")
     RETURN_NAMES = ("refined_prompt", "feedback", "measured_valence", "measured_arousal", "used_fallback")
@@ -57,17 +62,17 @@ class FeedbackPromptRefiner:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
-                "lvlm": (LVLM_TYPE, {"tooltip": "The judge from the LVLM Loader (EmoFeedback2) node. With the "
+                "lvlm": (LVLM_TYPE, {"tooltip": f"The judge from the {LOADER_DISPLAY_NAME} node. With the "
                                                 "colour heuristic the descriptor fallback writes the prompt."}),
                 "image": ("IMAGE", {"tooltip": "The generated image to critique (the first image of a batch is used)."}),
                 "prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "The prompt that produced the image."}),
-                "target_valence": valence_widget(0.0, "Target valence in [-3, 3]: how pleasant the next image should feel."),
-                "target_arousal": arousal_widget(0.0, "Target arousal in [-3, 3]: how intense the next image should feel."),
+                "valence": valence_widget(0.0, "Target valence in [-3, 3]: how pleasant the next image should feel."),
+                "arousal": arousal_widget(0.0, "Target arousal in [-3, 3]: how intense the next image should feel."),
             },
             "optional": {
                 "measured_valence": ("FLOAT", {"forceInput": True, "default": 0.0, "min": -3.0, "max": 3.0,
-                                               "tooltip": "Measured valence of the image (e.g. from LVLM Emotion "
-                                                          "Scorer). Leave unconnected to let the LVLM read it."}),
+                                               "tooltip": "Measured valence of the image (e.g. the Scorer's "
+                                                          "measured_valence). Leave unconnected to let the LVLM read it."}),
                 "measured_arousal": ("FLOAT", {"forceInput": True, "default": 0.0, "min": -3.0, "max": 3.0,
                                                "tooltip": "Measured arousal of the image. Leave unconnected to let the LVLM read it."}),
                 "subject": ("STRING", {"default": "", "tooltip": "Optional: your original prompt, when 'prompt' is already "
@@ -75,14 +80,21 @@ class FeedbackPromptRefiner:
             },
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, prompt: Optional[str] = None) -> "bool | str":
+        """Queue-time check (ComfyUI calls it before running anything): an empty prompt can only fail."""
+        return check_prompt_given(
+            prompt, "type the prompt that produced the image, or wire it in (e.g. the Conditioner's encoded_prompt)"
+        )
+
     @clean_errors
     def refine(
         self,
         lvlm: EmotionScorer,
         image: torch.Tensor,
         prompt: str,
-        target_valence: float,
-        target_arousal: float,
+        valence: float,
+        arousal: float,
         measured_valence: Optional[float] = None,
         measured_arousal: Optional[float] = None,
         subject: str = "",
@@ -90,7 +102,7 @@ class FeedbackPromptRefiner:
         lvlm = require_lvlm(lvlm)
         if not prompt or not prompt.strip():
             raise ValueError("prompt is empty: connect the prompt that produced the image")
-        target = VA(target_valence, target_arousal)
+        target = VA(valence, arousal)
         image = check_image_tensor(image, "image")[:1]
         progress = comfy_bridge.make_progress(2)
         progress(0, 2)
@@ -111,10 +123,10 @@ class FeedbackPromptRefiner:
 class EmoRewardLoop:
     """The whole feedback loop inside one node: rounds × candidates, LVLM judge, prompt rewriting."""
 
-    CATEGORY = f"{CATEGORY}/sampling"
+    CATEGORY = category("sampling")
     FUNCTION = "run"
-    RETURN_TYPES = ("IMAGE", "IMAGE", "STRING", "STRING", "IMAGE")
-    RETURN_NAMES = ("best_image", "all_candidates", "final_prompt", "history_json", "trajectory_plot")
+    RETURN_TYPES = ("IMAGE", "IMAGE", "STRING", "STRING", "IMAGE", "STRING")
+    RETURN_NAMES = ("best_image", "all_candidates", "final_prompt", "history_json", "trajectory_plot", "judge")
     OUTPUT_TOOLTIPS = (
         "The candidate whose measured emotion came closest to the target over all rounds.",
         "Every candidate of every completed round, in order (round 1 first).",
@@ -122,6 +134,7 @@ class EmoRewardLoop:
         "JSON history: per round the prompt, feedback and every candidate's seed, valence, arousal and reward; "
         "stop reason, counts of generated and judged images, timings.",
         "The valence-arousal plane with the target, every candidate (coloured by round) and the best-so-far path.",
+        JUDGE_OUTPUT_TOOLTIP,
     )
     DESCRIPTION = (
         "EmoFeedback² self-promotion loop: generates candidates, lets the LVLM judge their valence/arousal "
@@ -138,14 +151,14 @@ class EmoRewardLoop:
                 "model": ("MODEL", {"tooltip": "The diffusion model (e.g. from Load Checkpoint or the trained-weights loader)."}),
                 "clip": ("CLIP", {"tooltip": "The text encoder that goes with the model."}),
                 "vae": ("VAE", {"tooltip": "The VAE that decodes the model's latents."}),
-                "lvlm": (LVLM_TYPE, {"tooltip": "The judge from the LVLM Loader (EmoFeedback2) node; it scores every "
+                "lvlm": (LVLM_TYPE, {"tooltip": f"The judge from the {LOADER_DISPLAY_NAME} node; it scores every "
                                                 "candidate and writes the feedback (colour heuristic: descriptor fallback)."}),
                 "prompt": ("STRING", {"multiline": True, "default": "a lighthouse on a rocky coast, wide shot",
                                       "tooltip": "What to draw. Subject and composition words are kept in every round; "
                                                  "emotional content is rewritten."}),
-                "negative": negative_widget("Negative prompt, the same in every round."),
-                "target_valence": valence_widget(1.5),
-                "target_arousal": arousal_widget(1.0),
+                "negative_prompt": negative_widget("Negative prompt, the same in every round."),
+                "valence": valence_widget(1.5),
+                "arousal": arousal_widget(1.0),
                 "rounds": ("INT", {"default": _DEFAULTS.rounds, "min": 1, "max": 10,
                                    "tooltip": "Most rounds of generate → judge → rewrite (the paper uses 3)."}),
                 "candidates": ("INT", {"default": _DEFAULTS.candidates, "min": 1, "max": 32,
@@ -173,6 +186,11 @@ class EmoRewardLoop:
             },
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, prompt: Optional[str] = None) -> "bool | str":
+        """Queue-time check: the loop keeps the prompt's subject, so an empty one can only fail."""
+        return check_prompt_given(prompt)
+
     @clean_errors
     def run(
         self,
@@ -181,9 +199,9 @@ class EmoRewardLoop:
         vae: Any,
         lvlm: EmotionScorer,
         prompt: str,
-        negative: str,
-        target_valence: float,
-        target_arousal: float,
+        negative_prompt: str,
+        valence: float,
+        arousal: float,
         rounds: int,
         candidates: int,
         tolerance: float,
@@ -201,11 +219,11 @@ class EmoRewardLoop:
         from ..engines.generation.comfy_backend import ComfyGenerator
 
         lvlm = require_lvlm(lvlm)
-        target = VA(target_valence, target_arousal)
+        target = VA(valence, arousal)
         config = LoopConfig(
             rounds=int(rounds), candidates=int(candidates), tolerance=float(tolerance),
             min_improvement=float(min_improvement), seed=int(seed), steps=int(steps), cfg=float(cfg),
-            width=latent_multiple(width), height=latent_multiple(height), negative_prompt=negative or "",
+            width=latent_multiple(width), height=latent_multiple(height), negative_prompt=negative_prompt or "",
             adapter_strength=float(adapter_strength) if emotion_adapter is not None else 0.0,
         )
         generator = ComfyGenerator(model, clip, vae, sampler_name=sampler_name, scheduler=scheduler, adapter=emotion_adapter)
@@ -214,14 +232,8 @@ class EmoRewardLoop:
         result = run_feedback_loop(generator, judged, make_refiner(lvlm), prompt, target, config, progress=progress)
         plot = plot_to_tensor(plot_trajectory(result))
         history = {**json.loads(result.to_json()), "reading_trust": judged.trust().as_dict()}
-        return (result.best_image, result.images, result.final_prompt, json.dumps(history), plot)
+        return (result.best_image, result.images, result.final_prompt, json.dumps(history), plot, judge_label(lvlm))
 
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {
-    "FeedbackPromptRefiner": FeedbackPromptRefiner,
-    "EmoRewardLoop": EmoRewardLoop,
-}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
-    "FeedbackPromptRefiner": "Feedback Prompt Refiner (EmoFeedback2)",
-    "EmoRewardLoop": "Emo Reward Loop (EmoFeedback2)",
-}
+NODE_CLASS_MAPPINGS: dict[str, type] = {REFINER_NODE_ID: FeedbackPromptRefiner, LOOP_NODE_ID: EmoRewardLoop}
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {REFINER_NODE_ID: REFINER_DISPLAY_NAME, LOOP_NODE_ID: LOOP_DISPLAY_NAME}

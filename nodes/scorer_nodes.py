@@ -1,4 +1,4 @@
-"""LVLMEmotionScorer node: an IMAGE batch → per-image valence, arousal, reward against a target, analysis.
+"""EmoFeedback2 Scorer node: an IMAGE batch → per-image measured valence, arousal, reward against a target, analysis.
 
 ComfyUI wiring: the FLOAT outputs carry the batch mean (one image → that image's value) so they plug
 into any FLOAT input; ``readings_json`` carries every image's row for inspection or scripts.
@@ -17,19 +17,24 @@ from ..engines.images import check_image_tensor
 from ..engines.judge.scoring import EmotionScorer, assess_readings, reading_rows
 from . import comfy_bridge
 from .errors import clean_errors
-from .common import CATEGORY, arousal_widget, valence_widget
-from .loader_nodes import LVLM_TYPE, require_lvlm
+from .common import arousal_widget, category, display_name, node_id, valence_widget
+from .loader_nodes import DISPLAY_NAME as LOADER_DISPLAY_NAME, LVLM_TYPE, judge_label, require_lvlm
 
 NO_REWARD = -1.0
+NAME = "Scorer"
+NODE_ID, DISPLAY_NAME = node_id(NAME), display_name(NAME)
+JUDGE_OUTPUT_TOOLTIP = (
+    "Which judge read the images: the LVLM's folder name, or a line saying the colour heuristic (no LVLM) did."
+)
 
 
 class LVLMEmotionScorer:
     """Measure the emotion of every image in a batch with the LVLM (or the colour heuristic)."""
 
-    CATEGORY = f"{CATEGORY}/LVLM"
+    CATEGORY = category("judge")
     FUNCTION = "score"
-    RETURN_TYPES = ("FLOAT", "FLOAT", "FLOAT", "STRING", "STRING")
-    RETURN_NAMES = ("valence", "arousal", "reward", "analysis", "readings_json")
+    RETURN_TYPES = ("FLOAT", "FLOAT", "FLOAT", "STRING", "STRING", "STRING")
+    RETURN_NAMES = ("measured_valence", "measured_arousal", "reward", "analysis", "readings_json", "judge")
     OUTPUT_TOOLTIPS = (
         "Measured valence in [-3, 3] (mean over the batch; the image's own value for one image).",
         "Measured arousal in [-3, 3] (mean over the batch).",
@@ -38,25 +43,27 @@ class LVLMEmotionScorer:
         "JSON list with one row per image: index, valence, arousal, reward, distance, digit_mass and "
         "low_digit_mass (true when the judge put little probability on the scale digits: an unreliable "
         "reading), analysis.",
+        JUDGE_OUTPUT_TOOLTIP,
     )
     DESCRIPTION = (
         "Reads valence (unpleasant → pleasant) and arousal (calm → excited) of every image, in [-3, 3], "
         "from the LVLM's answer probabilities (no text parsing), all images in one batch. Optionally "
-        "compares with a target emotion and asks the model for a short explanation."
+        "compares with a target emotion and asks the model for a short explanation. The judge output "
+        "names what judged (an LVLM, or the colour heuristic)."
     )
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
-                "lvlm": (LVLM_TYPE, {"tooltip": "The judge from the LVLM Loader (EmoFeedback2) node."}),
+                "lvlm": (LVLM_TYPE, {"tooltip": f"The judge from the {LOADER_DISPLAY_NAME} node."}),
                 "images": ("IMAGE", {"tooltip": "A batch of images to score; each gets its own reading."}),
                 "use_target": (
                     "BOOLEAN",
                     {"default": False, "tooltip": "Compare each reading with the target below and output a reward."},
                 ),
-                "target_valence": valence_widget(0.0, "Target valence in [-3, 3] (used when use_target is on)."),
-                "target_arousal": arousal_widget(0.0, "Target arousal in [-3, 3] (used when use_target is on)."),
+                "valence": valence_widget(0.0, "Target valence in [-3, 3] (used when use_target is on)."),
+                "arousal": arousal_widget(0.0, "Target arousal in [-3, 3] (used when use_target is on)."),
                 "analysis": (
                     "BOOLEAN",
                     {"default": False, "tooltip": "Also generate a short explanation per image (slower: text "
@@ -71,12 +78,12 @@ class LVLMEmotionScorer:
         lvlm: EmotionScorer,
         images: torch.Tensor,
         use_target: bool = False,
-        target_valence: float = 0.0,
-        target_arousal: float = 0.0,
+        valence: float = 0.0,
+        arousal: float = 0.0,
         analysis: bool = False,
     ):
         lvlm = require_lvlm(lvlm)
-        target: Optional[VA] = VA(target_valence, target_arousal) if use_target else None
+        target: Optional[VA] = VA(valence, arousal) if use_target else None
         images = check_image_tensor(images, "images")
         progress = comfy_bridge.make_progress(1)
         if "progress" in inspect.signature(lvlm.score).parameters:
@@ -93,7 +100,7 @@ class LVLMEmotionScorer:
         mean_reward = sum(row["reward"] for row in rows) / n if target is not None else NO_REWARD
         report = self._report(lvlm, rows, target)
         report += "".join(f"\nWARNING: {w}" for w in assess_readings(readings, lvlm).warnings)
-        return (float(mean_v), float(mean_a), float(mean_reward), report, json.dumps(rows))
+        return (float(mean_v), float(mean_a), float(mean_reward), report, json.dumps(rows), judge_label(lvlm))
 
     @staticmethod
     def _report(lvlm: EmotionScorer, rows: list[dict], target: Optional[VA]) -> str:
@@ -111,5 +118,5 @@ class LVLMEmotionScorer:
         return "\n".join(lines)
 
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {"LVLMEmotionScorer": LVLMEmotionScorer}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {"LVLMEmotionScorer": "LVLM Emotion Scorer (EmoFeedback2)"}
+NODE_CLASS_MAPPINGS: dict[str, type] = {NODE_ID: LVLMEmotionScorer}
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {NODE_ID: DISPLAY_NAME}

@@ -1,4 +1,4 @@
-"""EmotionSweepGrid: the continuity figure (one prompt and seed over a V×A grid) as one ComfyUI node.
+"""EmoFeedback2 Sweep Grid: the continuity figure (one prompt and seed over a V×A grid) as one ComfyUI node.
 
 Thin: parses the axis lists, builds a :class:`~..engines.comfy_backend.ComfyGenerator` on the
 connected MODEL/CLIP/VAE (each cell made exactly as CLIPTextEncode/EmotionConditioner → KSampler →
@@ -16,8 +16,12 @@ from ..engines.generation.emotion_adapter import EmotionAdapter
 from ..engines.generation.sweep import DEFAULT_AXIS_VALUES, SweepLayout, labelled_grid, parse_axis_values, run_sweep
 from . import comfy_bridge
 from .errors import clean_errors
-from .common import CATEGORY, cfg_widget, latent_multiple, negative_widget, size_widget, steps_widget
+from .common import (
+    category, cfg_widget, display_name, latent_multiple, negative_widget, node_id, size_widget, steps_widget,
+)
 
+NAME = "Sweep Grid"
+NODE_ID, DISPLAY_NAME = node_id(NAME), display_name(NAME)
 AXIS_TOOLTIP = (
     "Comma-separated {axis} values in [-3, 3], one grid {line} each (at most 9), e.g. '-3, -1.5, 0, 1.5, 3'."
 )
@@ -26,7 +30,7 @@ AXIS_TOOLTIP = (
 class EmotionSweepGrid:
     """MODEL + CLIP + VAE + prompt + seed → one labelled grid over valence × arousal targets."""
 
-    CATEGORY = f"{CATEGORY}/sampling"
+    CATEGORY = category("sampling")
     FUNCTION = "sweep"
     RETURN_TYPES = ("IMAGE", "IMAGE", "STRING")
     RETURN_NAMES = ("grid", "images", "targets_json")
@@ -38,7 +42,7 @@ class EmotionSweepGrid:
     DESCRIPTION = (
         "Continuity sweep: generates the same prompt with the same seed at every valence × arousal target "
         "and assembles one labelled grid, to see how smoothly the emotion control moves the image. Each "
-        "cell is sampled like EmotionConditioner → KSampler → VAEDecode."
+        "cell is sampled like EmoFeedback2 Conditioner → KSampler → VAEDecode."
     )
 
     @classmethod
@@ -49,9 +53,9 @@ class EmotionSweepGrid:
                 "model": ("MODEL", {"tooltip": "The diffusion model (after any LoRA loader)."}),
                 "clip": ("CLIP", {"tooltip": "The CLIP (text encoder) from your checkpoint loader."}),
                 "vae": ("VAE", {"tooltip": "The VAE that decodes the samples."}),
-                "text": ("STRING", {"multiline": True, "default": "a quiet harbour town at dusk",
-                                    "tooltip": "The prompt shared by every cell."}),
-                "negative": negative_widget("Negative prompt shared by every cell."),
+                "prompt": ("STRING", {"multiline": True, "default": "a quiet harbour town at dusk",
+                                      "tooltip": "The prompt shared by every cell."}),
+                "negative_prompt": negative_widget("Negative prompt shared by every cell."),
                 "valences": ("STRING", {"default": DEFAULT_AXIS_VALUES,
                                         "tooltip": AXIS_TOOLTIP.format(axis="valence", line="column")}),
                 "arousals": ("STRING", {"default": DEFAULT_AXIS_VALUES,
@@ -65,10 +69,10 @@ class EmotionSweepGrid:
                 "width": size_widget("Cell width"),
                 "height": size_widget("Cell height"),
                 "text_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
-                                            "tooltip": "Emotion words woven into the prompt, as in EmotionConditioner (0 = none)."}),
+                                            "tooltip": "Emotion words woven into the prompt, as in the Conditioner (0 = none)."}),
             },
             "optional": {
-                "emotion_adapter": ("EMOTION_ADAPTER", {"tooltip": "Optional trained emotion adapter from the Emotion Weights Loader."}),
+                "emotion_adapter": ("EMOTION_ADAPTER", {"tooltip": "Optional trained emotion adapter from the Weights Loader."}),
                 "adapter_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
                                                "tooltip": "How far the adapter moves the conditioning (1 = as trained, 0 = off)."}),
             },
@@ -76,7 +80,7 @@ class EmotionSweepGrid:
 
     @clean_errors
     def sweep(
-        self, model: Any, clip: Any, vae: Any, text: str, negative: str, valences: str, arousals: str,
+        self, model: Any, clip: Any, vae: Any, prompt: str, negative_prompt: str, valences: str, arousals: str,
         seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str, width: int, height: int,
         text_strength: float, emotion_adapter: Optional[EmotionAdapter] = None, adapter_strength: float = 1.0,
     ) -> tuple:  # fmt: skip
@@ -87,13 +91,13 @@ class EmotionSweepGrid:
         )  # fmt: skip
         cells = layout.rows * layout.cols
         images = run_sweep(
-            generator, layout, text, seed, negative_prompt=negative, width=latent_multiple(width), height=latent_multiple(height), steps=steps,
+            generator, layout, prompt, seed, negative_prompt=negative_prompt, width=latent_multiple(width), height=latent_multiple(height), steps=steps,
             cfg=cfg, adapter_strength=float(adapter_strength), progress=comfy_bridge.make_progress(cells * steps),
         )  # fmt: skip
-        grid = labelled_grid(images, layout, title=text.strip().splitlines()[0] if text.strip() else "")
+        grid = labelled_grid(images, layout, title=prompt.strip().splitlines()[0] if prompt.strip() else "")
         targets = json.dumps([[t.valence, t.arousal] for t in layout.targets()])
         return (grid, images, targets)
 
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {"EmotionSweepGrid": EmotionSweepGrid}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {"EmotionSweepGrid": "Emotion Sweep Grid (EmoFeedback2)"}
+NODE_CLASS_MAPPINGS: dict[str, type] = {NODE_ID: EmotionSweepGrid}
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {NODE_ID: DISPLAY_NAME}

@@ -1,4 +1,4 @@
-"""Emotion Weights Loader: trained generator weights → MODEL (+ CLIP) with the LoRA, and the EMOTION_ADAPTER.
+"""EmoFeedback2 Weights Loader: trained generator weights → MODEL (+ CLIP) with the LoRA, and the EMOTION_ADAPTER.
 
 The LoRA goes through ComfyUI's own machinery, exactly like the stock LoraLoader
 (``comfy.utils.load_torch_file(safe_load=True)`` + ``comfy.sd.load_lora_for_models``, kohya keys) —
@@ -9,6 +9,12 @@ diffusers/PEFT file whose attention layers ComfyUI would drop) never loads parti
 
 Adapter files are looked up in ``models/emotion_adapters`` (registered here, keeping paths from
 extra_model_paths.yaml) and, prefixed ``loras/``, in the ``loras`` folder.
+
+Without a CLIP input the ``clip`` output is a :class:`NoClipConnected` placeholder, not ``None``: a
+node that uses it (core's CLIPTextEncode, a LoRA loader, our conditioner) stops with this pack's
+:class:`NoClipError` saying which input to connect, instead of core's "your checkpoint does not
+contain a valid clip", which sends the user after a checkpoint that is fine. (A V1 node cannot
+drop an output when an input is unwired, so the output stays and explains itself.)
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ from ..engines.generation.emotion_adapter import (
 )
 from . import comfy_bridge
 from .errors import clean_errors
-from .common import CATEGORY
+from .common import category, display_name, node_id
 from .conditioner_nodes import EMOTION_ADAPTER_TYPE
 from ..engines.errors import UserError
+from .errors import display_class
 
 ADAPTER_FOLDER = "emotion_adapters"
 LORA_FOLDER = "loras"
@@ -44,8 +51,38 @@ _LORA_SUFFIXES = (
 )
 
 
+NAME = "Weights Loader"
+NODE_ID, DISPLAY_NAME = node_id(NAME), display_name(NAME)
+
+
 class LoraMismatchError(UserError, ValueError):
     """A LoRA file's layers do not all exist in the MODEL/CLIP it is applied to."""
+
+
+class NoClipError(UserError, AttributeError):
+    """A node used the Weights Loader's clip output while nothing was connected to its clip input.
+
+    An AttributeError too, so ``getattr(clip, name, default)`` probes still get their default.
+    """
+
+
+NO_CLIP_MESSAGE = (
+    f"no CLIP reached this node: the {DISPLAY_NAME}'s clip output is empty because nothing is connected to its "
+    "clip input. Connect your checkpoint loader's CLIP to the Weights Loader's clip input (that also applies the "
+    "LoRA's text-encoder layers), or wire the checkpoint loader's CLIP straight to this node."
+)
+
+
+class NoClipConnected:
+    """The clip output when no CLIP was wired in: any use raises :class:`NoClipError` naming the fix."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # copy/pickle/introspection probes: plain "no such attribute"
+            raise AttributeError(name)
+        raise display_class(NoClipError)(NO_CLIP_MESSAGE)
+
+    def __repr__(self) -> str:
+        return "<no CLIP connected to the EmoFeedback2 Weights Loader>"
 
 
 def _list(folder: str) -> list[str]:
@@ -190,21 +227,22 @@ def check_lora_fits(lora: dict, model: Any, clip: Any, lora_name: str) -> LoraFi
 class EmotionWeightsLoader:
     """Apply an EmoFeedback2-trained LoRA to MODEL/CLIP and load its emotion adapter."""
 
-    CATEGORY = f"{CATEGORY}/loaders"
+    CATEGORY = category("loaders")
     FUNCTION = "load"
     RETURN_TYPES = ("MODEL", "CLIP", EMOTION_ADAPTER_TYPE, "STRING")
     RETURN_NAMES = ("model", "clip", "emotion_adapter", "report")
     OUTPUT_TOOLTIPS = (
         "The model with the emotion LoRA applied (unchanged if lora_name is none).",
-        "The CLIP with the LoRA's text-encoder layers applied (None if no CLIP was connected).",
-        "The emotion adapter for EmotionConditioner (None if adapter_name is none).",
+        "The CLIP with the LoRA's text-encoder layers applied. With no CLIP connected it is empty: a node that "
+        "uses it stops with an error saying to connect CLIP here.",
+        "The emotion adapter for the EmoFeedback2 Conditioner (None if adapter_name is none).",
         "What was loaded: LoRA layers applied, text-encoder layers skipped for want of a CLIP input, the adapter.",
     )
     DESCRIPTION = (
         "Loads the generator weights trained by EmoFeedback2: a LoRA (from models/loras, kohya keys, applied "
         "through ComfyUI's LoRA loader) and an emotion adapter (from models/emotion_adapters). Without a CLIP "
-        "input only the LoRA's diffusion-model part is applied (like LoraLoaderModelOnly) and the report says "
-        "so. A LoRA whose layers do not match this model is refused with an explanation instead of loading partially."
+        "input only the LoRA's diffusion-model part is applied (like LoraLoaderModelOnly), the report says "
+        "so and the clip output stays empty (take CLIP from your checkpoint loader). A LoRA whose layers do not match this model is refused with an explanation instead of loading partially."
     )
 
     @classmethod
@@ -222,8 +260,9 @@ class EmotionWeightsLoader:
                                "none = no adapter."}),
             },
             "optional": {
-                "clip": ("CLIP", {"tooltip": "Connect to also apply the LoRA's text-encoder layers (if any). Left "
-                                            "unconnected, only the diffusion-model part is applied."}),
+                "clip": ("CLIP", {"tooltip": "Connect to also apply the LoRA's text-encoder layers (if any) and to use "
+                                            "the clip output. Left unconnected, only the diffusion-model part is "
+                                            "applied and the clip output is empty."}),
                 "strength_clip": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
                                             "tooltip": "LoRA strength on the text encoder (1 = as trained)."}),
             },
@@ -236,6 +275,8 @@ class EmotionWeightsLoader:
     ):
         if model is None:
             raise ValueError("the model input is empty: connect your checkpoint loader's MODEL output")
+        if isinstance(clip, NoClipConnected):  # chained after a Weights Loader that had no CLIP either
+            clip = None
         notes: list[str] = []
         if lora_name and lora_name != NONE:
             import comfy.sd
@@ -275,8 +316,11 @@ class EmotionWeightsLoader:
             notes.append(f"emotion adapter {adapter_name} ({ARCH_NAMES.get(meta.get('architecture'), '?')})")
         else:
             notes.append("no emotion adapter")
+        if clip is None:
+            notes.append("clip output empty (no CLIP connected)")
+            clip = NoClipConnected()
         return (model, clip, adapter, "; ".join(notes))
 
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {"EmotionWeightsLoader": EmotionWeightsLoader}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {"EmotionWeightsLoader": "Emotion Weights Loader (EmoFeedback2)"}
+NODE_CLASS_MAPPINGS: dict[str, type] = {NODE_ID: EmotionWeightsLoader}
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {NODE_ID: DISPLAY_NAME}

@@ -13,11 +13,8 @@ signatures of ComfyUI v0.3.64 (see DESIGN.md §3 and comfy/sample.py, comfy/sd.p
 - ``comfy.samplers.KSampler.SAMPLERS / SCHEDULERS``;
 - ``comfy.utils.load_torch_file(ckpt, safe_load=False, device=None, return_metadata=False)``,
   ``PROGRESS_BAR_ENABLED``; ``comfy.model_management.intermediate_device()``;
-- ``comfy.lora.model_lora_keys_unet(model, key_map={})`` / ``model_lora_keys_clip(model, key_map={})``
-  (kohya ``lora_unet_…``/``lora_te_…`` and diffusers ``unet.….processor.to_q`` names, as the real
-  functions derive them), ``load_lora(lora, to_load, log_missing=True)``,
-  ``comfy.lora_convert.convert_lora(sd)`` and ``comfy.sd.load_lora_for_models(model, clip, lora,
-  strength_model, strength_clip)`` (the real function's body).
+- ``comfy.lora`` / ``comfy.lora_convert`` / ``comfy.sd``'s LoRA functions from
+  tests/fixtures_comfy_lora.py (key mapping as the real functions derive it).
 
 ``FakeCLIP.tokenize(text)`` / ``encode_from_tokens_scheduled(tokens, unprojected=False, add_dict={},
 show_pbar=True)`` return CONDITIONING ``[[cond [1,77,D], {"pooled_output": [1,P]}]]``;
@@ -28,7 +25,6 @@ ModelPatcher's ``model``, ``load_device``, ``model_options``, ``clone()``, ``add
 
 from __future__ import annotations
 
-import logging
 import sys
 import types
 from dataclasses import dataclass, field
@@ -39,6 +35,8 @@ import pytest
 import torch
 from torch import nn
 
+from fixtures_comfy_lora import make_lora, make_sd
+
 ARCH_SHAPES = {"sd15": (768, 768, "SD15"), "sdxl": (2048, 1280, "SDXL"), "sd3": (4096, 2048, "SD3")}
 UNET_BLOCKS = {
     # ComfyUI (ldm) key → diffusers module path, for the few attention layers our fake UNet has.
@@ -48,7 +46,6 @@ UNET_BLOCKS = {
     "middle_block.1.transformer_blocks.0.attn1.to_out.0": "mid_block.attentions.0.transformer_blocks.0.attn1.to_out.0",
 }
 CLIP_LAYERS = ("self_attn.q_proj", "self_attn.k_proj", "mlp.fc1")
-LORA_CLIP_MAP = {"self_attn.q_proj": "self_attn_q_proj", "self_attn.k_proj": "self_attn_k_proj", "mlp.fc1": "mlp_fc1"}
 
 
 @dataclass
@@ -285,86 +282,6 @@ def _make_samplers() -> types.ModuleType:
     return samplers
 
 
-def _make_lora(utils) -> types.ModuleType:
-    lora = types.ModuleType("comfy.lora")
-
-    def model_lora_keys_clip(model, key_map={}):
-        for k in model.state_dict().keys():
-            if not k.endswith(".weight"):
-                continue
-            for b in range(32):
-                for c, d in LORA_CLIP_MAP.items():
-                    if k == f"clip_l.transformer.text_model.encoder.layers.{b}.{c}.weight":
-                        key_map[f"lora_te_text_model_encoder_layers_{b}_{d}"] = k
-                        key_map[f"text_encoder.text_model.encoder.layers.{b}.{c}"] = k
-        return key_map
-
-    def model_lora_keys_unet(model, key_map={}):
-        for k in model.state_dict().keys():
-            if k.startswith("diffusion_model.") and k.endswith(".weight"):
-                key_lora = k[len("diffusion_model."):-len(".weight")].replace(".", "_")
-                key_map[f"lora_unet_{key_lora}"] = k
-                key_map[k[: -len(".weight")]] = k
-        for k, ldm in model.diffusers_keys.items():
-            unet_key = f"diffusion_model.{ldm}"
-            key_map["lora_unet_{}".format(k[: -len(".weight")].replace(".", "_"))] = unet_key
-            for p in ("", "unet."):
-                dk = "{}{}".format(p, k[: -len(".weight")].replace(".to_", ".processor.to_"))
-                if dk.endswith(".to_out.0"):
-                    dk = dk[:-2]
-                key_map[dk] = unet_key
-        return key_map
-
-    def load_lora(lora_sd, to_load, log_missing=True):
-        patch_dict, loaded_keys = {}, set()
-        for x in to_load:
-            up, down = f"{x}.lora_up.weight", f"{x}.lora_down.weight"
-            if up in lora_sd and down in lora_sd:
-                alpha = lora_sd[f"{x}.alpha"].item() if f"{x}.alpha" in lora_sd else None
-                patch_dict[to_load[x]] = ("lora", (lora_sd[up], lora_sd[down], alpha, None, None, None))
-                loaded_keys.update({up, down, f"{x}.alpha"})
-        if log_missing:
-            for x in lora_sd.keys():
-                if x not in loaded_keys:
-                    logging.warning("lora key not loaded: {}".format(x))
-        return patch_dict
-
-    lora.model_lora_keys_clip = model_lora_keys_clip
-    lora.model_lora_keys_unet = model_lora_keys_unet
-    lora.load_lora = load_lora
-    return lora
-
-
-def _make_sd(lora, lora_convert) -> types.ModuleType:
-    sd = types.ModuleType("comfy.sd")
-
-    def load_lora_for_models(model, clip, lora_sd, strength_model, strength_clip):
-        key_map = {}
-        if model is not None:
-            key_map = lora.model_lora_keys_unet(model.model, key_map)
-        if clip is not None:
-            key_map = lora.model_lora_keys_clip(clip.cond_stage_model, key_map)
-        lora_sd = lora_convert.convert_lora(lora_sd)
-        loaded = lora.load_lora(lora_sd, key_map)
-        if model is not None:
-            new_modelpatcher = model.clone()
-            k = new_modelpatcher.add_patches(loaded, strength_model)
-        else:
-            k, new_modelpatcher = (), None
-        if clip is not None:
-            new_clip = clip.clone()
-            k1 = new_clip.add_patches(loaded, strength_clip)
-        else:
-            k1, new_clip = (), None
-        for x in loaded:
-            if x not in set(k) and x not in set(k1):
-                logging.warning("NOT LOADED {}".format(x))
-        return (new_modelpatcher, new_clip)
-
-    sd.load_lora_for_models = load_lora_for_models
-    return sd
-
-
 @pytest.fixture
 def comfy_sampling(fake_comfy, monkeypatch) -> ComfySampling:
     """Adds comfy.sample / samplers / lora / lora_convert / sd to ``fake_comfy``'s modules."""
@@ -398,8 +315,8 @@ def comfy_sampling(fake_comfy, monkeypatch) -> ComfySampling:
     lora_convert.convert_lora = lambda sd: sd
     state = ComfySampling(fake=fake_comfy, sample=None, samplers=_make_samplers(), lora=None, sd=None)  # type: ignore[arg-type]
     state.sample = _make_sample(state, mm, utils)
-    state.lora = _make_lora(utils)
-    state.sd = _make_sd(state.lora, lora_convert)
+    state.lora = make_lora()
+    state.sd = make_sd(state.lora, lora_convert)
     for name, module in (("sample", state.sample), ("samplers", state.samplers), ("lora", state.lora),
                          ("lora_convert", lora_convert), ("sd", state.sd)):
         monkeypatch.setitem(sys.modules, f"comfy.{name}", module)

@@ -46,7 +46,7 @@ def test_strength_zero_equals_clip_text_encode_bit_exactly(comfy_sampling, arch,
     _same(cond, _clip_text_encode(clip, text)[0])
 
 
-def test_text_route_returns_the_encoded_text(comfy_sampling):
+def test_text_route_returns_the_encoded_prompt(comfy_sampling):
     clip = comfy_sampling.clip()
     cond, encoded = EmotionConditioner().encode(clip, "a quiet harbour", -2.5, 2.5, text_strength=1.0)
     assert encoded.startswith("a quiet harbour, ") and len(encoded) > len("a quiet harbour, ")
@@ -89,7 +89,7 @@ def test_from_conditioning_without_adapter_passes_through_with_a_note(comfy_samp
     with caplog.at_level("WARNING"):
         conditioning, note = EmotionConditionerFromConditioning().apply(base, valence=2.0, arousal=-1.0)
     assert conditioning is base
-    assert "passed through unchanged" in note and "Emotion Weights Loader" in note
+    assert "passed through unchanged" in note and "EmoFeedback2 Weights Loader" in note
     assert any("passed through unchanged" in r.getMessage() for r in caplog.records)
 
 

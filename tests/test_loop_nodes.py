@@ -16,7 +16,7 @@ PROMPT = "a lighthouse on a rocky coast, wide shot"
 def loop_inputs(comfy_sampling, **overrides):
     inputs = dict(
         model=comfy_sampling.model(), clip=comfy_sampling.clip(), vae=comfy_sampling.vae(),
-        lvlm=ColorHeuristicScorer(), prompt=PROMPT, negative="blurry", target_valence=1.5, target_arousal=1.0,
+        lvlm=ColorHeuristicScorer(), prompt=PROMPT, negative_prompt="blurry", valence=1.5, arousal=1.0,
         rounds=3, candidates=2, tolerance=0.0, min_improvement=0.0, seed=5, steps=2, cfg=1.0,
         sampler_name="euler", scheduler="normal", width=16, height=16,
     )
@@ -25,13 +25,14 @@ def loop_inputs(comfy_sampling, **overrides):
 
 
 def test_emo_reward_loop_outputs(comfy_sampling):
-    best, candidates, final_prompt, history_json, plot = EmoRewardLoop().run(**loop_inputs(comfy_sampling))
+    best, candidates, final_prompt, history_json, plot, judge = EmoRewardLoop().run(**loop_inputs(comfy_sampling))
     assert best.shape == (1, 16, 16, 3) and candidates.shape == (6, 16, 16, 3)
     assert plot.ndim == 4 and plot.shape[0] == 1 and plot.shape[-1] == 3
     history = json.loads(history_json)
     assert len(history["rounds"]) == 3 and history["counts"]["generator_images"] == 6
     assert [c["seed"] for r in history["rounds"] for c in r["candidates"]] == [5, 6, 7, 8, 9, 10]
     assert final_prompt == history["best"]["prompt"]
+    assert "NO LVLM" in judge and history["components"]["scorer_is_heuristic"]  # the outputs say the heuristic judged
     for word in subject_words(PROMPT):
         assert word in final_prompt
     best_index = history["best"]["image_index"]
@@ -43,7 +44,7 @@ def test_emo_reward_loop_outputs(comfy_sampling):
 def test_emo_reward_loop_progress_bar_ends_full_at_an_early_stop(comfy_sampling):
     # Tolerance 6 (the whole V-A box) stops after round 1: the bar must end at 100 %, its total
     # shrunk to what was done, not stuck a fifth of the way along.
-    best, candidates, _, history_json, _ = EmoRewardLoop().run(**loop_inputs(comfy_sampling, rounds=5, tolerance=6.0))
+    best, candidates, _, history_json, _, _ = EmoRewardLoop().run(**loop_inputs(comfy_sampling, rounds=5, tolerance=6.0))
     history = json.loads(history_json)
     assert history["stop_reason"] == "tolerance" and len(history["rounds"]) == 1 and candidates.shape[0] == 2
     updates = comfy_sampling.fake.progress_updates
@@ -73,7 +74,7 @@ def test_emo_reward_loop_inputs_follow_comfyui_lists(comfy_sampling):
 
 def test_emo_reward_loop_rejects_bad_values(comfy_sampling):
     with pytest.raises(ValueError, match="valence"):
-        EmoRewardLoop().run(**loop_inputs(comfy_sampling, target_valence=4.0))
+        EmoRewardLoop().run(**loop_inputs(comfy_sampling, valence=4.0))
     with pytest.raises(TypeError, match="LVLM Loader"):
         EmoRewardLoop().run(**loop_inputs(comfy_sampling, lvlm="not a model"))
 

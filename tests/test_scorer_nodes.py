@@ -31,16 +31,16 @@ def llm_dir(fake_comfy, tiny_lvlm_dir):
 
 
 def run_loader(**widgets):
-    node = NODE_CLASS_MAPPINGS["EmoLVLMLoader"]()
+    node = NODE_CLASS_MAPPINGS["EmoFeedback2LVLMLoader"]()
     return getattr(node, node.FUNCTION)(**widgets)[0]
 
 
 def run_scorer(lvlm, images, **widgets):
-    node = NODE_CLASS_MAPPINGS["LVLMEmotionScorer"]()
+    node = NODE_CLASS_MAPPINGS["EmoFeedback2Scorer"]()
     return getattr(node, node.FUNCTION)(lvlm=lvlm, images=images, **widgets)
 
 
-def test_loader_lists_colour_first_then_model_folders_from_every_llm_path(fake_comfy, llm_dir, tiny_lvlm_dirs, tmp_path):
+def test_loader_lists_model_folders_from_every_llm_path_then_the_heuristic(fake_comfy, llm_dir, tiny_lvlm_dirs, tmp_path):
     extra = tmp_path / "extra_models" / "LLM"
     shutil.copytree(tiny_lvlm_dirs["qwen3_vl"], extra / "Qwen" / "tiny-qwen3-vl")
     (extra / "not-a-model").mkdir()
@@ -50,7 +50,7 @@ def test_loader_lists_colour_first_then_model_folders_from_every_llm_path(fake_c
 
     spec = LVLMLoader.INPUT_TYPES()
     options = spec["required"]["model"][0]
-    assert options == [COLOUR_OPTION, "Qwen/tiny-qwen3-vl", "tiny-qwen2.5-vl"]
+    assert options == ["Qwen/tiny-qwen3-vl", "tiny-qwen2.5-vl", COLOUR_OPTION]  # a model is the default
     assert spec["optional"]["adapter"][0] == ["none", "my_scorer_lora"]
     paths = fake_comfy.folder_paths.get_folder_paths("LLM")
     assert paths[0] == str(llm_dir) and str(extra) in paths  # models/LLM registered, extra path kept
@@ -61,9 +61,10 @@ def test_colour_option_needs_no_model_and_scores_with_a_target(fake_comfy):
     assert isinstance(lvlm, ColorHeuristicScorer)
     bright = torch.tensor([1.0, 0.8, 0.1]).expand(1, 16, 16, 3)
     dark = torch.full((1, 16, 16, 3), 0.15)
-    valence, arousal, reward, report, rows_json = run_scorer(
-        lvlm, torch.cat([bright, dark]), use_target=True, target_valence=2.0, target_arousal=1.0
+    valence, arousal, reward, report, rows_json, judge = run_scorer(
+        lvlm, torch.cat([bright, dark]), use_target=True, valence=2.0, arousal=1.0
     )
+    assert "NO LVLM" in judge and "colour heuristic" in judge  # which judge judged, in its own output
     rows = json.loads(rows_json)
     assert [row["index"] for row in rows] == [0, 1]
     assert rows[0]["valence"] > rows[1]["valence"] and rows[0]["reward"] > rows[1]["reward"]
@@ -76,8 +77,9 @@ def test_tiny_lvlm_from_models_llm_scores_a_comfy_batch(fake_comfy, llm_dir):
     lvlm = run_loader(model="tiny-qwen2.5-vl", dtype="float32", device="cpu", attention="sdpa", keep_loaded=True)
     assert isinstance(lvlm, LVLMScorer)
     images = comfy_images(4)
-    valence, arousal, reward, report, rows_json = run_scorer(lvlm, images)
+    valence, arousal, reward, report, rows_json, judge = run_scorer(lvlm, images)
     rows = json.loads(rows_json)
+    assert judge == "LVLM tiny-qwen2.5-vl"  # the model folder that judged, no heuristic warning
     assert len(rows) == 4 and all(-3 <= r["valence"] <= 3 and -3 <= r["arousal"] <= 3 for r in rows)
     assert "reward" not in rows[0] and reward == -1.0
     assert isinstance(valence, float) and isinstance(arousal, float) and isinstance(report, str)
@@ -93,7 +95,7 @@ def test_tiny_lvlm_from_models_llm_scores_a_comfy_batch(fake_comfy, llm_dir):
 
 def test_analysis_toggle_adds_sanitised_text(fake_comfy, llm_dir):
     lvlm = run_loader(model="tiny-qwen2.5-vl", device="cpu")
-    _, _, _, report, rows_json = run_scorer(lvlm, comfy_images(2), analysis=True)
+    _, _, _, report, rows_json, _ = run_scorer(lvlm, comfy_images(2), analysis=True)
     rows = json.loads(rows_json)
     assert sum(line.startswith("image ") for line in report.splitlines()) == 2  # one line per image (+ header, warnings)
     assert all("<|" not in row.get("analysis", "") for row in rows)
@@ -143,9 +145,9 @@ def test_missing_model_folder_names_models_llm(fake_comfy, llm_dir):
 def test_out_of_range_target_is_a_clear_error(fake_comfy):
     lvlm = run_loader(model=COLOUR_OPTION)
     with pytest.raises(EmotionValueError, match="valence=4"):
-        run_scorer(lvlm, comfy_images(1), use_target=True, target_valence=4.0, target_arousal=0.0)
+        run_scorer(lvlm, comfy_images(1), use_target=True, valence=4.0, arousal=0.0)
     # without use_target the target widgets are ignored
-    assert run_scorer(lvlm, comfy_images(1), use_target=False, target_valence=4.0)[2] == -1.0
+    assert run_scorer(lvlm, comfy_images(1), use_target=False, valence=4.0)[2] == -1.0
 
 
 @pytest.mark.parametrize(
@@ -167,5 +169,5 @@ def test_wrong_lvlm_input_is_explained(fake_comfy):
 
 
 def test_scorer_node_interface_is_wireable():
-    assert LVLMEmotionScorer.RETURN_TYPES == ("FLOAT", "FLOAT", "FLOAT", "STRING", "STRING")
+    assert LVLMEmotionScorer.RETURN_TYPES == ("FLOAT", "FLOAT", "FLOAT", "STRING", "STRING", "STRING")
     assert LVLMEmotionScorer.INPUT_TYPES()["required"]["lvlm"][0] == LVLMLoader.RETURN_TYPES[0] == "LVLM"

@@ -12,7 +12,7 @@ from emofeedback2.engines.generation.emotion_adapter import (
     EmotionAdapterConfig,
     save_emotion_adapter,
 )
-from emofeedback2.nodes.weights_nodes import EmotionWeightsLoader, LoraMismatchError, adapter_choices
+from emofeedback2.nodes.weights_nodes import EmotionWeightsLoader, LoraMismatchError, NoClipConnected, adapter_choices
 
 KOHYA_UNET = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
 KOHYA_UNET_2 = "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_out_0"
@@ -73,7 +73,7 @@ def test_without_clip_the_model_part_applies_and_the_skip_is_reported(comfy_samp
     model = cs.model()
     with caplog.at_level("WARNING"):
         new_model, new_clip, adapter, report = EmotionWeightsLoader().load(model, name, 0.7, "none")
-    assert new_clip is None and adapter is None
+    assert isinstance(new_clip, NoClipConnected) and adapter is None
     assert len(new_model.patches) == 2 and all(e[0][0] == 0.7 for e in new_model.patches.values())
     assert "applied 2 diffusion-model LoRA layers" in report and "skipped its 1 text-encoder layers" in report
     assert "connect CLIP" in report
@@ -120,7 +120,7 @@ def test_adapter_file_loads_from_its_folder_and_from_loras(comfy_sampling):
     for name in ("happy.safetensors", "loras/bundle_adapter.safetensors"):
         out_model, out_clip, loaded, report = EmotionWeightsLoader().load(model, "none", 1.0, name)
         assert "emotion adapter" in report and "SD1.5" in report
-        assert out_model is model and out_clip is None
+        assert out_model is model and isinstance(out_clip, NoClipConnected)
         assert loaded.arch == "sd15"
         for k, v in adapter.state_dict().items():
             assert torch.equal(loaded.state_dict()[k], v)
@@ -146,3 +146,38 @@ def test_a_lora_chosen_as_adapter_is_explained(comfy_sampling):
 def test_lists_are_empty_but_valid_outside_comfyui():
     spec = EmotionWeightsLoader.INPUT_TYPES()
     assert spec["required"]["lora_name"][0][0] == "none" and spec["required"]["adapter_name"][0][0] == "none"
+
+
+# --- the clip output when no CLIP is wired in -------------------------------------------------------
+
+
+def _core_clip_text_encode(clip, text: str):
+    """What core's CLIPTextEncode.encode does with its clip input (nodes.py, v0.3.64)."""
+    if clip is None:
+        raise RuntimeError("ERROR: clip input is invalid: None\n\nIf the clip is from a checkpoint loader node your "
+                           "checkpoint does not contain a valid clip or text encoder model.")
+    return (clip.encode_from_tokens_scheduled(clip.tokenize(text)),)
+
+
+def test_an_unwired_clip_output_explains_itself_where_it_is_used(comfy_sampling):
+    """Core would say "your checkpoint does not contain a valid clip"; the user's fix is a wire, not a file."""
+    from emofeedback2.nodes.conditioner_nodes import EmotionConditioner
+    from emofeedback2.nodes.weights_nodes import NoClipError
+    from test_node_conventions import full_type_name
+
+    _, clip, _, report = EmotionWeightsLoader().load(comfy_sampling.model(), "none", 1.0, "none")
+    assert "clip output empty" in report
+    for use in (lambda: _core_clip_text_encode(clip, "a field"),
+                lambda: EmotionConditioner().encode(clip, "a field", 1.0, 0.0)):
+        with pytest.raises(NoClipError) as info:
+            use()
+        message = str(info.value)
+        assert "clip input" in message and "Weights Loader" in message and "valid clip" not in message
+        assert full_type_name(type(info.value)) == "NoClipError"  # how ComfyUI's dialog names it
+    assert getattr(clip, "tokenize", None) is None  # probes with a default still get it
+    # chained: a second loader given the empty output treats it as "no CLIP" (model part only)
+    model, clip_again, _, _ = EmotionWeightsLoader().load(comfy_sampling.model(), "none", 1.0, "none", clip=clip)
+    assert isinstance(clip_again, NoClipConnected)
+    # wired, the real CLIP passes through
+    real = comfy_sampling.clip()
+    assert EmotionWeightsLoader().load(comfy_sampling.model(), "none", 1.0, "none", clip=real)[1] is real

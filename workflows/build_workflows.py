@@ -6,330 +6,251 @@ Run from the repository root after changing a graph or a node's inputs:
 
 UI files (``workflows/*.json``) are what ComfyUI lists as this pack's templates; API twins
 (``workflows/api/*.json``, a subfolder ComfyUI's template listing does not descend into) are what
-the tests POST to a real server. Widget values are written in the order the front end reads them
-(required inputs, then optional, an extra "control after generate" value after seed inputs).
-``tests/test_workflows.py`` re-checks both files independently of this script.
+the tests POST to a real server. Each graph reads left to right in columns, one titled group per
+stage (load, condition, generate, judge, refine) and one "Read me" note; ``workflow_layout.py``
+places the nodes. ``tests/test_workflows.py`` re-checks both files independently of this script.
 """
 
 from __future__ import annotations
 
 import json
-import uuid
-from dataclasses import dataclass, field
+import sys
 from pathlib import Path
-from typing import Any
 
-from emofeedback2.nodes.common import NEGATIVE_DEFAULT as NEGATIVE
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # workflow_layout sits beside this script
+
+from emofeedback2.nodes.common import NEGATIVE_DEFAULT as NEGATIVE  # noqa: E402
+from workflow_layout import Graph, Node, build, node_specs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT_UI = ROOT / "workflows"
 OUT_API = ROOT / "workflows" / "api"
-CORE_NODES = ROOT / "tests" / "comfy_core_nodes.json"
-WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 LVLM = "Qwen2.5-VL-7B-Instruct"
-# LiteGraph's drawing sizes: the front end enlarges a node smaller than its sockets and widgets need.
-SLOT_HEIGHT, WIDGET_HEIGHT = 20, 24
-
-
-@dataclass
-class InputSpec:
-    name: str
-    type: str
-    options: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def is_widget(self) -> bool:
-        return self.type in WIDGET_TYPES and not self.options.get("forceInput", False)
-
-    @property
-    def has_control(self) -> bool:
-        flag = self.options.get("control_after_generate")
-        return bool(flag) if flag is not None else (self.type == "INT" and self.name in ("seed", "noise_seed"))
-
-    def default(self) -> Any:
-        if "default" in self.options:
-            return self.options["default"]
-        if self.type == "COMBO":
-            if "choices" not in self.options:
-                raise KeyError(f"give a value for the model-list input {self.name!r}")
-            return self.options["choices"][0]
-        return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}[self.type]
-
-
-def display_names() -> dict[str, str]:
-    """What the front end shows as each node's title: our display names and the core ones."""
-    import emofeedback2.nodes as ours
-
-    core = json.loads(CORE_NODES.read_text(encoding="utf-8"))["nodes"]
-    return {**{name: entry.get("display_name", name) for name, entry in core.items()}, **ours.NODE_DISPLAY_NAME_MAPPINGS}
-
-
-def node_specs() -> dict[str, tuple[list[InputSpec], list[tuple[str, str]], bool]]:
-    """``{type: (inputs, outputs [(name, type)], ui_only)}`` for our nodes and the listed core ones."""
-    import emofeedback2.nodes as ours
-
-    specs = {}
-    for name, cls in ours.NODE_CLASS_MAPPINGS.items():
-        inputs = []
-        for group in ("required", "optional"):
-            for input_name, spec in cls.INPUT_TYPES().get(group, {}).items():
-                kind, options = spec[0], dict(spec[1]) if len(spec) > 1 else {}
-                if isinstance(kind, list):
-                    options["choices"] = kind
-                    kind = "COMBO"
-                inputs.append(InputSpec(input_name, kind, options))
-        names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
-        specs[name] = (inputs, list(zip(names, cls.RETURN_TYPES)), False)
-    core = json.loads(CORE_NODES.read_text(encoding="utf-8"))["nodes"]
-    for name, entry in core.items():
-        inputs = [InputSpec(i["name"], i["type"], {k: v for k, v in i.items() if k not in ("name", "type")}) for i in entry["inputs"]]
-        specs[name] = (inputs, [(o["name"], o["type"]) for o in entry["outputs"]], entry.get("ui_only", False))
-    return specs
-
-
-@dataclass
-class Node:
-    id: int
-    type: str
-    pos: tuple[int, int]
-    size: tuple[int, int] = (320, 160)
-    widgets: dict[str, Any] = field(default_factory=dict)
-    title: str | None = None
-    control: str = "fixed"
-
-
-@dataclass
-class Graph:
-    name: str
-    nodes: list[Node]
-    links: list[tuple[int, str, int, str]]  # (from node, output name, to node, input name)
-
-
-def build(graph: Graph, specs) -> tuple[dict, dict]:
-    """(UI workflow, API prompt) for one graph."""
-    by_id = {n.id: n for n in graph.nodes}
-    titles = display_names()
-    ui_links, link_ids_out, link_into = [], {}, {}
-    for link_id, (src, out_name, dst, in_name) in enumerate(graph.links, start=1):
-        outputs = specs[by_id[src].type][1]
-        slot = [o[0] for o in outputs].index(out_name)
-        inputs = specs[by_id[dst].type][0]
-        in_spec = next(i for i in inputs if i.name == in_name)
-        link_type = outputs[slot][1]
-        ui_links.append([link_id, src, slot, dst, in_name, link_type])  # target slot index filled in below
-        link_ids_out.setdefault((src, slot), []).append(link_id)
-        link_into[(dst, in_name)] = (link_id, src, slot, in_spec)
-    ui_nodes, api = [], {}
-    for order, node in enumerate(graph.nodes):
-        inputs, outputs, ui_only = specs[node.type]
-        unknown = set(node.widgets) - {i.name for i in inputs}
-        if unknown:
-            raise KeyError(f"{graph.name}: {node.type} has no input(s) {sorted(unknown)}")
-        ui_inputs, widgets_values, api_inputs = [], [], {}
-        for spec in inputs:
-            linked = link_into.get((node.id, spec.name))
-            if spec.is_widget:
-                value = node.widgets[spec.name] if spec.name in node.widgets else spec.default()
-                widgets_values.append(value)
-                if spec.has_control:
-                    widgets_values.append(node.control)
-                if linked is None:
-                    api_inputs[spec.name] = value
-            if linked is not None:
-                link_id, src, slot, _ = linked
-                entry = {"name": spec.name, "type": spec.type, "link": link_id}
-                if spec.is_widget:
-                    entry["widget"] = {"name": spec.name}
-                ui_inputs.append(entry)
-                api_inputs[spec.name] = [str(src), slot]
-            elif not spec.is_widget:
-                ui_inputs.append({"name": spec.name, "type": spec.type, "link": None})
-        ui_outputs = [
-            {"name": name, "type": kind, "links": link_ids_out.get((node.id, slot), []), "slot_index": slot}
-            for slot, (name, kind) in enumerate(outputs)
-        ]
-        height = max(node.size[1], max(len(ui_inputs), len(ui_outputs)) * SLOT_HEIGHT + len(widgets_values) * WIDGET_HEIGHT)
-        ui_node = {
-            "id": node.id, "type": node.type, "pos": list(node.pos), "size": [node.size[0], height], "flags": {},
-            "order": order, "mode": 0, "inputs": ui_inputs, "outputs": ui_outputs,
-            "properties": {"Node name for S&R": node.type}, "widgets_values": widgets_values,
-        }  # fmt: skip
-        if node.title:
-            ui_node["title"] = node.title
-        if node.type == "Note":
-            ui_node["color"], ui_node["bgcolor"] = "#432", "#653"
-        ui_nodes.append(ui_node)
-        if not ui_only:
-            title = node.title or titles.get(node.type, node.type)
-            api[str(node.id)] = {"class_type": node.type, "inputs": api_inputs, "_meta": {"title": title}}
-    node_inputs = {n["id"]: [i["name"] for i in n["inputs"]] for n in ui_nodes}
-    for link in ui_links:  # the front end's schema wants the target *slot index* here
-        link[4] = node_inputs[link[3]].index(link[4])
-    ui = {
-        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"emofeedback2/workflows/{graph.name}")), "revision": 0,
-        "last_node_id": max(by_id), "last_link_id": len(ui_links),
-        "nodes": ui_nodes, "links": ui_links, "groups": [], "config": {},
-        "extra": {"ds": {"scale": 0.8, "offset": [40, 40]}, "emofeedback2": {"api_twin": f"api/{graph.name}.json"}},
-        "version": 0.4,
-    }  # fmt: skip
-    return ui, api
-
-
-def _note(text: str, width: int = 1400, height: int = 230) -> Node:
-    """The read-me as a banner above the graph, so no node or link sits under it."""
-    return Node(1, "Note", (20, 20), (width, height), {"text": text.strip()}, title="Read me: what to load where")
-
-
-#: top of the graph below the Note banner (title bars included)
-TOP = 340
-
+FLUX = {"unet": "flux1-dev.safetensors", "t5": "t5xxl_fp16.safetensors", "clip_l": "clip_l.safetensors",
+        "vae": "ae.safetensors", "lora": "emofeedback2_flux_lora.safetensors",
+        "adapter": "emotion_adapter_flux.safetensors"}  # fmt: skip
+SD_STAGES = {"load": "Load", "condition": "Condition", "generate": "Generate"}
 
 MODELS_NOTE = f"""
 Models (re-point the loaders to what you have):
-- Checkpoint Loader: any SD1.5 checkpoint in models/checkpoints (here {CHECKPOINT}). SDXL/SD3.x checkpoints work too with a matching emotion adapter.
+- Load Checkpoint: any SD1.5 checkpoint in models/checkpoints (here {CHECKPOINT}); SDXL/SD3.x work too, with a matching emotion adapter.
 """
-LVLM_NOTE = f"""- LVLM Loader: a Qwen2-VL / Qwen2.5-VL / Qwen3-VL model folder (config.json + *.safetensors + processor files) in models/LLM/<folder>, here {LVLM} (the paper's judge). Pick "colour heuristic (no model)" to try the graph without a model.
+LVLM_NOTE = f"""- EmoFeedback2 LVLM Loader: a Qwen2-VL / Qwen2.5-VL / Qwen3-VL folder (config.json + *.safetensors + processor files) in models/LLM/<folder>, here {LVLM} (the paper's judge). To try the graph without a model pick "no LVLM: colour heuristic judges" (a brightness/saturation rule; the judge outputs say so).
 """
 
 
-def graphs() -> list[Graph]:
-    t2i = Graph(
+def text_to_image() -> Graph:
+    return Graph(
         "emotion_text_to_image",
+        "Emotional text-to-image.\n\nThe EmoFeedback2 Conditioner replaces CLIP Text Encode for the positive prompt: "
+        "set valence (-3 unpleasant ... +3 pleasant) and arousal (-3 calm ... +3 excited). text_strength weaves "
+        "emotion words into the prompt (0 = off: identical to CLIP Text Encode); the preview shows the prompt "
+        "actually encoded.\n" + MODELS_NOTE + "- EmoFeedback2 Weights Loader (optional): a LoRA from `emofeedback2 "
+        "export` in models/loras and/or an emotion adapter in models/emotion_adapters; 'none' keeps the model.",
         [
-            _note(
-                "Emotional text-to-image.\n\nEmotion Conditioner replaces CLIPTextEncode for the positive prompt: "
-                "set valence (-3 unpleasant ... +3 pleasant) and arousal (-3 calm ... +3 excited). text_strength "
-                "weaves emotion words into the prompt (0 = off, identical to CLIPTextEncode); the preview shows the "
-                "text actually encoded.\n" + MODELS_NOTE +
-                "- Emotion Weights Loader (optional): a LoRA trained by `emofeedback2 train` in models/loras and/or "
-                "an emotion adapter (.safetensors) in models/emotion_adapters; 'none' keeps the model unchanged."
-            ),
-            Node(2, "CheckpointLoaderSimple", (20, 940), (320, 100), {"ckpt_name": CHECKPOINT}),
-            Node(3, "EmotionWeightsLoader", (380, 340), (320, 170), {"lora_name": "none", "adapter_name": "none"}),
-            Node(4, "EmotionConditioner", (740, 390), (400, 280), {
-                "text": "a lighthouse on a rocky coast at dusk, wide shot", "valence": 2.0, "arousal": -1.5,
-                "text_strength": 1.0, "adapter_strength": 1.0}),
-            Node(5, "CLIPTextEncode", (760, 730), (400, 130), {"text": NEGATIVE}, title="Negative prompt"),
-            Node(6, "EmptyLatentImage", (800, 920), (320, 110), {"width": 512, "height": 512, "batch_size": 1}),
-            Node(7, "KSampler", (1220, 340), (320, 270), {
-                "seed": 42, "steps": 25, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}),
-            Node(8, "VAEDecode", (1580, 1080), (220, 50)),
-            Node(9, "SaveImage", (1840, 340), (420, 460), {"filename_prefix": "EmoFeedback2/text_to_image"}),
-            Node(10, "PreviewAny", (1200, 670), (320, 160), title="Encoded prompt"),
+            Node(2, "CheckpointLoaderSimple", 0, "load", {"ckpt_name": CHECKPOINT}, width=260),
+            Node(3, "EmoFeedback2WeightsLoader", 1, "load_weights", {"lora_name": "none", "adapter_name": "none"},
+                 width=260),
+            Node(4, "EmoFeedback2Conditioner", 2, "condition", {
+                "prompt": "a lighthouse on a rocky coast at dusk, wide shot", "valence": 2.0, "arousal": -1.5,
+                "text_strength": 1.0, "adapter_strength": 1.0}, width=270),
+            Node(5, "CLIPTextEncode", 2, "condition", {"text": NEGATIVE}, title="Negative prompt", width=270),
+            Node(6, "EmptyLatentImage", 2, "condition", {"width": 512, "height": 512, "batch_size": 1}, width=270),
+            Node(7, "KSampler", 3, "generate", {
+                "seed": 42, "steps": 25, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0},
+                width=240),
+            Node(10, "PreviewAny", 3, "generate", title="Encoded prompt", width=240, height=80),
+            Node(8, "VAEDecode", 4, "generate", width=150),
+            Node(9, "SaveImage", 5, "generate", {"filename_prefix": "EmoFeedback2/text_to_image"}, width=300, height=360),
         ],  # fmt: skip
         [
             (2, "MODEL", 3, "model"), (2, "CLIP", 3, "clip"),
             (3, "clip", 4, "clip"), (3, "emotion_adapter", 4, "emotion_adapter"), (3, "clip", 5, "clip"),
             (3, "model", 7, "model"), (4, "conditioning", 7, "positive"), (5, "CONDITIONING", 7, "negative"),
             (6, "LATENT", 7, "latent_image"), (7, "LATENT", 8, "samples"), (2, "VAE", 8, "vae"),
-            (8, "IMAGE", 9, "images"), (4, "encoded_text", 10, "source"),
+            (8, "IMAGE", 9, "images"), (4, "encoded_prompt", 10, "source"),
         ],  # fmt: skip
+        {**SD_STAGES, "load": "Load checkpoint", "load_weights": "Load emotion weights"},
+        # the VAE wire runs along the bottom, under the conditioning stack, into VAE Decode from below
+        ys={1: 76, 2: 586, 3: 76, 4: 136, 5: 382, 6: 512, 7: 76, 10: 380, 8: 606, 9: 606},
+        wide_gaps={1: 260, 3: 60, 4: 60, 5: 40},
     )
+
+
+def score_and_refine() -> Graph:
     prompt = "a city street after rain, people walking"
     target = {"valence": 2.0, "arousal": 1.5}
-    refine = Graph(
+    ksampler = {"seed": 7, "steps": 25, "cfg": 7.0, "scheduler": "normal"}
+    return Graph(
         "score_and_refine",
+        "Score and refine: one round of the EmoFeedback2 loop, by hand.\n\n1. Generate the first image for the "
+        "target emotion.\n2. The Scorer reads its valence/arousal and the reward against the target.\n3. The Prompt "
+        "Refiner shows the image to the same judge, asks what misses the target and rewrites the prompt (it reads "
+        "valence/arousal itself; wire the Scorer's measured_valence/arousal into it to pass them).\n4. Generate again from the refined "
+        "prompt with the same seed.\n\nKeep the target the same in the conditioners, the scorer and the refiner. "
+        "The second conditioner encodes the refined prompt as it is (text_strength 0: it already carries the "
+        "emotion words).\n" + MODELS_NOTE + LVLM_NOTE,
         [
-            _note(
-                "Score and refine (one round of the EmoFeedback2 'self-promotion' loop, by hand).\n\n"
-                "1. The first image is generated for the target emotion.\n2. LVLM Emotion Scorer reads its valence/"
-                "arousal and the reward against the target.\n3. Feedback Prompt Refiner asks the LVLM what misses the "
-                "target and rewrites the prompt.\n4. The refined prompt is generated again with the same seed.\n\n"
-                "Keep the target values the same in both conditioners, the scorer and the refiner; the refiner gets the "
-                "text the first conditioner encoded and keeps the subject words of `subject` (your prompt). The second "
-                "conditioner encodes the refined prompt as is (text_strength 0: it already carries the emotion words).\n"
-                + MODELS_NOTE + LVLM_NOTE
-            ),
-            Node(2, "CheckpointLoaderSimple", (80, 3180), (320, 100), {"ckpt_name": CHECKPOINT}),
-            Node(3, "EmoLVLMLoader", (20, 2660), (320, 250), {"model": LVLM}),
-            Node(4, "EmotionConditioner", (720, 580), (380, 260), {"text": prompt, **target, "text_strength": 1.0}),
-            Node(5, "CLIPTextEncode", (580, 340), (380, 120), {"text": NEGATIVE}, title="Negative prompt"),
-            Node(6, "EmptyLatentImage", (40, 1880), (320, 110), {"width": 512, "height": 512, "batch_size": 1}),
-            Node(7, "KSampler", (1160, 2020), (320, 270), {"seed": 7, "steps": 25, "cfg": 7.0, "scheduler": "normal"}, title="KSampler (round 1)"),
-            Node(8, "VAEDecode", (1520, 700), (220, 50)),
-            Node(9, "SaveImage", (1880, 1520), (360, 400), {"filename_prefix": "EmoFeedback2/refine_round1"}),
-            Node(10, "LVLMEmotionScorer", (2000, 2140), (340, 230), {
-                "use_target": True, "target_valence": target["valence"], "target_arousal": target["arousal"],
-                "analysis": True}),
-            Node(11, "FeedbackPromptRefiner", (2540, 480), (360, 250), {
-                "subject": prompt, "target_valence": target["valence"], "target_arousal": target["arousal"]}),
-            Node(12, "EmotionConditioner", (3320, 3720), (380, 260), {"text": prompt, **target, "text_strength": 0.0},
-                 title="Emotion Conditioner (refined prompt)"),
-            Node(13, "KSampler", (4420, 380), (320, 270), {"seed": 7, "steps": 25, "cfg": 7.0, "scheduler": "normal"}, title="KSampler (round 2)"),
-            Node(14, "VAEDecode", (5680, 620), (220, 50)),
-            Node(15, "SaveImage", (5940, 2960), (360, 400), {"filename_prefix": "EmoFeedback2/refine_round2"}),
-            Node(16, "PreviewAny", (4120, 3860), (340, 180), title="Scorer analysis"),
-            Node(17, "PreviewAny", (4880, 3720), (380, 180), title="Refiner feedback"),
-            Node(18, "PreviewAny", (5240, 1420), (380, 180), title="Refined prompt"),
+            Node(2, "CheckpointLoaderSimple", 0, "load", {"ckpt_name": CHECKPOINT}, width=230),
+            Node(3, "EmoFeedback2LVLMLoader", 0, "load_judge", {"model": LVLM}, title="LVLM Loader", width=230),
+            Node(4, "EmoFeedback2Conditioner", 1, "condition", {"prompt": prompt, **target, "text_strength": 1.0},
+                 title="Conditioner (round 1)", width=230),
+            Node(5, "CLIPTextEncode", 1, "condition", {"text": NEGATIVE}, title="Negative prompt", width=230),
+            Node(6, "EmptyLatentImage", 1, "condition", {"width": 512, "height": 512, "batch_size": 1}, width=230),
+            Node(7, "KSampler", 2, "generate", ksampler, title="KSampler (round 1)", width=200),
+            Node(8, "VAEDecode", 3, "generate", width=140),
+            Node(9, "SaveImage", 4, "judge", {"filename_prefix": "EmoFeedback2/refine_round1"}, title="Round 1",
+                 width=230, height=200),
+            Node(10, "EmoFeedback2Scorer", 4, "judge", {"use_target": True, **target, "analysis": True}, width=230),
+            Node(11, "EmoFeedback2PromptRefiner", 4, "judge", {"prompt": prompt, **target}, title="Prompt Refiner",
+                 width=230),
+            Node(12, "EmoFeedback2Conditioner", 5, "refine", {"prompt": prompt, **target, "text_strength": 0.0},
+                 title="Conditioner (refined)", width=230),
+            Node(18, "CLIPTextEncode", 5, "refine", {"text": NEGATIVE}, title="Negative prompt (round 2)", width=230),
+            Node(19, "EmptyLatentImage", 5, "refine", {"width": 512, "height": 512, "batch_size": 1},
+                 title="Empty Latent (round 2)", width=230),
+            Node(16, "PreviewAny", 5, "refine", title="Scorer analysis", width=240, height=80),
+            Node(17, "PreviewAny", 5, "refine", title="Refiner feedback", width=240, height=80),
+            Node(13, "KSampler", 6, "refine", ksampler, title="KSampler (round 2)", width=200),
+            Node(14, "VAEDecode", 7, "refine", width=140),
+            Node(15, "SaveImage", 8, "refine", {"filename_prefix": "EmoFeedback2/refine_round2"}, title="Round 2",
+                 width=210, height=200),
         ],  # fmt: skip
         [
-            (2, "CLIP", 4, "clip"), (2, "CLIP", 5, "clip"), (2, "MODEL", 7, "model"),
+            (2, "MODEL", 24, ""), (24, "", 7, "model"), (2, "CLIP", 4, "clip"), (2, "CLIP", 5, "clip"),
             (4, "conditioning", 7, "positive"), (5, "CONDITIONING", 7, "negative"), (6, "LATENT", 7, "latent_image"),
-            (7, "LATENT", 8, "samples"), (2, "VAE", 8, "vae"), (8, "IMAGE", 9, "images"),
-            (3, "lvlm", 10, "lvlm"), (8, "IMAGE", 10, "images"),
-            (3, "lvlm", 11, "lvlm"), (8, "IMAGE", 11, "image"), (4, "encoded_text", 11, "prompt"),
-            (10, "valence", 11, "measured_valence"), (10, "arousal", 11, "measured_arousal"),
-            (2, "CLIP", 12, "clip"), (11, "refined_prompt", 12, "text"),
-            (2, "MODEL", 13, "model"), (12, "conditioning", 13, "positive"), (5, "CONDITIONING", 13, "negative"),
-            (6, "LATENT", 13, "latent_image"), (13, "LATENT", 14, "samples"), (2, "VAE", 14, "vae"),
-            (14, "IMAGE", 15, "images"),
-            (10, "analysis", 16, "source"), (11, "feedback", 17, "source"), (11, "refined_prompt", 18, "source"),
+            (7, "LATENT", 8, "samples"), (2, "VAE", 22, ""), (22, "", 8, "vae"), (8, "IMAGE", 9, "images"),
+            (3, "lvlm", 25, ""), (25, "", 10, "lvlm"), (8, "IMAGE", 10, "images"),
+            (25, "", 11, "lvlm"), (8, "IMAGE", 11, "image"), 
+            (2, "CLIP", 21, ""), (21, "", 12, "clip"), (21, "", 18, "clip"), (11, "refined_prompt", 12, "prompt"),
+            (24, "", 20, ""), (20, "", 13, "model"), (12, "conditioning", 13, "positive"),
+            (18, "CONDITIONING", 13, "negative"), (19, "LATENT", 13, "latent_image"),
+            (13, "LATENT", 14, "samples"), (22, "", 23, ""), (23, "", 14, "vae"),
+            (14, "IMAGE", 15, "images"), (10, "analysis", 16, "source"), (11, "feedback", 17, "source"),
         ],  # fmt: skip
+        {"load": "Load checkpoint", "load_judge": "Load the judge", "condition": "Condition",
+         "generate": "Generate (round 1)",
+         "judge": "Judge: score, explain, rewrite", "refine": "Refine: round 2 from the rewritten prompt"},  # fmt: skip
+        # wires from the checkpoint run in lanes along the top (reroute dots end them above their targets);
+        # the judge's wire runs along the bottom
+        ys={1: 230, 2: 76, 3: 776, 4: 230, 5: 476, 6: 606, 7: 230, 8: 230, 9: 230, 10: 480, 11: 776, 12: 230,
+            18: 496, 19: 626, 16: 768, 17: 898, 13: 230, 14: 230, 15: 230},
+        wide_gaps={2: 30},
+        reroutes={24: (1, 150, 77), 20: (5, 150, 77), 21: (4, 150, 97), 22: (2, 120, 117), 23: (6, 120, 117),
+                  25: (3, 30, 777)},
     )
-    loop = Graph(
+
+
+def reward_loop() -> Graph:
+    return Graph(
         "emo_reward_loop",
+        "The whole EmoFeedback2 inference loop in one node.\n\nThe Reward Loop generates `candidates` images per "
+        "round, scores each with the LVLM against the target valence/arousal, keeps the best and lets the LVLM "
+        "rewrite the prompt for the next round (paper: 3 rounds x 8 images). It stops early once the best image is "
+        "within `tolerance` of the target. Outputs: the best image, every candidate, the final prompt, the history "
+        "(JSON), a plot of the V-A trajectory and which judge judged.\n" + MODELS_NOTE + LVLM_NOTE
+        + "- Optional: an emotion adapter from an EmoFeedback2 Weights Loader.",
         [
-            _note(
-                "The full EmoFeedback2 inference loop in one node.\n\nEmoRewardLoop generates `candidates` images per "
-                "round, scores each with the LVLM against the target valence/arousal, keeps the best and lets the "
-                "LVLM rewrite the prompt for the next round (paper: 3 rounds x 8 images). It stops early once the "
-                "best image is within `tolerance` of the target. Outputs: the best image, every candidate, the final "
-                "prompt, the per-round history (JSON) and a plot of the V-A trajectory toward the target.\n"
-                + MODELS_NOTE + LVLM_NOTE +
-                "- Optional: connect an emotion adapter from an Emotion Weights Loader."
-            ),
-            Node(2, "CheckpointLoaderSimple", (20, 340), (320, 100), {"ckpt_name": CHECKPOINT}),
-            Node(3, "EmoLVLMLoader", (20, 510), (320, 250), {"model": LVLM}),
-            Node(4, "EmoRewardLoop", (440, 340), (400, 620), {
-                "prompt": "a lighthouse on a rocky coast, wide shot", "negative": NEGATIVE,
-                "target_valence": 1.5, "target_arousal": 1.0, "rounds": 3, "candidates": 4, "seed": 0,
-                "steps": 20, "cfg": 7.0, "width": 512, "height": 512}),
-            Node(5, "SaveImage", (1040, 340), (400, 420), {"filename_prefix": "EmoFeedback2/loop_best"}, title="Best image"),
-            Node(6, "SaveImage", (1040, 830), (420, 420), {"filename_prefix": "EmoFeedback2/loop_trajectory"},
-                 title="V-A trajectory plot"),
-            Node(7, "PreviewImage", (1040, 1320), (400, 300), title="All candidates"),
-            Node(8, "PreviewAny", (1040, 1690), (420, 160), title="Final prompt"),
-            Node(9, "PreviewAny", (1040, 1920), (420, 200), title="History (JSON)"),
+            Node(2, "CheckpointLoaderSimple", 0, "load", {"ckpt_name": CHECKPOINT}, width=280),
+            Node(3, "EmoFeedback2LVLMLoader", 0, "load", {"model": LVLM}, width=280),
+            Node(4, "EmoFeedback2RewardLoop", 1, "generate", {
+                "prompt": "a lighthouse on a rocky coast, wide shot", "negative_prompt": NEGATIVE,
+                "valence": 1.5, "arousal": 1.0, "rounds": 3, "candidates": 4, "seed": 0,
+                "steps": 20, "cfg": 7.0, "width": 512, "height": 512}, width=320),
+            Node(5, "SaveImage", 2, "generate", {"filename_prefix": "EmoFeedback2/loop_best"}, title="Best image",
+                 width=320, height=180),
+            Node(7, "PreviewImage", 2, "generate", title="All candidates", width=320, height=110),
+            Node(8, "PreviewAny", 2, "generate", title="Final prompt", width=320, height=70),
+            Node(9, "PreviewAny", 2, "generate", title="History (JSON)", width=320, height=70),
+            Node(6, "SaveImage", 2, "generate", {"filename_prefix": "EmoFeedback2/loop_trajectory"},
+                 title="V-A trajectory plot", width=320, height=180),
+            Node(10, "PreviewAny", 2, "generate", title="Judge", width=320, height=60),
         ],  # fmt: skip
         [
             (2, "MODEL", 4, "model"), (2, "CLIP", 4, "clip"), (2, "VAE", 4, "vae"), (3, "lvlm", 4, "lvlm"),
-            (4, "best_image", 5, "images"), (4, "trajectory_plot", 6, "images"), (4, "all_candidates", 7, "images"),
-            (4, "final_prompt", 8, "source"), (4, "history_json", 9, "source"),
+            (4, "best_image", 5, "images"), (4, "all_candidates", 7, "images"), (4, "trajectory_plot", 6, "images"),
+            (4, "final_prompt", 8, "source"), (4, "history_json", 9, "source"), (4, "judge", 10, "source"),
         ],  # fmt: skip
+        {"load": "Load", "generate": "Generate, judge, refine (the loop)"},
+        ys={2: 76, 3: 226, 4: 276, 5: 76, 7: 312, 8: 478, 9: 604, 6: 730, 10: 966},
+        wide_gaps={2: 160},
     )
-    sweep = Graph(
+
+
+def sweep_grid() -> Graph:
+    return Graph(
         "emotion_sweep_grid",
+        "Continuity sweep: the same prompt and seed at every valence x arousal target of a 5 x 5 grid (-3, -1.5, 0, "
+        "1.5, 3 on each axis), assembled into one labelled image: valence grows left to right, arousal bottom to "
+        "top. Smooth changes from cell to cell mean continuous control.\n\nEach cell is sampled like the "
+        "EmoFeedback2 Conditioner -> KSampler -> VAE Decode. Compare text_strength only (no adapter) with a "
+        "trained emotion adapter from an EmoFeedback2 Weights Loader.\n" + MODELS_NOTE,
         [
-            _note(
-                "Continuity sweep: the same prompt and seed at every valence x arousal target of a 5 x 5 grid "
-                "(-3, -1.5, 0, 1.5, 3 on each axis), assembled into one labelled image: valence grows left to "
-                "right, arousal bottom to top. Smooth changes from cell to cell mean continuous control.\n\n"
-                "Each cell is sampled like Emotion Conditioner -> KSampler -> VAE Decode. Compare text_strength "
-                "only (no adapter) with a trained emotion adapter connected from an Emotion Weights Loader.\n"
-                + MODELS_NOTE
-            ),
-            Node(2, "CheckpointLoaderSimple", (20, 340), (320, 100), {"ckpt_name": CHECKPOINT}),
-            Node(3, "EmotionSweepGrid", (380, 340), (400, 560), {
-                "text": "a quiet harbour town at dusk", "negative": NEGATIVE,
+            Node(2, "CheckpointLoaderSimple", 0, "load", {"ckpt_name": CHECKPOINT}, width=300),
+            Node(3, "EmoFeedback2SweepGrid", 1, "generate", {
+                "prompt": "a quiet harbour town at dusk", "negative_prompt": NEGATIVE,
                 "valences": "-3, -1.5, 0, 1.5, 3", "arousals": "-3, -1.5, 0, 1.5, 3", "seed": 1234,
-                "steps": 20, "cfg": 7.0, "width": 512, "height": 512, "text_strength": 1.0, "adapter_strength": 1.0}),
-            Node(4, "SaveImage", (820, 340), (620, 640), {"filename_prefix": "EmoFeedback2/sweep_grid"}, title="Labelled grid"),
+                "steps": 20, "cfg": 7.0, "width": 512, "height": 512, "text_strength": 1.0, "adapter_strength": 1.0},
+                width=320),
+            Node(4, "SaveImage", 2, "generate", {"filename_prefix": "EmoFeedback2/sweep_grid"}, title="Labelled grid",
+                 width=560, height=560),
         ],  # fmt: skip
         [(2, "MODEL", 3, "model"), (2, "CLIP", 3, "clip"), (2, "VAE", 3, "vae"), (3, "grid", 4, "images")],
+        {"load": "Load", "generate": "Generate the grid"},
+        note_height=330,
     )
-    return [t2i, refine, loop, sweep]
+
+
+def flux_lora_and_adapter() -> Graph:
+    return Graph(
+        "flux_emotion_lora",
+        "Flux.1 [dev] with an emotion LoRA and emotion adapter trained by EmoFeedback2.\n\nFlux conventions, as in "
+        "ComfyUI's own Flux examples: guidance goes on the conditioning (FluxGuidance, 3.5) and KSampler runs at "
+        "cfg 1.0, so its negative input is ignored (fed the zeroed conditioning); the latent is EmptySD3LatentImage's "
+        "16 channels.\n\nModels:\n- Load Diffusion Model: flux1-dev in models/diffusion_models.\n- DualCLIPLoader "
+        "(type flux): clip_l and t5xxl in models/text_encoders.\n- Load VAE: ae.safetensors in models/vae.\n- "
+        "EmoFeedback2 Weights Loader: the LoRA and adapter from `emofeedback2 export` of a Flux run (its "
+        "emofeedback2_lora.safetensors into models/loras, emotion_adapter.safetensors into "
+        f"models/emotion_adapters, renamed here {FLUX['lora']} / {FLUX['adapter']}).",
+        [
+            Node(2, "UNETLoader", 0, "load", {"unet_name": FLUX["unet"], "weight_dtype": "default"}, width=300),
+            Node(3, "DualCLIPLoader", 0, "load", {
+                "clip_name1": FLUX["t5"], "clip_name2": FLUX["clip_l"], "type": "flux", "device": "default"}, width=300),
+            Node(4, "VAELoader", 0, "load", {"vae_name": FLUX["vae"]}, width=300),
+            Node(5, "EmoFeedback2WeightsLoader", 1, "load", {
+                "lora_name": FLUX["lora"], "adapter_name": FLUX["adapter"]}, width=280),
+            Node(6, "EmoFeedback2Conditioner", 2, "condition", {
+                "prompt": "a lighthouse on a rocky coast at dusk, wide shot", "valence": 2.0, "arousal": -1.5,
+                "text_strength": 0.5, "adapter_strength": 1.0}, width=280),
+            Node(7, "FluxGuidance", 3, "condition", {"guidance": 3.5}, width=220),
+            Node(8, "ConditioningZeroOut", 3, "condition", title="Zeroed negative", width=220),
+            Node(9, "EmptySD3LatentImage", 3, "condition", {"width": 1024, "height": 1024, "batch_size": 1}, width=220),
+            Node(10, "KSampler", 4, "generate", {
+                "seed": 42, "steps": 20, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0},
+                width=240),
+            Node(11, "VAEDecode", 5, "generate", width=150),
+            Node(12, "SaveImage", 6, "generate", {"filename_prefix": "EmoFeedback2/flux_emotion"}, width=330, height=360),
+        ],  # fmt: skip
+        [
+            (2, "MODEL", 5, "model"), (3, "CLIP", 5, "clip"),
+            (5, "clip", 6, "clip"), (5, "emotion_adapter", 6, "emotion_adapter"),
+            (6, "conditioning", 7, "conditioning"), (6, "conditioning", 8, "conditioning"),
+            (5, "model", 10, "model"), (7, "CONDITIONING", 10, "positive"), (8, "CONDITIONING", 10, "negative"),
+            (9, "LATENT", 10, "latent_image"), (10, "LATENT", 11, "samples"), (4, "VAE", 11, "vae"),
+            (11, "IMAGE", 12, "images"),
+        ],  # fmt: skip
+        SD_STAGES,
+        note_height=420,
+        # the VAE loader sits low so that its wire passes under the conditioning nodes into VAE Decode
+        ys={2: 76, 3: 194, 4: 398, 5: 76, 6: 136, 7: 136, 8: 230, 9: 300, 10: 76, 11: 378, 12: 378},
+        wide_gaps={5: 130},
+    )
+
+
+def graphs() -> list[Graph]:
+    return [text_to_image(), score_and_refine(), reward_loop(), sweep_grid(), flux_lora_and_adapter()]
 
 
 def main() -> int:
