@@ -37,6 +37,10 @@ def _renamed_spec(new_types: dict[str, Any], renames: dict[str, str], choices: d
     return old_types
 
 
+def _without(types: dict[str, Any], added: tuple[str, ...]) -> dict[str, Any]:
+    return {group: {k: v for k, v in inputs.items() if k not in added} for group, inputs in types.items()}
+
+
 def legacy_alias(
     old_id: str,
     new_id: str,
@@ -44,12 +48,14 @@ def legacy_alias(
     renames: Optional[dict[str, str]] = None,
     old_outputs: Optional[tuple[str, ...]] = None,
     old_values: Optional[dict[str, dict[str, str]]] = None,
+    added: tuple[str, ...] = (),
 ) -> type:
     """A deprecated class named ``old_id`` that runs ``new_cls`` on graphs saved with the old interface.
 
     ``renames``: old input name → new one. ``old_outputs``: the old RETURN_NAMES (the new node's
     first outputs, in order). ``old_values``: per old input, old widget value → new value (the old
-    values are also offered, first, in that combo). The new node's ``VALIDATE_INPUTS`` is kept
+    values are also offered, first, in that combo). ``added``: optional inputs the new node gained
+    since (not in the old interface: a saved graph has no value for them, they take their defaults). The new node's ``VALIDATE_INPUTS`` is kept
     (so old graphs get the same queue-time checks); the inputs it names must not be renamed.
     """
     renames = renames or {}
@@ -81,7 +87,8 @@ def legacy_alias(
             f"For new graphs use {new_name} (renamed inputs: {changes})."
         ),
         "INPUT_TYPES": classmethod(
-            lambda cls: _renamed_spec(new_cls.INPUT_TYPES(), renames, {k: list(v) for k, v in old_values.items()})
+            lambda cls: _renamed_spec(_without(new_cls.INPUT_TYPES(), added), renames,
+                                      {k: list(v) for k, v in old_values.items()})
         ),
         "run_legacy": run_legacy,
         "NEW_NODE_ID": new_id,
@@ -101,6 +108,7 @@ ALIASES: tuple[type, ...] = (
     legacy_alias(
         "EmoLVLMLoader", loader_nodes.NODE_ID, loader_nodes.LVLMLoader,
         old_values={"model": {loader_nodes.LEGACY_COLOUR_OPTION: loader_nodes.COLOUR_OPTION}},
+        added=("judge_preset",),
     ),
     legacy_alias("EmotionWeightsLoader", weights_nodes.NODE_ID, weights_nodes.EmotionWeightsLoader),
     legacy_alias(

@@ -263,7 +263,7 @@ class LVLMLoader:
             adapter=adapter_path,
             trust_remote_code=bool(trust_remote_code),
             # 0 = auto: the preset's limits (those its released judge was run at), else the adapter's, else 401408
-            max_pixels=int(max_pixels) or (reading.preset.max_pixels if reading.preset
+            max_pixels=int(max_pixels) or (reading.preset.max_pixels if reading.preset and reading.preset.max_pixels
                                             else None if adapter_pixel_limits(adapter_path) else AUTO_MAX_PIXELS),
             min_pixels=None if int(max_pixels) or reading.preset is None else reading.preset.min_pixels,
             offload_after_use=not keep_loaded,

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from emofeedback2.bench.judge import judge_run_config, write_synthetic_judge_set
+from emofeedback2.engines.judge import lvlm_batching
 from emofeedback2.engines.judge.lvlm_scorer import LVLMConfig, load_lvlm
 from emofeedback2.training.judge import grpo_objective
 from emofeedback2.training.judge.data import load_images
@@ -87,8 +88,9 @@ def test_checkpointed_training_readout_is_what_the_scorer_reads(tiny_lvlm_dir, j
     def no_prefix_pass(*args):  # a prompt pass whose cache transformers would drop is not even run
         raise AssertionError("the shared-prefix path ran under gradient checkpointing")
 
-    monkeypatch.setattr(trainer.scorer, "_prefix_shared_logits", no_prefix_pass)
-    trained = readout_logits(trainer.scorer, images)
+    with monkeypatch.context() as patched:  # only the training readout: the scorer below takes the shared prefix
+        patched.setattr(lvlm_batching, "prefix_shared_logits", no_prefix_pass)
+        trained = readout_logits(trainer.scorer, images)
     assert calls and trained.digits.requires_grad
     scorer = load_lvlm(LVLMConfig(model=str(tiny_lvlm_dir), adapter=str(adapter), device="cpu", dtype="float32"))
     read = scorer.score_details(images)  # the shared-prefix path on the prompt's cache

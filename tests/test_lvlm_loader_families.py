@@ -24,7 +24,7 @@ def test_loader_lists_and_loads_every_family_and_no_pipeline_parts(fake_comfy, t
     (pipeline / "unet" / "config.json").write_text("{}")
 
     options = LVLMLoader.INPUT_TYPES()["required"]["model"][0]
-    assert options == [COLOUR_OPTION, *sorted(f"tiny/{family}" for family in FAMILIES)]
+    assert options == [*sorted(f"tiny/{family}" for family in FAMILIES), COLOUR_OPTION]  # a model first: the default
 
     loader, scorer_node = NODE_CLASS_MAPPINGS["EmoLVLMLoader"](), NODE_CLASS_MAPPINGS["LVLMEmotionScorer"]()
     images = torch.rand(2, 40, 56, 3, generator=torch.Generator().manual_seed(0))
