@@ -76,7 +76,7 @@ def _measure(arch, device, guidance=1.0, checkpointing=False):
     with torch.device(device):
         torch.manual_seed(0)
         denoiser, vae = _tiny(arch)
-        add_lora(denoiser, arch, 2, 2.0, fp.lora_targets(arch))
+        add_lora(denoiser, arch, 2, 2.0)  # the family's default targets
     family = fp.FAMILIES[arch]
     tokens, ctx, pooled = fp.conditioning_dims(family, denoiser)
     return mp.measure_activations(arch, denoiser, None, vae, batch=2, resolution=16, dtype=torch.float32,

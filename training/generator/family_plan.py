@@ -207,15 +207,6 @@ def plan_forward(family: Family, denoiser: nn.Module, adapter: Optional[nn.Modul
     return net, forward, decode
 
 
-def lora_targets(arch: str) -> list[str]:
-    """The LoRA targets of ``arch``: the trainer's defaults where it has them, else the family's projections."""
-    from .policy_net import DEFAULT_LORA_TARGETS
-
-    if arch in DEFAULT_LORA_TARGETS:
-        return list(DEFAULT_LORA_TARGETS[arch])
-    return list(FAMILIES[arch].lora_targets)
-
-
 def adapter_arch(arch: str, pooled_dim: Optional[int]) -> str:
     """An arch label the emotion adapter's config accepts: its size depends only on the widths it is given,
     so a family the adapter module does not list yet borrows the label of one with (or without) a pooled input."""

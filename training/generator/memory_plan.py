@@ -500,7 +500,7 @@ def plan_training(config, *, components: Optional[dict[str, nn.Module]] = None,
     out.append(Component(denoiser_name, dev, d_bytes, tuple(phases),
                          f"{d_how} ({m.dtype}{', ' + quant + ' base' if quant != 'none' else ''})", n_denoiser))
     with torch.device("meta"):
-        add_lora(denoiser, arch, m.lora_rank, m.lora_alpha, list(m.lora_targets) or family_plan.lora_targets(arch))
+        add_lora(denoiser, arch, m.lora_rank, m.lora_alpha, list(m.lora_targets))  # empty: the family defaults
     n_lora = count_params(denoiser, lambda n, p: "lora_" in n)
     if family is not None:
         tokens, ctx_dim, pooled_dim = family_plan.conditioning_dims(family, denoiser)
