@@ -66,6 +66,7 @@ BENCHMARKS = {
     "loop": "feedback-loop error vs judge evaluations on toy plants: ours vs the paper's fixed 3×8",
     "train": "GRPO rollout/update throughput and backward memory vs sampling steps",
     "judge": "judge fine-tuning on a tiny LVLM: base vs trained vs shuffled-label control (PLCC, MAE), images/s",
+    "gpu": "the real-size figures in one prepared GPU run: scorer, GRPO phases vs the plan, judge training, fp16",
 }
 
 

@@ -69,7 +69,10 @@ def add_judge_lora(model: Any, config: JudgeTrainConfig) -> Any:
 class JudgeTrainer:
     """LoRA fine-tuning of the judge (soft-label SFT or GRPO); see the module docstring."""
 
-    def __init__(self, config: JudgeTrainConfig, *, manifest: Optional[Manifest] = None, log: bool = True):
+    def __init__(self, config: JudgeTrainConfig, *, manifest: Optional[Manifest] = None, log: bool = True,
+                 base: Optional[LVLMScorer] = None):
+        """``base``: an already loaded judge to wrap instead of loading ``model.pretrained`` (``bench gpu``
+        builds the real-size architecture with random weights on the device; nothing is read from disk)."""
         validate_judge_config(config)
         self.config = config
         m = config.model
@@ -84,9 +87,10 @@ class JudgeTrainer:
         self.labels = labels
         if config.objective.kind == "soft_label":  # once per row, not per step
             self.soft_targets = soft_digit_targets(labels, config.objective.sigma)
-        base = load_lvlm(LVLMConfig(model=m.pretrained, dtype=m.dtype, device=m.device,
-                                    max_pixels=m.max_pixels, min_pixels=m.min_pixels,
-                                    attn_implementation=attention_setting(m.attention)))
+        if base is None:
+            base = load_lvlm(LVLMConfig(model=m.pretrained, dtype=m.dtype, device=m.device,
+                                        max_pixels=m.max_pixels, min_pixels=m.min_pixels,
+                                        attn_implementation=attention_setting(m.attention)))
         self.device, self.dtype = base.device, base.dtype
         if m.gradient_checkpointing:
             base.model.gradient_checkpointing_enable()
