@@ -39,7 +39,7 @@ def test_bf16_mixed_precision_clips_unscaled_gradients(tiny_pipeline_dir, tmp_pa
     for group in trainer.optimizer.param_groups:
         group["lr"] = 0.0  # weights stay put, so the update can be recomputed after
     calls, seen = [], {}
-    original_loss, original_clip = trainer._timestep_loss, acc.clip_grad_norm_
+    original_loss, original_clip = trainer.update_phase.timestep_loss, acc.clip_grad_norm_
 
     def loss_spy(*args, **kwargs):
         calls.append((args, kwargs))
@@ -53,7 +53,7 @@ def test_bf16_mixed_precision_clips_unscaled_gradients(tiny_pipeline_dir, tmp_pa
         seen["returned"] = float(norm)
         return norm
 
-    trainer._timestep_loss, acc.clip_grad_norm_ = loss_spy, clip_spy
+    trainer.update_phase.timestep_loss, acc.clip_grad_norm_ = loss_spy, clip_spy
     metrics = trainer.train_step()
     assert trainer.ratio_dev_before_first_update < 1e-6  # rollout and update share the bf16 autocast
     # the same update's loss recomputed by hand: plain autograd, no accelerate, no scaler

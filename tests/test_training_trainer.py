@@ -63,13 +63,13 @@ def test_gradient_checkpointing_and_a_trained_window_of_steps(tiny_pipeline_dir,
     trainer = GRPOTrainer(c, log=False)
     assert trainer.derived.trained_timesteps == 1 and trainer.derived.backward_passes_per_update == 2
     seen = []
-    original = trainer._timestep_loss
+    original = trainer.update_phase.timestep_loss
 
     def spy(traj, j, adv, keep, **kwargs):
         seen.append(j)
         return original(traj, j, adv, keep, **kwargs)
 
-    trainer._timestep_loss = spy
+    trainer.update_phase.timestep_loss = spy
     metrics = trainer.train_step()
     assert len(seen) == 2 and set(seen) <= {1, 2}
     assert metrics["train/grad_norm"] > 0 and trainer.ratio_dev_before_first_update < 1e-6

@@ -105,7 +105,7 @@ class HeldoutMonitor:
         cfg = c.sampling.guidance_scale != 1.0  # evaluation samples with guidance even when training is CFG-free
         out = []
         t.raw_net.eval()
-        for sl in t._chunks(len(s.prompts)):
+        for sl in t.rollout_phase.chunks(len(s.prompts)):
             cond = t.policy.encode(s.prompts[sl], c.sampling.negative_prompt, cfg)
             va = s.targets[sl].to(t.device)
             strength = 0.0 if base else c.sampling.adapter_strength

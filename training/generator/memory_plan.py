@@ -30,29 +30,22 @@ fragmentation, cuBLAS/cuDNN workspaces and gradients of activations in flight du
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import json
-import math
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Optional
 
 import torch
 from torch import nn
 
-from ...engines.errors import UserError
-from . import real_configs
+# the helpers live in their own modules; their names stay importable from here
+from .activation_count import (ActivationFigures, LiveBytes, _conditioning_dims, fused_attention_stand_in,
+                               measure_activations)
+from .meta_models import (DTYPE_BYTES, GIB, TORCH_DTYPES, PlanError, _ArchProbe, _meta_module, count_params,
+                          pipeline_components, quantized_bytes, reward_model)
 
-GIB = 1024**3
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-class PlanError(UserError, ValueError):
-    """The plan cannot be computed (a model's configs are not available locally)."""
-
+__all__ = ["ActivationFigures", "LiveBytes", "fused_attention_stand_in", "measure_activations", "DTYPE_BYTES", "GIB",
+           "TORCH_DTYPES", "PlanError", "_ArchProbe", "_conditioning_dims", "_meta_module", "count_params", "pipeline_components", "quantized_bytes", "reward_model",
+           "Component", "MemoryPlan", "judge_working_bytes", "plan_training", "print_plan_or_reason"]
 
 # --- the plan ---------------------------------------------------------------------------------------
 
@@ -111,295 +104,6 @@ class MemoryPlan:
             lines.append(f"  {device}: GiB per phase: {totals}; peak {peak / GIB:.2f} GiB in {phase}")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
-
-
-# --- building models on the meta device ---------------------------------------------------------------
-
-
-def _import(library: str, name: str):
-    return getattr(importlib.import_module(library), name)
-
-
-def _meta_module(library: str, cls_name: str, config: dict | str | Path) -> nn.Module:
-    """``cls`` built from a config dict or a folder holding ``config.json``, on the meta device."""
-    cls = _import(library, cls_name)
-    with torch.device("meta"):
-        if library == "diffusers":
-            cfg = cls.load_config(str(config)) if isinstance(config, (str, Path)) else dict(config)
-            return cls.from_config(cfg)
-        config_cls = cls.config_class
-        cfg = config_cls.from_pretrained(str(config)) if isinstance(config, (str, Path)) else config_cls(**config)
-        return cls(cfg)
-
-
-def pipeline_components(pretrained: str) -> dict[str, nn.Module]:
-    """The pipeline's denoiser, VAE and text encoders on the meta device, from a local folder or a known id."""
-    folder = Path(pretrained).expanduser()
-    modules: dict[str, nn.Module] = {}
-    if folder.is_dir() and (folder / "model_index.json").is_file():
-        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
-        for name in ("transformer", "unet", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
-            entry = index.get(name)
-            if not entry or entry[0] is None or not (folder / name / "config.json").is_file():
-                continue
-            modules[name] = _meta_module(entry[0], entry[1], folder / name)
-        return modules
-    known = real_configs.PIPELINES.get(pretrained)
-    if known is None:
-        raise PlanError(
-            f"model.pretrained={pretrained!r} is neither a local diffusers folder nor a model the plan knows "
-            f"({', '.join(real_configs.PIPELINES)}); download the pipeline folder (the plan reads only its "
-            "config.json files) and point model.pretrained at it"
-        )
-    return {name: _meta_module(lib, cls, cfg) for name, (lib, cls, cfg) in known.items()}
-
-
-def reward_model(kind: str, path: str) -> Optional[nn.Module]:
-    """The reward's model on the meta device (None for weight-free rewards)."""
-    if kind not in ("lvlm", "clip_quality"):
-        return None
-    folder = Path(path).expanduser()
-    if folder.is_dir() and (folder / "config.json").is_file():
-        if kind == "lvlm":
-            from transformers import AutoConfig, AutoModelForImageTextToText
-
-            with torch.device("meta"):
-                return AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(str(folder)))
-        return _meta_module("transformers", "CLIPModel", folder)
-    known = real_configs.known_reward_config(path)
-    if known is None:
-        raise PlanError(f"reward model {path!r} is neither a local folder with config.json nor a model the plan "
-                        f"knows ({', '.join(real_configs.REWARD_MODELS)}); download it (config.json suffices)")
-    config_cls, cfg = known
-    if config_cls == "CLIPConfig":
-        from transformers import CLIPConfig, CLIPModel
-
-        with torch.device("meta"):
-            return CLIPModel(CLIPConfig(**cfg))
-    from transformers import AutoModelForImageTextToText
-
-    config = _import("transformers", config_cls)(**cfg)
-    with torch.device("meta"):
-        return AutoModelForImageTextToText.from_config(config)
-
-
-def count_params(module: nn.Module, predicate=None) -> int:
-    return sum(p.numel() for n, p in module.named_parameters() if predicate is None or predicate(n, p))
-
-
-def quantized_bytes(module: nn.Module, dtype_bytes: int, quantization: str) -> tuple[int, str]:
-    """bitsandbytes layout: Linear weights at 1 byte (+ fp32 row scale) or 4 bits (+ fp32 absmax per 64)."""
-    if quantization == "none":
-        n = count_params(module)
-        return n * dtype_bytes, f"{n:,d} params x {dtype_bytes} B"
-    linear_w = other = 0
-    rows = 0
-    skip = ("lm_head",)  # transformers keeps the output head unquantised
-    for name, sub in module.named_modules():
-        if isinstance(sub, nn.Linear) and not name.endswith(skip):
-            linear_w += sub.weight.numel()
-            rows += sub.weight.shape[0]
-    other = count_params(module) - linear_w
-    if quantization == "8bit":
-        total = linear_w + 4 * rows + other * dtype_bytes
-        how = f"{linear_w:,d} Linear weights x 1 B + {rows:,d} fp32 row scales + {other:,d} params x {dtype_bytes} B"
-    else:
-        total = linear_w // 2 + 4 * math.ceil(linear_w / 64) + other * dtype_bytes
-        how = f"{linear_w:,d} Linear weights x 0.5 B + fp32 absmax per 64 + {other:,d} params x {dtype_bytes} B"
-    return total, how
-
-
-# --- measuring activations on the meta device --------------------------------------------------------
-
-
-class _SavedCounter:
-    """Bytes autograd saves for backward: unique tensors (views count their base once), parameters excluded."""
-
-    def __init__(self, exclude: Iterable[torch.Tensor], seen: Optional[dict] = None):
-        self.exclude = {id(p) for p in exclude}
-        self.seen = {} if seen is None else seen  # id → tensor (kept alive so ids stay unique)
-        self.bytes = 0
-
-    def add(self, tensor: torch.Tensor) -> None:
-        base = tensor._base if tensor._base is not None else tensor
-        if id(base) in self.exclude or id(tensor) in self.exclude or id(base) in self.seen:
-            return
-        self.seen[id(base)] = base
-        self.bytes += base.numel() * base.element_size()
-
-    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
-        self.add(tensor)
-        return tensor
-
-    @staticmethod
-    def unpack(tensor: torch.Tensor) -> torch.Tensor:
-        return tensor
-
-
-class _FusedAttention(torch.autograd.Function):
-    """Meta stand-in for CUDA flash / memory-efficient SDPA: output shaped like q, saves q, k, v, out, lse."""
-
-    @staticmethod
-    def forward(ctx, q, k, v):
-        out = q.new_empty(*q.shape[:-1], v.shape[-1])
-        lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
-        ctx.save_for_backward(q, k, v, out, lse)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        q, k, v, _, _ = ctx.saved_tensors
-        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-
-
-@contextlib.contextmanager
-def fused_attention_stand_in():
-    import torch.nn.functional as F
-
-    original = F.scaled_dot_product_attention
-
-    def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **_):
-        return _FusedAttention.apply(query, key, value)
-
-    F.scaled_dot_product_attention = sdpa
-    try:
-        yield
-    finally:
-        F.scaled_dot_product_attention = original
-
-
-class LiveBytes(torch.utils._python_dispatch.TorchDispatchMode):
-    """Peak bytes of tensors alive at once, counted per op output (views and in-place results excluded)."""
-
-    def __init__(self):
-        super().__init__()
-        self.live = 0
-        self.peak = 0
-
-    def _free(self, n: int) -> None:
-        self.live -= n
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = {id(a) for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)}
-        for t in torch.utils._pytree.tree_leaves(out):
-            if isinstance(t, torch.Tensor) and id(t) not in inputs and not t._is_view():
-                n = t.numel() * t.element_size()
-                self.live += n
-                self.peak = max(self.peak, self.live)
-                weakref.finalize(t, self._free, n)
-        return out
-
-
-@contextlib.contextmanager
-def _shape_only_va_check():
-    """The adapter checks V-A values (data-dependent, impossible on meta); on meta only shapes are checked."""
-    from ...engines.generation import emotion_adapter
-
-    original = emotion_adapter._va_tensor
-
-    def va_tensor(va, batch, device, dtype):
-        if isinstance(va, torch.Tensor) and va.device.type == "meta":
-            return va.to(dtype=dtype).expand(batch, 2)
-        return original(va, batch, device, dtype)
-
-    emotion_adapter._va_tensor = va_tensor
-    try:
-        yield
-    finally:
-        emotion_adapter._va_tensor = original
-
-
-@dataclass
-class ActivationFigures:
-    saved_bytes: int  # held for backward by one micro-batch's training forward
-    outside_blocks: int
-    block_inputs: int
-    largest_block: int
-    checkpointed: bool
-    rollout_forward_peak: int
-    vae_decode_peak: int
-    method: str
-
-
-def _conditioning_dims(arch: str, components: dict[str, nn.Module]) -> tuple[int, int, Optional[int]]:
-    """(tokens, context width, pooled width) of the conditioning the pipeline's encode_prompt returns."""
-    if arch == "sd3":
-        cfg = components["transformer"].config
-        return real_configs.CLIP_TOKENS + real_configs.SD3_T5_TOKENS, cfg.joint_attention_dim, cfg.pooled_projection_dim
-    cfg = components["unet"].config
-    if arch == "sdxl":
-        pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
-        return real_configs.CLIP_TOKENS, cfg.cross_attention_dim, pooled
-    return real_configs.CLIP_TOKENS, cfg.cross_attention_dim, None
-
-
-def measure_activations(arch: str, denoiser: nn.Module, adapter: Optional[nn.Module], vae: nn.Module, *,
-                        batch: int, resolution: int, dtype: torch.dtype, guidance: float,
-                        gradient_checkpointing: bool, tokens: int, context_dim: int,
-                        pooled_dim: Optional[int], device: str = "meta",
-                        fused_attention: bool = True) -> ActivationFigures:
-    """Saved-for-backward bytes of one training forward and the live peaks of rollout and decoding.
-
-    ``device="meta"`` (the plan) needs no memory; the same count on real tensors (``"cpu"``) is what
-    tests compare it with. ``fused_attention=False`` keeps the installed SDPA kernel.
-    """
-    from .policy_net import PolicyNet, Conditioning
-
-    net = PolicyNet(arch, denoiser, adapter, dtype)
-    scale = 2 ** (len(vae.config.block_out_channels) - 1)
-    side = resolution // scale
-    channels = denoiser.config.in_channels
-    on = dict(device=device)
-    x = torch.randn(batch, channels, side, side, dtype=torch.float32, **on)
-    cfg = guidance != 1.0
-    context = torch.randn(batch, tokens, context_dim, **on)
-    pooled = None if pooled_dim is None else torch.randn(batch, pooled_dim, **on)
-    cond = Conditioning(context, pooled, context.clone() if cfg else None,
-                        None if pooled is None or not cfg else pooled.clone())
-    va = torch.zeros(batch, 2, **on)
-    t = torch.tensor(500.0, **on)
-    if arch == "sdxl":
-        net.time_ids = torch.full((1, 6), float(resolution), **on)
-    attention = fused_attention_stand_in if fused_attention else contextlib.nullcontext
-    params = list(net.parameters())
-    seen: dict = {}
-    outer = _SavedCounter(params, seen)
-    inputs = _SavedCounter(params, seen)
-    blocks: list[int] = []
-
-    def checkpoint_counter(fn, *args, **kwargs):
-        for a in torch.utils._pytree.tree_leaves((args, kwargs)):
-            if isinstance(a, torch.Tensor):
-                inputs.add(a)
-        inner = _SavedCounter(params)
-        with torch.autograd.graph.saved_tensors_hooks(inner.pack, inner.unpack):
-            out = fn(*args, **kwargs)
-        blocks.append(inner.bytes)
-        return out
-
-    if gradient_checkpointing:
-        denoiser.enable_gradient_checkpointing(gradient_checkpointing_func=checkpoint_counter)
-    denoiser.train()
-    try:
-        with _shape_only_va_check(), attention(), torch.autograd.graph.saved_tensors_hooks(outer.pack, outer.unpack):
-            net(x, t, cond, va, guidance, 1.0)
-    finally:
-        if gradient_checkpointing:
-            denoiser.disable_gradient_checkpointing()
-    largest = max(blocks) if blocks else 0
-    saved = outer.bytes + inputs.bytes + largest
-    # rollout: the same forward without autograd; then decoding one micro-batch
-    roll = LiveBytes()
-    with torch.no_grad(), _shape_only_va_check(), attention(), roll:
-        net(x, t, cond, va, guidance, 1.0)
-    dec = LiveBytes()
-    with torch.no_grad(), attention(), dec:
-        vae.decode(x.to(vae.dtype), return_dict=False)
-    method = ("saved_tensors_hooks on the real-size model on the meta device (fused-SDPA stand-in)"
-              + ("; checkpointed: outside + block inputs + largest block" if gradient_checkpointing else ""))
-    return ActivationFigures(saved, outer.bytes, inputs.bytes, largest, gradient_checkpointing, roll.peak, dec.peak,
-                             method)
 
 
 def judge_working_bytes(model: nn.Module, images: int, dtype_bytes: int, image_tokens: int = 361,
@@ -586,14 +290,6 @@ def plan_training(config, *, components: Optional[dict[str, nn.Module]] = None,
     notes.append("not counted: CUDA context, allocator fragmentation, library workspaces, activation gradients "
                  "in flight during backward")
     return MemoryPlan(out, phases, dev, notes)
-
-
-class _ArchProbe:
-    """Enough of a pipeline for ``detect_arch`` (which looks at its transformer / unet)."""
-
-    def __init__(self, components: dict[str, nn.Module]):
-        self.transformer = components.get("transformer")
-        self.unet = components.get("unet")
 
 
 def print_plan_or_reason(config) -> Optional[MemoryPlan]:
