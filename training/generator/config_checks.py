@@ -50,6 +50,7 @@ def _check_numbers(config: TrainConfig) -> None:
     _number(o.eps, "optim.eps", 0, 1, lo_open=True)
     _number(o.max_grad_norm, "optim.max_grad_norm", 0, None)
     _number(o.ema_decay, "optim.ema_decay", 0, 1, hi_open=True)
+    _number(o.max_skipped_updates_in_a_row, "optim.max_skipped_updates_in_a_row", 1, 10**6, integer=True)
     for i, r in enumerate(config.rewards):
         _number(r.weight, f"rewards[{i}].weight", -1e6, 1e6)
     _number(config.seed, "seed", 0, SEED_MAX, integer=True)

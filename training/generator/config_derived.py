@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from .config_checks import validate
@@ -35,15 +34,25 @@ class Derived:
         )
 
 
-def trained_step_indices_count(config: TrainConfig) -> int:
+def train_window(config: TrainConfig) -> tuple[int, int]:
+    """The ``[start, end)`` sampling-step indices a sample may train on.
+
+    Default ``[0, steps - 1]``: the last step goes to (almost) no noise, so its std is tiny (≈0.006 against
+    ≈0.7 at the first step on SD3.5's 10-step schedule) and its log-ratio ~100x more sensitive; Flow-GRPO
+    trains the first ``int(T·f)`` steps and so never reaches it either. A one-step sampler keeps its step.
+    """
     steps = config.sampling.steps
     window = config.grpo.train_window
     if window:
-        start, end = int(window[0]), int(window[1])
-        span = end - start
-    else:
-        span = steps
-    return max(1, int(math.ceil(span * config.grpo.train_timestep_fraction)))
+        return int(window[0]), int(window[1])
+    return 0, max(1, steps - 1)
+
+
+def trained_step_indices_count(config: TrainConfig) -> int:
+    """``int(steps × fraction)`` (floor, as Flow-GRPO), at least 1 and at most the window's size."""
+    start, end = train_window(config)
+    wanted = int(config.sampling.steps * config.grpo.train_timestep_fraction)
+    return max(1, min(wanted, end - start))
 
 
 def derive(config: TrainConfig, num_processes: int = 1) -> Derived:

@@ -60,9 +60,17 @@ class GRPOConfig:
     clip_range: float = _f(1e-4, "PPO clip on the per-step likelihood ratio")
     adv_clip: float = _f(5.0, "advantages are clipped to +-adv_clip")
     global_std: bool = _f(True, "divide by the std over all groups (True) or each group's own std (False)")
-    kl_beta: float = _f(0.01, "weight of the KL to the base model (adapters disabled); 0 skips the reference pass")
-    train_timestep_fraction: float = _f(1.0, "fraction of the sampling steps trained per sample (random subset)")
-    train_window: list = _f([], "[start, end) step indices to train on (MixGRPO-style window); empty = all")
+    kl_beta: float = _f(0.01, "weight of the KL to the base model (adapters disabled); 0 skips the reference pass. "
+                        "Flow-GRPO's scale, so its beta values (0.004-0.04) mean the same here: flow SDE (SD3.x) KL "
+                        "= mean((mu - mu_ref)^2) / (2 sigma_t^2), sigma_t = a*sqrt(t/(1-t)) the SDE noise level "
+                        "(the step's exact KL times |dt|); DDIM (SD1.5/SDXL) divides by the step variance "
+                        "eta^2*beta~_t (DDIM's step has no separate dt: the exact step KL)")
+    train_timestep_fraction: float = _f(1.0, "fraction of the sampling steps trained per sample: int(steps * fraction) "
+                                        "of them (floor, as Flow-GRPO), at least 1, at most the window's size; a "
+                                        "random subset of the window")
+    train_window: list = _f([], "[start, end) step indices to train on (MixGRPO-style window); empty = [0, steps-1]: "
+                            "every step but the last, near-deterministic one (Flow-GRPO leaves it out too); "
+                            "[0, steps] trains all")
     shuffle_advantages: bool = _f(False, "CONTROL ONLY: permute advantages between samples (destroys the signal)")
     ratio_norm: str = _f("none", "'none' or 'grpo_guard' (GRPO-Guard: centre and rescale the per-step log ratio "
                          "so its mean is not biased below 1 at low-noise steps; flow models also reweight by 1/|dt|)")
@@ -76,8 +84,14 @@ class OptimConfig:
     betas: list = _f([0.9, 0.999], "AdamW betas")
     eps: float = _f(1e-8, "AdamW eps")
     max_grad_norm: float = _f(1.0, "gradient-norm clip (0 disables)")
-    ema: bool = _f(False, "keep an EMA of the trainable weights; exports use the EMA")
-    ema_decay: float = _f(0.95, "EMA decay per optimizer update")
+    ema: bool = _f(False, "keep an EMA of the trainable weights (diffusers EMAModel) with Flow-GRPO's warm-up: "
+                   "decay min((1+n)/(10+n), ema_decay) at the n-th update; exports use the EMA once it has warmed "
+                   "up (n >= (10*ema_decay - 1)/(1 - ema_decay)), the live weights before, and say which")
+    ema_decay: float = _f(0.95, "EMA decay per optimizer update, reached after the warm-up")
+    max_skipped_updates_in_a_row: int = _f(20, "stop when the fp16 grad scaler skips this many optimizer updates in "
+                                           "a row (their gradients overflow at every scale it tries: 20 halvings "
+                                           "take the default scale 65536 below 1); isolated skips are normal while "
+                                           "the scale settles and are counted in train/skipped_updates")
 
 
 @dataclass

@@ -80,7 +80,7 @@ def resume_run(trainer: Any, path: Optional[str | Path] = None, allow_change: Se
     resume_guard.apply_optimizer_settings(t.optimizer, t.config)  # changed lr/betas/... take effect
     if t.ema is not None:
         if state.get("ema"):
-            t.ema.load_state_dict(state["ema"])
+            t.ema.load_state_dict(state["ema"], updates=int(state["updates"]))
             t.ema.decay = float(t.config.optim.ema_decay)
         else:  # EMA switched on at this resume: it starts from the resumed weights, not the initial ones
             t.ema = EMA([p for _, p in t.trainable], t.config.optim.ema_decay)

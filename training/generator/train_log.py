@@ -39,7 +39,10 @@ class TrainLog:
         # The raw term means are what a user can read (the combined reward is normalised per group, ~0).
         raw = " ".join(f"{name}={metrics[f'reward/{name}']:.4f}" for name in names)
         split = " ".join(f"{name}={share:.2f}" for name, share in shares.items())
-        tqdm.write(f"[train] step {step} rewards {raw} advantage share: {split}")
+        notes = ""
+        if metrics.get("train/skipped_updates"):  # fp16 overflow: the grad scaler skipped, and lowered its scale
+            notes += f"; {int(metrics['train/skipped_updates'])} update(s) skipped by the fp16 grad scaler"
+        tqdm.write(f"[train] step {step} rewards {raw} advantage share: {split}{notes}")
 
     def scalars(self, step: int, metrics: dict[str, float], images: Optional[torch.Tensor]) -> None:
         """Every ``log_every`` steps the metrics; every ``image_log_every`` steps a grid of ``images`` [B,H,W,3]."""

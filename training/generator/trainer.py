@@ -21,7 +21,7 @@ import torch
 
 from ...engines.devices import DTYPES
 from ..checkpoint import NonFiniteError
-from ..grpo import EMA
+from ..grpo import EMA, ema_export_choice
 from .config import Derived, TrainConfig, check_inputs, derive
 from .data import PromptTargetSampler, load_prompts
 from .heldout import attach_heldout
@@ -152,16 +152,19 @@ class GRPOTrainer:
 
     # --- the loop ---------------------------------------------------------------------------------
     def _check_finite_step(self, metrics: dict[str, float]) -> None:
-        """Stop before a diverged step is saved: NaN/inf in the loss, reward or any trainable weight."""
+        """Stop before a diverged step is saved: NaN/inf in the loss, reward, an applied update's gradient norm
+        or any trainable weight, or too many fp16-skipped updates in a row. A skipped update is not divergence."""
         import math
 
-        bad = [k for k in ("train/loss", "reward/mean", "train/grad_norm") if not math.isfinite(metrics.get(k, 0.0))]
+        names = ["train/loss", "reward/mean"] + (["train/grad_norm"] if metrics.get("train/applied_updates", 1) else [])
+        bad = [k for k in names if not math.isfinite(metrics.get(k, 0.0))]
         bad += [n for n, p in self.trainable if not bool(torch.isfinite(p.detach()).all())][:1]
         if bad:
             raise NonFiniteError(
                 f"step {self.step}: {bad[0]} became NaN/inf, so the run stopped before saving it; "
                 f"'latest' still names the last good checkpoint. Lower optim.lr (now {self.config.optim.lr}) "
                 "and continue with --resume")
+        self.update_phase.check_skips(self.step)
 
     def train(self, resume: bool = False, overwrite: bool = False,
               allow_change: Sequence[str] = ()) -> list[dict[str, float]]:
@@ -208,13 +211,19 @@ class GRPOTrainer:
         return self.history
 
     def export(self, out_dir: str | Path) -> dict[str, Path]:
+        """Write the LoRA and adapter; the EMA weights once the EMA has warmed up, else the live ones (said so)."""
         from .export import export_all
 
-        if self.ema is not None:
+        use_ema, note = ema_export_choice(self.ema.state_dict() if self.ema is not None else None)
+        if self.accelerator.is_main_process:
+            print(f"[train] {note}")
+        if use_ema:
             self.ema.swap()
         try:
             return export_all(out_dir, self.arch, self.lora_state(), self.config.model.lora_rank,
-                              self.config.model.lora_alpha, self.adapter, metadata={"step": self.step})
+                              self.config.model.lora_alpha, self.adapter,
+                              metadata={"step": self.step, "weights": "ema" if use_ema else "live",
+                                        "weights_note": note})
         finally:
-            if self.ema is not None:
+            if use_ema:
                 self.ema.swap()
