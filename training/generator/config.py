@@ -14,13 +14,14 @@ from ..config_fields import ConfigError
 from .config_checks import (MAX_RESOLUTION, NORMALIZATIONS, SEED_MAX, check_inputs, check_one_normalization,
                             validate)
 from .config_derived import Derived, derive, train_window, trained_step_indices_count
-from .config_loading import apply_overrides, config_from_dict, config_to_dict, describe_fields, load_config
+from .config_loading import (apply_overrides, config_from_dict, config_to_dict, describe_fields, load_config,
+                             quality_spec)
 from .config_schema import (SECTIONS, DataConfig, GRPOConfig, HeldoutConfig, ModelConfig, OptimConfig, RewardSpec,
                             SamplingConfig, TrainConfig)
 
 __all__ = [
     "ConfigError", "MAX_RESOLUTION", "NORMALIZATIONS", "SEED_MAX", "check_inputs", "check_one_normalization",
     "validate", "Derived", "derive", "train_window", "trained_step_indices_count", "apply_overrides", "config_from_dict",
-    "config_to_dict", "describe_fields", "load_config", "SECTIONS", "DataConfig", "GRPOConfig", "HeldoutConfig",
+    "config_to_dict", "describe_fields", "load_config", "quality_spec", "SECTIONS", "DataConfig", "GRPOConfig", "HeldoutConfig",
     "ModelConfig", "OptimConfig", "RewardSpec", "SamplingConfig", "TrainConfig",
 ]

@@ -152,6 +152,9 @@ def check_inputs(config: TrainConfig, need_model: bool = True) -> None:
         _check_local_path(config.model.adapter_init, "model.adapter_init", folder=False, required=True)
     if config.heldout.every and config.heldout.prompts_file:
         load_prompts(config.heldout.prompts_file, "heldout.prompts_file")
+    quality = config.heldout.quality if config.heldout.every else {}
+    if quality and quality.get("path"):
+        _check_local_path(quality["path"], "heldout.quality.path", folder=True, required=True)
     for i, r in enumerate(config.rewards):
         if r.path:
             _check_local_path(r.path, f"rewards[{i}].path", folder=True, required=True)
@@ -196,6 +199,8 @@ def _validate_one_gpu_options(config: TrainConfig) -> None:
             raise ConfigError(f"rewards[{i}].attention applies to the LVLM judge only (kind = 'lvlm')")
         if r.role not in ("auto", "emotion", "quality"):
             raise ConfigError(f"rewards[{i}].role must be 'auto', 'emotion' or 'quality', got {r.role!r}")
+        if r.low_digit_mass not in ("floor", "keep"):
+            raise ConfigError(f"rewards[{i}].low_digit_mass must be 'floor' or 'keep', got {r.low_digit_mass!r}")
         if r.images_per_pass < 0:
             raise ConfigError(f"rewards[{i}].images_per_pass must be >= 0 (0 = all images in one pass)")
     h = config.heldout
@@ -203,6 +208,14 @@ def _validate_one_gpu_options(config: TrainConfig) -> None:
         raise ConfigError("heldout.every and heldout.steps must be >= 0 and heldout.num_prompts >= 1")
     if h.every and not h.targets:
         raise ConfigError("heldout.targets must list at least one [valence, arousal] pair")
+    if h.quality:
+        from .config_loading import quality_spec
+
+        q = quality_spec(h.quality)
+        if q.kind not in ("lvlm", "color", "brightness", "clip_quality"):
+            raise ConfigError(f"heldout.quality.kind must be lvlm, color, brightness or clip_quality, got {q.kind!r}")
+        if q.kind in ("lvlm", "clip_quality") and not q.path:
+            raise ConfigError(f"heldout.quality ({q.kind}) needs path = a local model folder or hub id")
     for t in h.targets:
         if not (isinstance(t, (list, tuple)) and len(t) == 2 and all(-3 <= float(x) <= 3 for x in t)):
             raise ConfigError(f"heldout.targets entry {t!r} must be [valence, arousal] with both in [-3, 3]")

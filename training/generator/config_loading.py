@@ -122,3 +122,12 @@ def describe_fields() -> str:
             continue
         lines.append(f"  {f.name} = {f.default!r}  # {f.metadata.get('help', '')}")
     return "\n".join(lines)
+
+
+def quality_spec(table: dict) -> RewardSpec:
+    """``heldout.quality`` as a reward spec with role 'quality' (unknown fields refused, naming them)."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"heldout.quality must be a table of reward fields (kind, path, ...), got {table!r}")
+    spec = _fill(RewardSpec, table, "heldout.quality")
+    spec.role = "quality"
+    return spec

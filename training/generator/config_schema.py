@@ -37,7 +37,8 @@ class SamplingConfig:
     sde_noise_level: float = _f(0.7, "'a' in the flow SDE sigma_t = a*sqrt(t/(1-t)) for SD3.x rollouts")
     adapter_strength: float = _f(1.0, "emotion adapter strength during rollouts and training")
     cfg_free_training: bool = _f(False, "Flow-GRPO: roll out and train without guidance (half the denoiser batch); "
-                                 "evaluation still samples with guidance_scale")
+                                 "the evaluation and held-out samplers then judge that unguided policy (the "
+                                 "held-out check also reports guidance_scale)")
 
 
 @dataclass
@@ -113,17 +114,27 @@ class RewardSpec:
     images_per_pass: int = _f(0, "LVLM judge images per forward pass inside its one call per step (0 = all)")
     role: str = _f("auto", "'emotion', 'quality' or 'auto' (clip_quality = quality, others = emotion): how the "
                    "held-out check reports it")
+    low_digit_mass: str = _f("floor", "'lvlm' only: a reading whose digit probability mass is below the judge's "
+                             "LOW_DIGIT_MASS (0.5) was no answer (e.g. text in the image hijacked the judge): "
+                             "'floor' gives it the lowest reward (0), 'keep' scores it as read; counted either way "
+                             "in reward_flags/<reward>/low_digit_mass")
 
 
 @dataclass
 class HeldoutConfig:
     every: int = _f(0, "held-out check every N steps (0 = off): deterministic sampler on a fixed set, emotion "
-                    "reward, quality reward and distance to the base model's images logged apart")
-    prompts_file: str = _f("", "held-out prompts, one a line ('' = the first num_prompts training prompts)")
+                    "reward, quality reward and distance to the base model's images logged apart; made at the "
+                    "guidance the policy trains at (1 with cfg_free_training) and also at guidance_scale when "
+                    "that differs ('@guided' figures)")
+    prompts_file: str = _f("", "held-out prompts, one a line, not training prompts ('' = the shipped "
+                           "training/data/heldout_prompts.txt)")
     num_prompts: int = _f(4, "prompts in the held-out set")
     targets: list = _f([[-2.0, -2.0], [-2.0, 2.0], [2.0, -2.0], [2.0, 2.0]], "V-A targets of the held-out set")
     steps: int = _f(0, "sampling steps of the held-out images (0 = sampling.eval_steps)")
     tolerance: float = _f(0.0, "warn when emotion reward rises and quality falls by more than this between checks")
+    quality: dict = _f({}, "a quality judge for the check only, never trained on: a reward table, e.g. "
+                       "{kind = \"clip_quality\", path = \"models/PickScore_v1\"} (TOML: [heldout.quality]); "
+                       "{} = the training rewards with role 'quality'")
 
 
 @dataclass

@@ -3,7 +3,8 @@
 Rewards from all processes are gathered before the advantages (a group's statistics need all its
 members; the global std needs every sample); each process then keeps the advantages of its own
 samples. A NaN/inf reward stops the run naming the reward. Metrics: the raw term means, each term's
-share of the advantage variance, zero-spread groups, and the reward per V-A quadrant.
+share of the advantage variance, zero-spread groups, the reward per V-A quadrant, and how many samples
+each reward flagged (``reward_flags/<reward>/<flag>``, e.g. judge readings with low digit mass).
 """
 
 from __future__ import annotations
@@ -60,7 +61,10 @@ class RewardPhase:
             "grpo/zero_std_groups": float(info.zero_std_groups),
         }
         for name, value in all_parts.items():
-            metrics[f"reward/{name}"] = float(value.mean())
+            if name in t.reward.names:
+                metrics[f"reward/{name}"] = float(value.mean())
+            else:  # a reward's flags (e.g. judge readings with low digit mass): how many this step
+                metrics[f"reward_flags/{name}"] = float(value.sum())
         for name, share in shares.items():  # which term sets the advantages (within-group variance)
             metrics[f"reward_share/{name}"] = share
         all_targets = acc.gather(torch.from_numpy(batch.targets).to(t.device)).cpu()

@@ -53,12 +53,18 @@ class RolloutPhase:
 
     @torch.no_grad()
     def evaluate(self, prompts: Sequence[str], targets: torch.Tensor, seeds: Sequence[int],
-                 steps: Optional[int] = None, use_ema: bool = False) -> dict[str, torch.Tensor]:
-        """Reward parts of images from the deterministic sampler (same seeds → same images)."""
+                 steps: Optional[int] = None, use_ema: bool = False,
+                 guidance_scale: Optional[float] = None) -> dict[str, torch.Tensor]:
+        """Reward parts of images from the deterministic sampler (same seeds → same images).
+
+        ``guidance_scale`` defaults to the guidance the policy is trained at: 1 under CFG-free training,
+        so the policy that is optimised is the one judged; pass ``sampling.guidance_scale`` for the guided one.
+        """
         t = self.trainer
         c = t.config
         steps = steps or c.sampling.eval_steps
-        cfg = c.sampling.guidance_scale != 1.0
+        guidance = t.train_guidance if guidance_scale is None else float(guidance_scale)
+        cfg = guidance != 1.0
         swap = use_ema and t.ema is not None
         if swap:
             t.ema.swap()
@@ -68,8 +74,8 @@ class RolloutPhase:
             for sl in self.chunks(len(prompts)):
                 cond = t.policy.encode(list(prompts[sl]), c.sampling.negative_prompt, cfg)
                 va = targets[sl].to(t.device).float()
-                traj = rollout(t.policy, t.raw_net, cond, va, list(seeds[sl]), steps,
-                               c.sampling.guidance_scale, c.sampling.adapter_strength, stochastic=False)
+                traj = rollout(t.policy, t.raw_net, cond, va, list(seeds[sl]), steps, guidance,
+                               c.sampling.adapter_strength, stochastic=False)
                 parts.append(t.reward.score_parts(traj.images, list(prompts[sl]), va.cpu()))
         finally:
             if swap:

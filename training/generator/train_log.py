@@ -40,6 +40,9 @@ class TrainLog:
         raw = " ".join(f"{name}={metrics[f'reward/{name}']:.4f}" for name in names)
         split = " ".join(f"{name}={share:.2f}" for name, share in shares.items())
         notes = ""
+        for key, count in metrics.items():
+            if key.startswith("reward_flags/") and count:
+                notes += f"; {int(count)} flagged {key[len('reward_flags/'):]}"
         if metrics.get("train/skipped_updates"):  # fp16 overflow: the grad scaler skipped, and lowered its scale
             notes += f"; {int(metrics['train/skipped_updates'])} update(s) skipped by the fp16 grad scaler"
         tqdm.write(f"[train] step {step} rewards {raw} advantage share: {split}{notes}")

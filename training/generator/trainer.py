@@ -135,9 +135,11 @@ class GRPOTrainer:
         return metrics
 
     def evaluate(self, prompts: Sequence[str], targets: torch.Tensor, seeds: Sequence[int],
-                 steps: Optional[int] = None, use_ema: bool = False) -> dict[str, torch.Tensor]:
-        """Reward parts of images from the deterministic sampler (same seeds → same images)."""
-        return self.rollout_phase.evaluate(prompts, targets, seeds, steps, use_ema)
+                 steps: Optional[int] = None, use_ema: bool = False,
+                 guidance_scale: Optional[float] = None) -> dict[str, torch.Tensor]:
+        """Reward parts of images from the deterministic sampler (same seeds → same images), at the trained
+        guidance unless ``guidance_scale`` is given (see :meth:`.rollout_phase.RolloutPhase.evaluate`)."""
+        return self.rollout_phase.evaluate(prompts, targets, seeds, steps, use_ema, guidance_scale)
 
     # --- checkpoints ------------------------------------------------------------------------------
     def checkpoint_root(self) -> Path:
