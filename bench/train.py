@@ -231,6 +231,7 @@ def run(args: argparse.Namespace) -> int:
             c.model.adapter_hidden = 0 if real else 16
             c.model.gradient_checkpointing = args.gradient_checkpointing
             c.sampling.steps = steps
+            c.grpo.train_window = [0, steps]  # every step trained (the default window leaves the last one out)
             c.sampling.resolution = args.resolution
             c.sampling.guidance_scale = 1.0
             c.grpo.group_size = args.group_size

@@ -201,6 +201,8 @@ def _validate_one_gpu_options(config: TrainConfig) -> None:
             raise ConfigError(f"rewards[{i}].role must be 'auto', 'emotion' or 'quality', got {r.role!r}")
         if r.low_digit_mass not in ("floor", "keep"):
             raise ConfigError(f"rewards[{i}].low_digit_mass must be 'floor' or 'keep', got {r.low_digit_mass!r}")
+        if r.max_pixels < 0 or (r.max_pixels and r.kind != "lvlm"):
+            raise ConfigError(f"rewards[{i}].max_pixels must be >= 0 and applies to the LVLM judge only")
         if r.images_per_pass < 0:
             raise ConfigError(f"rewards[{i}].images_per_pass must be >= 0 (0 = all images in one pass)")
     h = config.heldout

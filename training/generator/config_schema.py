@@ -112,6 +112,8 @@ class RewardSpec:
     attention: str = _f("auto", "LVLM judge attention kernel: 'auto' (transformers' default), 'sdpa', 'eager' or "
                         "'flash_attention_2' (CUDA GPU + the flash-attn package)")
     images_per_pass: int = _f(0, "LVLM judge images per forward pass inside its one call per step (0 = all)")
+    max_pixels: int = _f(0, "LVLM judge: cap on pixels per image fed to its vision encoder (0 = the processor's); "
+                         "fewer image tokens, less memory and time (Qwen2.5-VL: one token per 28x28 px)")
     role: str = _f("auto", "'emotion', 'quality' or 'auto' (clip_quality = quality, others = emotion): how the "
                    "held-out check reports it")
     low_digit_mass: str = _f("floor", "'lvlm' only: a reading whose digit probability mass is below the judge's "

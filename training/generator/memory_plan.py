@@ -1,8 +1,8 @@
 """A memory plan for a GRPO run, computed before anything is loaded: bytes per component per device.
 
 Every model is built from its real config on the ``meta`` device (shapes only, no weights, no
-download: a local folder's ``config.json`` files, or :mod:`.real_configs` for the recipe's hub ids),
-and every figure is counted from those modules:
+download: a local folder's ``config.json`` files, or :mod:`.real_configs` for the recipes' hub ids),
+and every figure is counted from those modules (:mod:`.plan_parts` builds the rows):
 
 - weights: parameters × dtype bytes (the judge quantised: Linear weights at 1 or 0.5 byte plus
   bitsandbytes' scales, the rest in its dtype);
@@ -10,28 +10,24 @@ and every figure is counted from those modules:
   frees them after each optimizer step), AdamW's two fp32 states, an fp32 EMA copy when enabled;
 - cached prompt embeddings: unique prompts × (context + pooled) in the base dtype, in host memory;
 - trajectories: a step's stored latents, log-probs, step means (GRPO-Guard) and fp32 conditioning;
-- activations per micro-batch, **measured** on the real-size model on the ``meta`` device: the bytes
-  autograd saves for backward, counted with ``torch.autograd.graph.saved_tensors_hooks`` over one
-  training forward (adapter + CFG + LoRA + denoiser), unique tensors only, parameters excluded.
-  Attention is replaced during the count by a stand-in that saves what CUDA's fused SDPA kernels
-  save (q, k, v, output, fp32 logsumexp) instead of the math kernel's N×N probabilities. With
-  gradient checkpointing: bytes saved outside checkpointed blocks + each block's inputs + the
-  largest block's saved bytes (recomputed during backward);
-- rollout working memory (no-grad denoiser forward and VAE decode of one micro-batch): the peak of
-  live tensor bytes, measured with a ``TorchDispatchMode`` on the meta device;
-- the judge's working memory: an estimate from its config (KV cache + one layer's MLP tensors for
-  the images of one forward pass), labelled as such.
+- activations per micro-batch, **measured** on the real-size model on the ``meta`` device
+  (:mod:`.activation_count`), and during the update the no-grad KL reference forward on top of them;
+- rollout working memory (no-grad denoiser forward and VAE decode of one micro-batch), measured;
+- the judge's working memory: an estimate from its config and the images' real size (:mod:`.judge_memory`:
+  image tokens from the resolution and pixel limits, vision-encoder activations, the KV cache held
+  once per answer prefix), labelled as such; with ``reward_schedule = "micro_batch"`` the judge's
+  weights and working memory overlap the rollout;
+- the CUDA context on every GPU (an estimate, outside the caching allocator).
 
-Components are resident in phases (``encode`` once at start, then per step ``rollout``, one
-``score:<reward>`` per reward model, ``update``); a device's planned peak is the largest sum over a
-phase. Not counted: the CUDA context (outside ``torch.cuda.max_memory_allocated``), allocator
-fragmentation, cuBLAS/cuDNN workspaces and gradients of activations in flight during backward.
+A device's planned peak is the largest sum over a phase. On top of it the plan keeps an allocator
+margin (:data:`ALLOCATOR_MARGIN` of the peak: memory the caching allocator reserves but cannot hand
+out, fragmentation); a plan *fits* a card when planned peak + margin ≤ the card's memory. Not
+counted: gradients of activations in flight during backward.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
 import torch
@@ -40,24 +36,25 @@ from torch import nn
 # the helpers live in their own modules; their names stay importable from here
 from .activation_count import (ActivationFigures, LiveBytes, _conditioning_dims, fused_attention_stand_in,
                                measure_activations)
+from .judge_memory import image_grid, judge_working_bytes, smart_resize
 from .meta_models import (DTYPE_BYTES, GIB, TORCH_DTYPES, PlanError, _ArchProbe, _meta_module, count_params,
                           pipeline_components, quantized_bytes, reward_model)
+from .plan_parts import (Component, PlanSetup, adapter_on_meta, context_parts, reward_parts, step_parts, text_parts,
+                         trainable_parts)
 
-__all__ = ["ActivationFigures", "LiveBytes", "fused_attention_stand_in", "measure_activations", "DTYPE_BYTES", "GIB",
-           "TORCH_DTYPES", "PlanError", "_ArchProbe", "_conditioning_dims", "_meta_module", "count_params", "pipeline_components", "quantized_bytes", "reward_model",
-           "Component", "MemoryPlan", "judge_working_bytes", "plan_training", "print_plan_or_reason"]
+__all__ = ["ActivationFigures", "LiveBytes", "fused_attention_stand_in", "measure_activations", "image_grid",
+           "judge_working_bytes", "smart_resize", "DTYPE_BYTES", "GIB", "TORCH_DTYPES", "PlanError", "_ArchProbe",
+           "_conditioning_dims", "_meta_module", "count_params", "pipeline_components", "quantized_bytes",
+           "reward_model", "Component", "MemoryPlan", "plan_training", "print_plan_or_reason",
+           "ALLOCATOR_MARGIN", "CUDA_CONTEXT_BYTES", "CARD_24GB_BYTES"]
 
-# --- the plan ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class Component:
-    name: str
-    device: str
-    bytes: int
-    phases: tuple[str, ...]
-    detail: str
-    params: Optional[int] = None
+#: the CUDA context and cuBLAS/cuDNN handles, outside torch.cuda.max_memory_allocated: ~0.3-0.6 GiB on
+#: recent cards with lazy module loading; the plan takes the upper end
+CUDA_CONTEXT_BYTES = 512 * 2**20
+#: share of the planned peak kept free for the caching allocator's fragmentation (reserved, not allocatable)
+ALLOCATOR_MARGIN = 0.10
+#: a "24 GB" card (RTX 3090/4090) reports 24,564 MiB
+CARD_24GB_BYTES = 24564 * 2**20
 
 
 @dataclass
@@ -66,6 +63,7 @@ class MemoryPlan:
     phases: list[str]
     training_device: str
     notes: list[str] = field(default_factory=list)
+    margin_fraction: float = ALLOCATOR_MARGIN
 
     def devices(self) -> list[str]:
         return list(dict.fromkeys(c.device for c in self.components))
@@ -86,6 +84,14 @@ class MemoryPlan:
         devices = self.accelerator_devices() or ["cpu"]
         return max(self.peak(d)[0] for d in devices)
 
+    def margin_bytes(self) -> int:
+        """The allocator margin kept on top of the planned peak."""
+        return int(self.margin_fraction * self.planned_peak_bytes())
+
+    def fits(self, card_bytes: int = CARD_24GB_BYTES) -> bool:
+        """Planned peak + margin ≤ the card's memory."""
+        return self.planned_peak_bytes() + self.margin_bytes() <= card_bytes
+
     def component(self, name: str, device: Optional[str] = None) -> Component:
         for c in self.components:
             if c.name == name and (device is None or c.device == device):
@@ -105,23 +111,110 @@ class MemoryPlan:
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
-
-def judge_working_bytes(model: nn.Module, images: int, dtype_bytes: int, image_tokens: int = 361,
-                        text_tokens: int = 96) -> tuple[int, str]:
-    """Estimate for one LVLM forward pass: KV cache of all layers + one layer's MLP and attention tensors."""
-    text = getattr(model.config, "text_config", model.config)
-    layers, hidden = text.num_hidden_layers, text.hidden_size
-    heads = text.num_attention_heads
-    kv_heads = getattr(text, "num_key_value_heads", heads)
-    head_dim = hidden // heads
-    n = images * (image_tokens + text_tokens)
-    kv = 2 * layers * kv_heads * head_dim * n * dtype_bytes
-    layer = n * (3 * text.intermediate_size + 4 * hidden) * dtype_bytes
-    return kv + layer, (f"estimate: {images} image(s) x {image_tokens + text_tokens} tokens: KV cache {kv / GIB:.3f} "
-                        f"GiB + one layer's tensors {layer / GIB:.3f} GiB")
+    def summary_lines(self, card_bytes: int = CARD_24GB_BYTES) -> list[str]:
+        """The planned peak, the margin with its GiB, and whether peak + margin fits the card."""
+        peak, margin = self.planned_peak_bytes(), self.margin_bytes()
+        where = ", ".join(self.accelerator_devices()) or "cpu"
+        head = (f"allocator margin {margin / GIB:.2f} GiB ({self.margin_fraction:.0%} of the peak); planned peak + "
+                f"margin = {(peak + margin) / GIB:.2f} GiB")
+        if not self.accelerator_devices():
+            return [f"planned peak {peak / GIB:.2f} GiB on cpu", f"{head} of host memory"]
+        verdict = "fits" if self.fits(card_bytes) else "does NOT fit"
+        return [f"planned peak {peak / GIB:.2f} GiB on {where}",
+                f"{head}: {verdict} a {card_bytes / GIB:.2f} GiB (24 GB) card"]
 
 
 # --- the plan of a training config --------------------------------------------------------------------
+
+
+def plan_training(config, *, components: Optional[dict[str, nn.Module]] = None,
+                  prompt_count: Optional[int] = None, context_bytes: int = CUDA_CONTEXT_BYTES) -> MemoryPlan:
+    """The :class:`MemoryPlan` of ``config`` (one process), from meta-device models."""
+    from diffusers.utils import logging as diffusers_logging
+
+    from ...engines.generation.diffusers_backend import detect_arch
+    from .config import derive
+    from .policy_net import add_lora
+
+    diffusers_logging.set_verbosity_error()  # the meta modules' dtype casts are intended, not a warning
+    derived = derive(config)
+    m, s, g = config.model, config.sampling, config.grpo
+    components = components if components is not None else pipeline_components(m.pretrained)
+    denoiser_name = "transformer" if "transformer" in components else "unet"
+    denoiser = components[denoiser_name]
+    arch = m.arch if m.arch != "auto" else detect_arch(_ArchProbe(components))
+    kinds = [r.kind for r in config.rewards]
+    reward_phases = [f"score:{r.kind}" if kinds.count(r.kind) == 1 else f"score:{r.kind}_{i}"
+                     for i, r in enumerate(config.rewards)]
+    quality = _heldout_quality(config)
+    phases = ["encode", "rollout"] + reward_phases + ["update"]
+    if quality is not None and quality.offload:
+        phases.append("heldout:quality")
+    setup = PlanSetup(config, "cpu" if config.device == "cpu" else "cuda:0", phases, reward_phases,
+                      derived.samples_per_step_per_process)
+    base = DTYPE_BYTES[m.dtype]
+    n_denoiser = count_params(denoiser)
+    denoiser.to(TORCH_DTYPES[m.dtype])
+    out = [Component(denoiser_name, setup.device, n_denoiser * base, tuple(phases),
+                     f"{n_denoiser:,d} params x {base} B ({m.dtype})", n_denoiser)]
+    with torch.device("meta"):
+        add_lora(denoiser, arch, m.lora_rank, m.lora_alpha, m.lora_targets)
+    tokens, ctx_dim, pooled_dim = _conditioning_dims(arch, components)
+    adapter = adapter_on_meta(config, arch, ctx_dim, pooled_dim)
+    out += trainable_parts(setup, count_params(denoiser, lambda n, p: "lora_" in n),
+                           count_params(adapter) if adapter is not None else 0)
+    per_prompt = tokens * ctx_dim + (pooled_dim or 0)
+    count = prompt_count if prompt_count is not None else (
+        _unique_prompt_count(config) if config.data.cache_prompt_embeddings else 0)
+    out += text_parts(setup, components, per_prompt, count)
+    vae = components["vae"]
+    out.append(_vae_part(setup, vae))
+    acts = measure_activations(arch, denoiser, adapter, vae, batch=g.batch_size, resolution=s.resolution,
+                               dtype=TORCH_DTYPES[m.dtype], guidance=1.0 if s.cfg_free_training else s.guidance_scale,
+                               gradient_checkpointing=m.gradient_checkpointing, tokens=tokens, context_dim=ctx_dim,
+                               pooled_dim=None if arch == "sd15" else pooled_dim)
+    latent = denoiser.config.in_channels * (s.resolution // 2 ** (len(vae.config.block_out_channels) - 1)) ** 2
+    out += step_parts(setup, latent, per_prompt, acts)
+    judged = setup.samples if config.reward_schedule == "step" else g.batch_size
+    for spec, phase in zip(config.rewards, reward_phases):
+        out += reward_parts(setup, spec, phase, judged_images=judged)
+    if quality is not None:
+        out += reward_parts(setup, quality, "heldout:quality", judged_images=config.heldout.num_prompts
+                            * len(config.heldout.targets), label="held-out quality judge")
+    out += context_parts(setup, list(dict.fromkeys(c.device for c in out)), context_bytes)
+    return MemoryPlan(out, phases, setup.device, _notes(config, derived, out, setup.device))
+
+
+def _vae_part(setup: PlanSetup, vae: nn.Module) -> Component:
+    m = setup.config.model
+    dtype = m.dtype
+    if m.dtype == "float16" and getattr(vae.config, "force_upcast", False):
+        dtype = "float32"  # the trainer upcasts the VAE in fp16 runs, as diffusers does
+    vae.to(TORCH_DTYPES[dtype])
+    n = count_params(vae)
+    return Component("vae", setup.device, n * DTYPE_BYTES[dtype], tuple(setup.phases),
+                     f"{n:,d} params x {DTYPE_BYTES[dtype]} B ({dtype})", n)
+
+
+def _heldout_quality(config):
+    if not (config.heldout.every and config.heldout.quality):
+        return None
+    from .config import quality_spec
+
+    return quality_spec(config.heldout.quality)
+
+
+def _notes(config, derived, components: list[Component], device: str) -> list[str]:
+    notes = []
+    for spec in config.rewards:
+        if spec.offload and config.reward_schedule != "step":
+            notes.append(f"{spec.kind} is offloaded and scored per micro-batch: {derived.micro_batches_per_step} "
+                         "swaps per step, overlapping the rollout (reward_schedule='step' makes it one)")
+    if any(c.device not in ("cpu", device) for c in components):
+        notes.append("rewards on another device overlap nothing here but free the training device")
+    notes.append("not counted: activation gradients in flight during backward; the allocator margin covers "
+                 "fragmentation")
+    return notes
 
 
 def _unique_prompt_count(config) -> int:
@@ -135,163 +228,6 @@ def _unique_prompt_count(config) -> int:
     return len(dict.fromkeys(prompts + extra + heldout_prompts(config, prompts)))
 
 
-def _training_device(config) -> str:
-    if config.device == "cpu":
-        return "cpu"
-    return "cuda:0"
-
-
-def _reward_device(spec, training_device: str) -> str:
-    device = spec.device or training_device
-    if device == "cuda":
-        return "cuda:0"
-    if device == "auto":
-        return training_device
-    return device
-
-
-def plan_training(config, *, components: Optional[dict[str, nn.Module]] = None,
-                  prompt_count: Optional[int] = None) -> MemoryPlan:
-    """The :class:`MemoryPlan` of ``config`` (one process), from meta-device models."""
-    from ...engines.generation.diffusers_backend import detect_arch
-    from ...engines.generation.emotion_adapter import EmotionAdapter, EmotionAdapterConfig
-    from .config import derive
-    from .policy_net import add_lora
-
-    from diffusers.utils import logging as diffusers_logging
-
-    diffusers_logging.set_verbosity_error()  # the meta modules' dtype casts are intended, not a warning
-    derived = derive(config)
-    m, s, g = config.model, config.sampling, config.grpo
-    components = components if components is not None else pipeline_components(m.pretrained)
-    denoiser_name = "transformer" if "transformer" in components else "unet"
-    denoiser = components[denoiser_name]
-    arch = m.arch if m.arch != "auto" else detect_arch(_ArchProbe(components))
-    base = DTYPE_BYTES[m.dtype]
-    dev = _training_device(config)
-    phases = ["encode", "rollout"]
-    reward_phases = [f"score:{spec.kind}" if [r.kind for r in config.rewards].count(spec.kind) == 1
-                     else f"score:{spec.kind}_{i}" for i, spec in enumerate(config.rewards)]
-    per_step = config.reward_schedule == "step"
-    phases += reward_phases + ["update"]
-    steps_phases = tuple(p for p in phases if p != "encode")
-    out: list[Component] = []
-    notes: list[str] = []
-
-    n_denoiser = count_params(denoiser)
-    denoiser.to(TORCH_DTYPES[m.dtype])
-    out.append(Component(denoiser_name, dev, n_denoiser * base, tuple(phases),
-                         f"{n_denoiser:,d} params x {base} B ({m.dtype})", n_denoiser))
-    with torch.device("meta"):
-        add_lora(denoiser, arch, m.lora_rank, m.lora_alpha, m.lora_targets)
-    n_lora = count_params(denoiser, lambda n, p: "lora_" in n)
-    tokens, ctx_dim, pooled_dim = _conditioning_dims(arch, components)
-    adapter = None
-    n_adapter = 0
-    if m.train_adapter or m.adapter_init:
-        extra = {"hidden_dim": m.adapter_hidden} if m.adapter_hidden else {}
-        acfg = EmotionAdapterConfig(arch=arch, context_dim=ctx_dim, pooled_dim=None if arch == "sd15" else pooled_dim,
-                                    **extra)
-        with torch.device("meta"):
-            adapter = EmotionAdapter(acfg).float()
-        n_adapter = count_params(adapter)
-        if not m.train_adapter:
-            adapter.requires_grad_(False)
-    trained = n_lora + (n_adapter if m.train_adapter else 0)
-    out.append(Component("lora+adapter weights (fp32)", dev, (n_lora + n_adapter) * 4, tuple(phases),
-                         f"LoRA {n_lora:,d} + adapter {n_adapter:,d} params x 4 B", n_lora + n_adapter))
-    out.append(Component("AdamW states (2 x fp32)", dev, trained * 8, steps_phases,
-                         f"{trained:,d} trainable params x 2 states x 4 B (params already fp32: no master copy)",
-                         trained))
-    out.append(Component("gradients (fp32)", dev, trained * 4, ("update",),
-                         f"{trained:,d} trainable params x 4 B; freed after each optimizer step", trained))
-    if config.optim.ema:
-        out.append(Component("EMA copy (fp32)", dev, trained * 4, steps_phases, f"{trained:,d} params x 4 B", trained))
-
-    # text encoders and the prompt cache
-    cached = config.data.cache_prompt_embeddings
-    for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
-        if name not in components:
-            continue
-        n = count_params(components[name])
-        out.append(Component(name, dev, n * base, ("encode",) if cached else tuple(phases),
-                             f"{n:,d} params x {base} B" + ("; freed after caching" if cached else ""), n))
-    cfg_any = s.guidance_scale != 1.0
-    per_prompt = tokens * ctx_dim + (pooled_dim or 0)
-    if cached:
-        count = prompt_count if prompt_count is not None else _unique_prompt_count(config)
-        n_cached = (count + (1 if cfg_any else 0)) * per_prompt
-        out.append(Component("cached prompt embeddings", "cpu", n_cached * base, tuple(phases),
-                             f"({count} prompts{' + negative' if cfg_any else ''}) x {per_prompt:,d} values x {base} B "
-                             "in host memory", None))
-
-    vae = components["vae"]
-    n_vae = count_params(vae)
-    vae_dtype = m.dtype
-    if m.dtype == "float16" and getattr(vae.config, "force_upcast", False):
-        vae_dtype = "float32"  # the trainer upcasts the VAE in fp16 runs, as diffusers does
-    vae.to(TORCH_DTYPES[vae_dtype])
-    out.append(Component("vae", dev, n_vae * DTYPE_BYTES[vae_dtype], tuple(phases),
-                         f"{n_vae:,d} params x {DTYPE_BYTES[vae_dtype]} B ({vae_dtype})", n_vae))
-
-    # trajectories held from rollout to update
-    train_guidance = 1.0 if s.cfg_free_training else s.guidance_scale
-    scale = 2 ** (len(vae.config.block_out_channels) - 1)
-    latent = denoiser.config.in_channels * (s.resolution // scale) ** 2
-    n_samples = derived.samples_per_step_per_process
-    T = s.steps
-    traj = n_samples * ((T + 1) * latent * 4 + T * 4 + per_prompt * 4 * (2 if train_guidance != 1.0 else 1))
-    if g.ratio_norm == "grpo_guard":
-        traj += n_samples * T * latent * 4
-    images = n_samples * s.resolution**2 * 3 * 4
-    out.append(Component("trajectories of a step", dev, traj, steps_phases,
-                         f"{n_samples} samples x ({T + 1} latents + log-probs + fp32 conditioning"
-                         f"{' + step means' if g.ratio_norm == 'grpo_guard' else ''})"))
-    out.append(Component("decoded images of a step", "cpu", images, steps_phases, f"{n_samples} x {s.resolution}² x 3 x 4 B"))
-
-    acts = measure_activations(arch, denoiser, adapter, vae, batch=g.batch_size, resolution=s.resolution,
-                               dtype=TORCH_DTYPES[m.dtype], guidance=train_guidance,
-                               gradient_checkpointing=m.gradient_checkpointing, tokens=tokens, context_dim=ctx_dim,
-                               pooled_dim=None if arch == "sd15" else pooled_dim)
-    out.append(Component("activations per micro-batch (update)", dev, acts.saved_bytes, ("update",),
-                         f"measured: {acts.method}; batch {g.batch_size}"
-                         f"{' x2 (CFG)' if train_guidance != 1.0 else ''}"))
-    rollout_bytes = max(acts.rollout_forward_peak, acts.vae_decode_peak)
-    out.append(Component("rollout working memory", dev, rollout_bytes, ("rollout",),
-                         f"measured live-tensor peak: denoiser forward {acts.rollout_forward_peak / GIB:.3f} GiB, "
-                         f"VAE decode {acts.vae_decode_peak / GIB:.3f} GiB (TorchDispatchMode, meta)"))
-
-    # reward models
-    for spec, phase in zip(config.rewards, reward_phases):
-        model = reward_model(spec.kind, spec.path)
-        if model is None:
-            continue
-        rdev = _reward_device(spec, dev)
-        rbytes = DTYPE_BYTES.get(spec.dtype, 4)
-        wbytes, how = quantized_bytes(model, rbytes, spec.quantization)
-        n = count_params(model)
-        label = "judge" if spec.kind == "lvlm" else "quality model"
-        name = f"{label} {Path(spec.path).name or spec.path} ({spec.quantization if spec.quantization != 'none' else spec.dtype})"
-        if spec.offload:
-            out.append(Component(name, rdev, wbytes, (phase,), how + "; swapped in for its score call only", n))
-            out.append(Component(name + " (offloaded)", "cpu", wbytes,
-                                 tuple(p for p in phases if p != phase), how, n))
-        else:
-            out.append(Component(name, rdev, wbytes, tuple(phases), how, n))
-        if spec.kind == "lvlm":
-            per_pass = spec.images_per_pass or (n_samples if per_step else g.batch_size)
-            work, how = judge_working_bytes(model, per_pass, rbytes)
-            out.append(Component(f"{label} working memory", rdev, work, (phase,), how))
-        if spec.offload and not per_step:
-            notes.append(f"{spec.kind} is offloaded and scored per micro-batch: "
-                         f"{derived.micro_batches_per_step} swaps per step (reward_schedule='step' makes it one)")
-    if any(c.device not in ("cpu", dev) for c in out):
-        notes.append("rewards on another device overlap nothing here but free the training device")
-    notes.append("not counted: CUDA context, allocator fragmentation, library workspaces, activation gradients "
-                 "in flight during backward")
-    return MemoryPlan(out, phases, dev, notes)
-
-
 def print_plan_or_reason(config) -> Optional[MemoryPlan]:
     """``train --dry-run``: print the plan, or one line saying why it cannot be computed."""
     try:
@@ -300,5 +236,6 @@ def print_plan_or_reason(config) -> Optional[MemoryPlan]:
         print(f"[train] memory plan unavailable: {exc}")
         return None
     print(plan.render())
-    print(f"[train] planned peak {plan.planned_peak_bytes() / GIB:.2f} GiB on {', '.join(plan.accelerator_devices()) or 'cpu'}")
+    for line in plan.summary_lines():
+        print(f"[train] {line}")
     return plan

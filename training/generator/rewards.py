@@ -84,12 +84,13 @@ class LVLMVAReward:
     @classmethod
     def from_path(cls, path: str, device: str = "", dtype: str = "float32", offload: bool = False,
                   quantization: str = "none", images_per_pass: int = 0, adapter: str = "",
-                  attention: str = "auto", low_digit_mass: str = "floor") -> "LVLMVAReward":
+                  attention: str = "auto", low_digit_mass: str = "floor", max_pixels: int = 0) -> "LVLMVAReward":
         from ...engines.judge.lvlm_scorer import load_lvlm
         from ...engines.judge.placement import judge_config
 
         config = judge_config(path, device, dtype, offload, quantization, images_per_pass, attention)
         config.adapter = adapter or None  # a judge LoRA from ``emofeedback2 train-judge``
+        config.max_pixels = int(max_pixels) or None  # fewer image tokens: less memory and time per image
         return cls(load_lvlm(config), low_digit_mass)
 
     def __call__(self, images, prompts, targets):
@@ -262,7 +263,7 @@ def build_reward(specs, device: str = "cpu") -> CompositeReward:
         elif spec.kind == "lvlm":
             rewards.append(LVLMVAReward.from_path(spec.path, dev, spec.dtype, spec.offload, spec.quantization,
                                                   spec.images_per_pass, spec.adapter, spec.attention,
-                                                  spec.low_digit_mass))
+                                                  spec.low_digit_mass, spec.max_pixels))
         elif spec.kind == "clip_quality":
             rewards.append(CLIPQualityReward(spec.path, dev, spec.dtype, spec.offload))
         else:

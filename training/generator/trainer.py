@@ -66,11 +66,13 @@ class GRPOTrainer:
         self.ema = EMA([p for _, p in self.trainable], config.optim.ema_decay) if config.optim.ema else None
         # the one loss scaler is accelerate's (fp16 mixed precision); a disabled stand-in keeps checkpoints uniform
         self.scaler = acc.scaler if acc.scaler is not None else torch.amp.GradScaler("cuda", enabled=False)
+        self.sampler = PromptTargetSampler(load_prompts(config.data.prompts_file), config.data.targets, config.seed)
+        # CFG-free training (Flow-GRPO): rollouts, updates and evaluation at guidance 1
+        self.train_guidance = 1.0 if s.cfg_free_training else s.guidance_scale
+        # encode once and free the text encoders BEFORE the reward models load: the two never share memory
+        self.prompt_cache = attach_prompt_cache(self)
         self.reward = reward if reward is not None else build_reward(config.rewards, str(self.device))
         self.runner = AsyncRewardRunner(self.reward, config.reward_workers)
-        self.sampler = PromptTargetSampler(load_prompts(config.data.prompts_file), config.data.targets, config.seed)
-        # CFG-free training (Flow-GRPO): rollouts and updates at guidance 1, evaluation at guidance_scale
-        self.train_guidance = 1.0 if s.cfg_free_training else s.guidance_scale
         self.rollout_phase = RolloutPhase(self)
         self.reward_phase = RewardPhase(self)
         self.update_phase = UpdatePhase(self)
@@ -79,7 +81,6 @@ class GRPOTrainer:
         self.out = Path(config.output_dir)
         self.config_history: list[dict] = []  # settings changed at resumes (kept in every checkpoint)
         self.train_log = TrainLog(config, self.out, enabled=log, main_process=acc.is_main_process)
-        self.prompt_cache = attach_prompt_cache(self)  # encode once, free the text encoders (optional)
         self.heldout = attach_heldout(self)  # reward-hacking check every heldout.every steps (optional)
 
     # --- state the phases keep ---------------------------------------------------------------------
