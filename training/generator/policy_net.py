@@ -131,10 +131,12 @@ def add_lora(denoiser: nn.Module, arch: str, rank: int, alpha: float, targets: S
             f"model.lora_targets {sorted(config.target_modules)!r} match no module of this {arch} denoiser ({exc}); "
             f"leave it empty for the defaults ({', '.join(DEFAULT_LORA_TARGETS[arch])}) or name its attention "
             "projections") from exc
+    from diffusers.training_utils import cast_training_params
+
     for name, param in denoiser.named_parameters():
         if "lora_" in name:
-            param.data = param.data.float()
             param.requires_grad_(True)
+    cast_training_params(denoiser, dtype=torch.float32)  # the trainable (LoRA) parameters only
 
 
 def lora_parameters(module: nn.Module) -> list[nn.Parameter]:
