@@ -95,6 +95,7 @@ def run_plan(args: argparse.Namespace) -> int:
                             if d != other.training_device)
             fits = "fits" if other.fits() else "does not fit"
             print(f"  {label:<38} {peak / GIB:6.2f} GiB ({(peak - base) / GIB:+.2f}) in {phase}; "
-                  f"judge phase {score / GIB:.2f} GiB; + margin {other.margin_bytes() / GIB:.2f} GiB: {fits} 24 GB{extra}")
+                  f"judge phase {score / GIB:.2f} GiB; + margin {other.margin_bytes() / GIB:.2f} GiB: "
+                  f"{fits} 24 GB{extra}")
     print(f"planned_peak_gib={plan.planned_peak_bytes() / GIB:.2f}")
     return 0

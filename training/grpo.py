@@ -172,7 +172,8 @@ class EMA:
         """Restore a :meth:`state_dict`; a checkpoint of the hand-written EMA before it (``decay`` and
         ``shadow``) continues as if its ``updates`` optimizer updates had been averaged with the warm-up."""
         if "shadow" in state and "shadow_params" not in state:
-            state = {"decay": float(state["decay"]), "shadow_params": state["shadow"], "optimization_step": int(updates)}
+            state = {"decay": float(state["decay"]), "shadow_params": state["shadow"],
+                     "optimization_step": int(updates)}
         if len(state.get("shadow_params", ())) != len(self.shadow):
             raise ValueError("EMA state does not match the trainable parameters")
         devices = [s.device for s in self.shadow]

@@ -21,7 +21,8 @@ from .config_schema import (SECTIONS, DataConfig, GRPOConfig, HeldoutConfig, Mod
 
 __all__ = [
     "ConfigError", "MAX_RESOLUTION", "NORMALIZATIONS", "SEED_MAX", "check_inputs", "check_one_normalization",
-    "validate", "Derived", "derive", "train_window", "trained_step_indices_count", "apply_overrides", "config_from_dict",
-    "config_to_dict", "describe_fields", "load_config", "quality_spec", "SECTIONS", "DataConfig", "GRPOConfig", "HeldoutConfig",
+    "validate", "Derived", "derive", "train_window", "trained_step_indices_count", "apply_overrides",
+    "config_from_dict", "config_to_dict", "describe_fields", "load_config", "quality_spec", "SECTIONS", "DataConfig",
+    "GRPOConfig", "HeldoutConfig",
     "ModelConfig", "OptimConfig", "RewardSpec", "SamplingConfig", "TrainConfig",
 ]

@@ -62,7 +62,8 @@ def trainable_parts(setup: PlanSetup, n_lora: int, n_adapter: int) -> list[Compo
     return out
 
 
-def text_parts(setup: PlanSetup, components: dict[str, nn.Module], per_prompt: int, prompt_count: int) -> list[Component]:
+def text_parts(setup: PlanSetup, components: dict[str, nn.Module], per_prompt: int,
+               prompt_count: int) -> list[Component]:
     """The text encoders (freed after the encode phase with the prompt cache) and the cache in host memory."""
     c, dev = setup.config, setup.device
     base = DTYPE_BYTES[c.model.dtype]
@@ -125,7 +126,8 @@ def reward_parts(setup: PlanSetup, spec: Any, phase: str, *, judged_images: int,
     wbytes, how = quantized_bytes(model, rbytes, spec.quantization)
     n = count_params(model)
     kind = label or ("judge" if spec.kind == "lvlm" else "quality model")
-    name = f"{kind} {Path(spec.path).name or spec.path} ({spec.quantization if spec.quantization != 'none' else spec.dtype})"
+    form = spec.quantization if spec.quantization != "none" else spec.dtype
+    name = f"{kind} {Path(spec.path).name or spec.path} ({form})"
     overlap = ("rollout",) if c.reward_schedule == "micro_batch" and phase.startswith("score:") else ()
     # with the prompt cache the trainer loads reward models after encoding and freeing the text encoders
     loaded = setup.step_phases if c.data.cache_prompt_embeddings else tuple(setup.phases)

@@ -146,7 +146,9 @@ class UpdatePhase:
             return t.accelerator.clip_grad_norm_(params, t.config.optim.max_grad_norm)
         t.accelerator.unscale_gradients()
         grads = [p.grad.float() for p in params if p.grad is not None]
-        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else torch.zeros(())
+        if not grads:
+            return torch.zeros(())
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
 
     def timestep_loss(self, traj: Trajectory, j: int, adv: torch.Tensor, keep: torch.Tensor,
                       kept_terms: Optional[float] = None, terms: int = 1):
