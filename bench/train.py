@@ -112,23 +112,24 @@ def measure_update(trainer, update=None) -> tuple[dict, int, int]:
     import torch
 
     counter = LiveSavedBytes()
-    original = trainer._update
+    phase = trainer.update_phase
+    original = phase.run
     cuda = trainer.device.type == "cuda"
 
-    def tracked(trajs, adv, keep):
+    def tracked(trajs, adv, keep, step):
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         with counter.track():
-            out = original(trajs, adv, keep) if update is None else update(trainer, trajs, adv, keep)
+            out = original(trajs, adv, keep, step) if update is None else update(trainer, trajs, adv, keep)
         gc.collect()
         return out
 
-    trainer._update = tracked
+    phase.run = tracked
     try:
         metrics = trainer.train_step()
     finally:
-        del trainer._update  # back to the class method (no cycle through the trainer left behind)
+        del phase.run  # back to the class method (no cycle through the trainer left behind)
     return metrics, counter.peak, (torch.cuda.max_memory_allocated() if cuda else 0)
 
 
@@ -141,7 +142,7 @@ def one_backward_over_all_timesteps(trainer, trajs, adv, keep) -> dict:
     trainer.raw_net.train()
     for ci, traj in enumerate(trajs):
         a, m = adv[ci * bsz:(ci + 1) * bsz], keep[ci * bsz:(ci + 1) * bsz]
-        total = sum(trainer._timestep_loss(traj, j, a, m, kept_terms=kept_terms, terms=len(steps))[0] for j in steps)
+        total = sum(trainer.update_phase.timestep_loss(traj, j, a, m, kept_terms=kept_terms, terms=len(steps))[0] for j in steps)
         trainer.accelerator.backward(total)
         del total
     trainer.optimizer.zero_grad(set_to_none=True)
@@ -235,6 +236,7 @@ def run(args: argparse.Namespace) -> int:
             c.model.adapter_hidden = 0 if real else 16
             c.model.gradient_checkpointing = args.gradient_checkpointing
             c.sampling.steps = steps
+            c.grpo.train_window = [0, steps]  # every step trained (the default window leaves the last one out)
             c.sampling.resolution = args.resolution
             c.sampling.guidance_scale = 1.0
             c.grpo.group_size = args.group_size

@@ -39,9 +39,13 @@ RECIPES = {
 #: one field flipped at a time: (label, [overrides])
 OPTIONS = [
     ("text encoders kept (no prompt cache)", ["data.cache_prompt_embeddings=false"]),
-    ("judge resident (no swap)", ["rewards.0.offload=false"]),
-    ("judge 8-bit", ["rewards.0.quantization=8bit"]),
+    ("judge bf16, swapped in once per step", ["rewards.0.quantization=none", "rewards.0.offload=true"]),
+    ("judge bf16, resident", ["rewards.0.quantization=none", "rewards.0.offload=false"]),
     ("judge 4-bit", ["rewards.0.quantization=4bit"]),
+    ("judge 4 images per pass", ["rewards.0.images_per_pass=4"]),
+    ("judge capped at 448x448 px", ["rewards.0.max_pixels=200704"]),
+    ("judge scored per micro-batch", ["reward_schedule=micro_batch"]),
+    ("no KL (kl_beta 0)", ["grpo.kl_beta=0"]),
     ("judge on cuda:1", ["rewards.0.device=cuda:1"]),
     ("CFG-free training", ["sampling.cfg_free_training=true"]),
     ("no gradient checkpointing", ["model.gradient_checkpointing=false"]),
@@ -105,11 +109,15 @@ def run_plan(args: argparse.Namespace) -> int:
 
         plan = shard_plan(plan, args.plan_fsdp, components["transformer" if "transformer" in components else "unet"])
     print(plan.render())
+    for line in plan.summary_lines():
+        print(line)
     if args.plan_json:
         rows = [dict(name=c.name, device=c.device, bytes=c.bytes, params=c.params, phases=list(c.phases),
                      detail=c.detail) for c in plan.components]
         Path(args.plan_json).write_text(json.dumps({"components": rows, "phases": plan.phases,
-                                                    "planned_peak_bytes": plan.planned_peak_bytes()}, indent=2))
+                                                    "planned_peak_bytes": plan.planned_peak_bytes(),
+                                                    "margin_bytes": plan.margin_bytes(),
+                                                    "fits_24gb": plan.fits()}, indent=2))
     if args.plan_options:
         base = plan.planned_peak_bytes()
         print("options (one field flipped; training-device peak; change against the recipe):")
@@ -124,7 +132,9 @@ def run_plan(args: argparse.Namespace) -> int:
             score = other.phase_bytes(other.training_device, "score:lvlm") if "score:lvlm" in other.phases else 0
             extra = "".join(f", {d} peak {other.peak(d)[0] / GIB:.2f} GiB" for d in other.accelerator_devices()
                             if d != other.training_device)
+            fits = "fits" if other.fits() else "does not fit"
             print(f"  {label:<38} {peak / GIB:6.2f} GiB ({(peak - base) / GIB:+.2f}) in {phase}; "
-                  f"judge phase {score / GIB:.2f} GiB{extra}")
+                  f"judge phase {score / GIB:.2f} GiB; + margin {other.margin_bytes() / GIB:.2f} GiB: "
+                  f"{fits} 24 GB{extra}")
     print(f"planned_peak_gib={plan.planned_peak_bytes() / GIB:.2f}")
     return 0

@@ -18,10 +18,7 @@ PACKAGE_DIRS = ("engines", "training", "nodes", "cli", "bench", "evaluation", "t
 MAX_FILE_LINES = 420  # "~400"
 MAX_CLASS_LINES = 260  # "~250"
 # Being split in this wave; an entry leaves this list when its split lands (the list must end empty).
-PENDING_SPLIT = {
-    "training/generator/config.py",
-    "training/generator/memory_plan.py", "training/generator/trainer.py", "training.generator.trainer.GRPOTrainer",
-}
+PENDING_SPLIT: set[str] = set()
 
 # What each layer may import from the package (besides itself). tiny_models builds test and demo
 # models from configs and imports nothing of ours; the demo's toys may use it.

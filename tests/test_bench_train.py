@@ -17,6 +17,7 @@ def _trainer(pipeline_dir, out, steps: int) -> GRPOTrainer:
     c.model.lora_rank, c.model.lora_alpha, c.model.adapter_hidden = 2, 2.0, 8
     c.sampling.steps, c.sampling.resolution, c.sampling.guidance_scale = steps, 16, 1.0
     c.grpo.group_size, c.grpo.groups_per_step, c.grpo.batch_size, c.grpo.kl_beta = 2, 2, 2, 0.01
+    c.grpo.train_window = [0, steps]  # every step trained, as bench train does
     c.rewards = [RewardSpec(kind="brightness")]
     c.output_dir, c.device, c.progress, c.reward_workers = str(out), "cpu", False, 0
     return GRPOTrainer(c, log=False)

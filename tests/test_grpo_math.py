@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch.distributions import Normal
 
-from emofeedback2.training.grpo import EMA, group_advantages, ppo_clip_loss
-from emofeedback2.training.generator.step_logprob import ddim_step_with_logprob, flow_sde_step_with_logprob, gaussian_kl_mean
+from emofeedback2.training.grpo import EMA, ema_export_choice, ema_warmup_updates, group_advantages, ppo_clip_loss
+from emofeedback2.training.generator.step_logprob import (ddim_step_with_logprob, flow_sde_step_with_logprob,
+                                                           gaussian_kl_mean, step_kl)
 
 
 def _normal_mean_logprob(x, mean, std):
@@ -185,17 +186,57 @@ def test_ppo_clip_loss_value_clipfrac_and_mask():
     assert none.item() == 0.0
 
 
-def test_ema_tracks_and_swaps():
+def test_ema_warms_up_exactly_as_flow_grpo_and_swaps():
+    """Flow-GRPO's EMAModuleWrapper (flow_grpo/ema.py): at its n-th update (n = optimizer steps so far, 1 at the
+    first call) ``decay_n = min((1 + n) / (10 + n), decay)`` and ``ema += (1 - decay_n) * (p - ema)``; written
+    out here independently of diffusers' EMAModel that ours wraps."""
     p = torch.nn.Parameter(torch.zeros(3))
+    ema = EMA([p], decay=0.9)
+    reference = torch.zeros(3)
+    for n in range(1, 101):
+        with torch.no_grad():
+            p.copy_(torch.tensor([float(n % 7), -1.0, 0.5 * n]))
+        decay_n = min((1 + n) / (10 + n), 0.9)
+        reference = reference + (1 - decay_n) * (p.detach() - reference)
+        assert ema.current_decay() == pytest.approx(decay_n)
+        ema.update()
+        torch.testing.assert_close(ema.shadow[0], reference, rtol=1e-5, atol=1e-5)
+        assert ema.warmed_up == (n >= 80)  # (1 + 80) / (10 + 80) = 0.9: the decay has reached its value
+    assert ema.warmup_updates == 80 and ema_warmup_updates(0.95) == 170 and ema_warmup_updates(0.05) == 0
+    ema.swap()
+    torch.testing.assert_close(p.detach(), reference, rtol=1e-5, atol=1e-5)
+    ema.swap()
+    torch.testing.assert_close(p.detach(), torch.tensor([100 % 7, -1.0, 50.0]))
+
+
+def test_ema_state_round_trips_and_a_legacy_state_continues():
+    p = torch.nn.Parameter(torch.ones(2))
     ema = EMA([p], decay=0.5)
-    with torch.no_grad():
-        p.fill_(1.0)
+    for _ in range(3):
+        ema.update()
+    restored = EMA([torch.nn.Parameter(torch.zeros(2))], decay=0.5)
+    restored.load_state_dict(ema.state_dict())
+    assert restored.updates == 3 and torch.equal(restored.shadow[0], ema.shadow[0])
+    legacy = EMA([torch.nn.Parameter(torch.zeros(2))], decay=0.5)  # the hand-written EMA's checkpoints
+    legacy.load_state_dict({"decay": 0.5, "shadow": [torch.full((2,), 0.25)]}, updates=7)
+    assert legacy.updates == 7 and torch.equal(legacy.shadow[0], torch.full((2,), 0.25))
+    with pytest.raises(ValueError, match="does not match"):
+        legacy.load_state_dict({"decay": 0.5, "shadow_params": []})
+
+
+def test_exports_use_the_ema_only_once_it_has_warmed_up():
+    p = torch.nn.Parameter(torch.zeros(1))
+    ema = EMA([p], decay=0.5)  # warmed up after 8 updates: (1 + 8) / (10 + 8) = 0.5
+    use, note = ema_export_choice(ema.state_dict())
+    assert not use and "not warmed up (0 of 8 updates" in note
+    for _ in range(7):
+        ema.update()
+    assert not ema_export_choice(ema.state_dict())[0]
     ema.update()
-    torch.testing.assert_close(ema.shadow[0], torch.full((3,), 0.5))
-    ema.swap()
-    torch.testing.assert_close(p.detach(), torch.full((3,), 0.5))
-    ema.swap()
-    torch.testing.assert_close(p.detach(), torch.ones(3))
+    use, note = ema_export_choice(ema.state_dict())
+    assert use and "EMA weights" in note
+    assert ema_export_choice(ema.state_dict(), wanted=False)[0] is False
+    assert ema_export_choice(None) == (False, "exporting the live weights (no EMA kept)")
 
 
 # --- against the references, at real scheduler configs ------------------------------------------------
@@ -276,3 +317,52 @@ def test_stored_step_rows_ignore_later_scheduler_changes():
     policy.schedule(40)  # e.g. trainer.evaluate(steps=40) in between
     again = policy.step(v, x, params[0], prev_sample=first.prev_sample)
     assert torch.equal(again.log_prob, first.log_prob)
+
+
+SD35_MEDIUM_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0)  # its scheduler/scheduler_config.json
+
+
+def test_kl_equals_flow_grpo_kl_loss_at_the_sd35_medium_schedule():
+    """Flow-GRPO (scripts/train_sd3.py): ``kl_loss = mean_CHW((prev_sample_mean - prev_sample_mean_ref)**2) /
+    (2 * std_dev_t**2)`` with ``std_dev_t = sqrt(sigma / (1 - where(sigma == 1, sigma_max, sigma))) * noise_level``
+    (flow_grpo/diffusers_patch/sd3_sde_with_logprob.py), at SD3.5 Medium's real scheduler config, 10 steps."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(**SD35_MEDIUM_SCHEDULER)
+    policy = _policy("sd3", scheduler, 16)
+    _, params = policy.schedule(10)
+    sigmas = scheduler.sigmas.double()
+    g = torch.Generator().manual_seed(5)
+    ratios = []
+    for i in range(10):  # every step, the first (sigma = 1) and the last (to sigma = 0) included
+        x, v, v_ref, noise = (torch.randn(3, 16, 8, 8, generator=g) for _ in range(4))
+        res = policy.step(v, x, params[i], noise=noise)
+        ref = policy.step(v_ref, x, params[i], prev_sample=res.prev_sample)
+        ours = step_kl(res, ref)
+        sigma, sigma_next, sigma_max = float(sigmas[i]), float(sigmas[i + 1]), float(sigmas[1])
+        dt = sigma_next - sigma
+        std_dev_t = math.sqrt(sigma / (1 - (sigma_max if sigma == 1 else sigma))) * 0.7
+
+        def flow_grpo_mean(vel):
+            x64, v64 = x.double(), vel.double()
+            return x64 * (1 + std_dev_t**2 / (2 * sigma) * dt) + v64 * (1 + std_dev_t**2 * (1 - sigma) / (2 * sigma)) * dt
+
+        kl_loss = ((flow_grpo_mean(v) - flow_grpo_mean(v_ref)) ** 2).mean(dim=(1, 2, 3)) / (2 * std_dev_t**2)
+        torch.testing.assert_close(ours.double(), kl_loss, rtol=1e-4, atol=1e-9)
+        exact = gaussian_kl_mean(res.mean, ref.mean, res.std)  # the step's whole variance sigma_t^2 |dt|
+        ratios.append(float((exact / ours).mean()))
+        assert ratios[-1] == pytest.approx(1 / abs(dt), rel=1e-4)
+    # the step's whole variance made the KL 1/|dt| stronger: 25x at the first step down to 3.7x, 112x at the last
+    assert ratios[0] == pytest.approx(25.1, abs=0.1) and min(ratios) == pytest.approx(3.7, abs=0.1)
+    assert ratios[-1] == pytest.approx(112.0, abs=0.5)
+
+
+def test_ddim_kl_divides_by_the_step_variance():
+    """DDIM has no separate dt: its KL is the exact Gaussian KL of the step (the documented choice)."""
+    g = torch.Generator().manual_seed(6)
+    x, out, out_ref, noise = (torch.randn(2, 4, 5, 5, generator=g) for _ in range(4))
+    res = ddim_step_with_logprob(out, x, 0.4, 0.7, noise=noise)
+    ref = ddim_step_with_logprob(out_ref, x, 0.4, 0.7, prev_sample=res.prev_sample)
+    variance = (1 - 0.7) / (1 - 0.4) * (1 - 0.4 / 0.7)
+    expected = ((res.mean - ref.mean) ** 2).mean(dim=(1, 2, 3)) / (2 * variance)
+    torch.testing.assert_close(step_kl(res, ref), expected, rtol=1e-5, atol=1e-9)

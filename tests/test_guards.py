@@ -73,7 +73,7 @@ def test_grpo_guard_in_the_trainer_keeps_ratio_one_before_the_first_update(tiny_
     assert plain.sample_step()[0][0].means is None
 
 
-def test_cfg_free_training_rolls_out_and_trains_unguided_but_evaluates_guided(tiny_pipeline_dirs, tmp_path):
+def test_cfg_free_training_rolls_out_trains_and_evaluates_the_unguided_policy(tiny_pipeline_dirs, tmp_path):
     c = tiny_config(tiny_pipeline_dirs["sdxl"], tmp_path)
     c.sampling.guidance_scale = 3.0
     c.sampling.cfg_free_training = True
@@ -90,4 +90,7 @@ def test_cfg_free_training_rolls_out_and_trains_unguided_but_evaluates_guided(ti
     assert seen and all(g == 1.0 and not has_neg for g, _, has_neg in seen)  # no unconditional branch
     seen.clear()
     trainer.evaluate(["a red apple"], torch.tensor([[1.0, 1.0]]), [7], steps=2)
-    assert seen and all(g == 3.0 and has_neg for g, _, has_neg in seen)
+    assert seen and all(g == 1.0 and not has_neg for g, _, has_neg in seen)  # the policy that is optimised
+    seen.clear()
+    trainer.evaluate(["a red apple"], torch.tensor([[1.0, 1.0]]), [7], steps=2, guidance_scale=3.0)
+    assert seen and all(g == 3.0 and has_neg for g, _, has_neg in seen)  # the guided one, when asked

@@ -1,4 +1,5 @@
-"""Held-out check: base images from the disabled adapters, separate figures, a warning on reward hacking."""
+"""Held-out check: held-out prompts, base images from the disabled adapters, separate figures, a quality judge
+that is not trained on, the unguided policy under CFG-free training, a warning on reward hacking."""
 
 from __future__ import annotations
 
@@ -84,3 +85,48 @@ def test_training_runs_the_check_every_n_steps(tiny_pipeline_dir, tmp_path):
     trainer.train()
     assert [r["step"] for r in trainer.heldout.records] == [0.0, 2.0]
     assert all(set(r) >= {"emotion", "quality", "distance_to_base", "heldout/brightness"} for r in trainer.heldout.records)
+
+
+def test_shipped_heldout_prompts_are_not_training_prompts_and_are_the_default(tiny_pipeline_dir, tmp_path):
+    from emofeedback2.training.generator.data import DEFAULT_PROMPTS, load_prompts
+    from emofeedback2.training.generator.heldout import HELDOUT_PROMPTS
+
+    heldout, training = load_prompts(HELDOUT_PROMPTS), load_prompts(DEFAULT_PROMPTS)
+    assert len(heldout) >= 8 and not set(heldout) & set(training)
+    trainer = _trainer(tiny_pipeline_dir, tmp_path)
+    assert trainer.heldout.set.prompts == heldout[:2]  # 2 prompts x 1 target
+    assert trainer.heldout.notes == []
+    # a held-out file that repeats training prompts is named
+    c = tiny_config(tiny_pipeline_dir, tmp_path / "overlap")
+    c.heldout.every, c.heldout.prompts_file = 1, str(DEFAULT_PROMPTS)
+    assert "are training prompts too" in GRPOTrainer(c, log=False).heldout.notes[0]
+
+
+def test_a_heldout_quality_judge_that_is_not_a_training_reward(tiny_pipeline_dir, tmp_path):
+    c = tiny_config(tiny_pipeline_dir, tmp_path)
+    c.heldout.every, c.heldout.num_prompts, c.heldout.targets, c.heldout.steps = 1, 2, [[3.0, 0.0]], 2
+    c.heldout.quality = {"kind": "brightness"}  # stands in for PickScore: scored on held-out images only
+    trainer = GRPOTrainer(c, log=False)
+    assert trainer.reward.names == ["color_va"]  # never trained on
+    record = trainer.heldout.run(0)
+    assert record["quality"] == record["heldout/quality_judge/brightness"]
+    assert 0.0 < record["quality"] <= 1.0 and "heldout/color_va" in record
+
+
+def test_with_cfg_free_training_the_check_judges_the_unguided_policy_and_reports_the_guided_one(
+        tiny_pipeline_dirs, tmp_path):
+    c = tiny_config(tiny_pipeline_dirs["sdxl"], tmp_path)
+    c.sampling.guidance_scale, c.sampling.cfg_free_training = 3.0, True
+    c.heldout.every, c.heldout.num_prompts, c.heldout.targets, c.heldout.steps = 1, 1, [[2.0, 2.0]], 2
+    trainer = GRPOTrainer(c, log=False)
+    seen = []
+    forward = trainer.raw_net.forward
+
+    def spy(latents, timestep, cond, va, guidance_scale=1.0, adapter_strength=1.0):
+        seen.append(guidance_scale)
+        return forward(latents, timestep, cond, va, guidance_scale, adapter_strength)
+
+    trainer.raw_net.forward = spy
+    record = trainer.heldout.run(0)
+    assert record["guidance"] == 1.0 and set(seen) == {1.0, 3.0}
+    assert {"emotion", "distance_to_base", "emotion@guided", "distance_to_base@guided"} <= set(record)

@@ -19,7 +19,10 @@ def _trainer(pipeline_dir, lvlm_dir, clip_dir, out, weights, normalize="group") 
     c.model.lora_rank, c.model.lora_alpha, c.model.adapter_hidden = 2, 2.0, 8
     c.sampling.steps, c.sampling.resolution, c.sampling.guidance_scale = 2, 32, 1.0
     c.grpo.group_size, c.grpo.groups_per_step, c.grpo.batch_size = 4, 2, 4
-    c.rewards = [RewardSpec(kind="lvlm", path=str(lvlm_dir), weight=weights[0], normalize=normalize),
+    # the random tiny judge puts little mass on the digits: keep its readings (flooring them all would leave
+    # the emotion term no spread, and no share)
+    c.rewards = [RewardSpec(kind="lvlm", path=str(lvlm_dir), weight=weights[0], normalize=normalize,
+                            low_digit_mass="keep"),
                  RewardSpec(kind="clip_quality", path=str(clip_dir), weight=weights[1], normalize=normalize)]
     c.output_dir, c.device, c.progress, c.reward_workers, c.max_steps = str(out), "cpu", False, 0, 1
     return GRPOTrainer(c, log=False)

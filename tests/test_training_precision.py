@@ -1,4 +1,5 @@
-"""Mixed precision has one owner (accelerate): clipping sees unscaled gradients; bad combinations are refused."""
+"""Mixed precision has one owner (accelerate): clipping sees unscaled gradients; an fp16 overflow is a skipped
+update, not divergence; bad combinations are refused."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from emofeedback2.training.checkpoint import NonFiniteError
 from emofeedback2.training.generator.config import ConfigError, RewardSpec, TrainConfig
 from emofeedback2.training.generator.precision import check_mixed_precision
 from emofeedback2.training.generator.trainer import GRPOTrainer
@@ -39,7 +41,7 @@ def test_bf16_mixed_precision_clips_unscaled_gradients(tiny_pipeline_dir, tmp_pa
     for group in trainer.optimizer.param_groups:
         group["lr"] = 0.0  # weights stay put, so the update can be recomputed after
     calls, seen = [], {}
-    original_loss, original_clip = trainer._timestep_loss, acc.clip_grad_norm_
+    original_loss, original_clip = trainer.update_phase.timestep_loss, acc.clip_grad_norm_
 
     def loss_spy(*args, **kwargs):
         calls.append((args, kwargs))
@@ -53,7 +55,7 @@ def test_bf16_mixed_precision_clips_unscaled_gradients(tiny_pipeline_dir, tmp_pa
         seen["returned"] = float(norm)
         return norm
 
-    trainer._timestep_loss, acc.clip_grad_norm_ = loss_spy, clip_spy
+    trainer.update_phase.timestep_loss, acc.clip_grad_norm_ = loss_spy, clip_spy
     metrics = trainer.train_step()
     assert trainer.ratio_dev_before_first_update < 1e-6  # rollout and update share the bf16 autocast
     # the same update's loss recomputed by hand: plain autograd, no accelerate, no scaler
@@ -67,6 +69,66 @@ def test_bf16_mixed_precision_clips_unscaled_gradients(tiny_pipeline_dir, tmp_pa
     assert seen["returned"] == pytest.approx(ref_norm, rel=1e-3)
     assert metrics["train/grad_norm"] == pytest.approx(ref_norm, rel=1e-3)
     assert float(seen["after"]) == pytest.approx(1e-4, rel=1e-2)  # clipped to max_grad_norm, unscaled units
+
+
+def _cpu_accelerator_with_a_grad_scaler(**scaler_kwargs):
+    """accelerate makes its fp16 grad scaler only on accelerators. Give a CPU Accelerator a real
+    ``torch.amp.GradScaler("cpu")`` before ``prepare`` (its optimizer then steps through it, as on a GPU)
+    and let ``unscale_gradients`` unscale as accelerate does for fp16 (it gates that on a GPU's native AMP)."""
+    from accelerate import Accelerator
+    from accelerate.optimizer import AcceleratedOptimizer
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    acc = Accelerator(cpu=True)
+    acc.scaler = torch.amp.GradScaler("cpu", **scaler_kwargs)
+
+    def unscale_gradients(optimizer=None):
+        for opt in acc._optimizers:
+            while isinstance(opt, AcceleratedOptimizer):
+                opt = opt.optimizer
+            acc.scaler.unscale_(opt)
+
+    acc.unscale_gradients = unscale_gradients
+    return acc
+
+
+def _fp16_config(pipeline_dir, out) -> TrainConfig:
+    c = _config(pipeline_dir, out)
+    c.model.dtype = "float16"  # fp16 base weights: the backward through them overflows at a huge loss scale
+    c.optim.lr, c.optim.max_grad_norm = 1e-2, 1.0
+    c.max_steps, c.save_every, c.export_at_end = 3, 1, False
+    return c
+
+
+def test_an_fp16_overflow_skips_the_update_and_the_run_continues(tiny_pipeline_dir, tmp_path):
+    # scale 2^40: the first update's gradients overflow fp16; the scaler skips it and backs off to 2^10
+    acc = _cpu_accelerator_with_a_grad_scaler(init_scale=2.0**40, backoff_factor=2.0**-30)
+    trainer = GRPOTrainer(_fp16_config(tiny_pipeline_dir, tmp_path), accelerator=acc, log=False)
+    before = {n: p.detach().clone() for n, p in trainer.trainable}
+    history = trainer.train()  # a skipped update is not divergence: no NonFiniteError
+    assert len(history) == 3 and trainer.step == 3
+    first = history[0]
+    assert first["train/skipped_updates"] == 1.0 and first["train/applied_updates"] == 0.0
+    assert acc.scaler.get_scale() < 2.0**40  # the scaler backed off
+    assert trainer.update_phase.skipped == 1 and trainer.updates == 2  # skipped updates are not applied ones
+    assert all(h["train/skipped_updates"] == 0.0 and h["train/grad_norm"] > 0 for h in history[1:])
+    assert any(not torch.equal(before[n], p) for n, p in trainer.trainable)
+    assert all(torch.isfinite(p).all() for _, p in trainer.trainable)
+
+
+def test_many_skipped_updates_in_a_row_stop_the_run_before_saving(tiny_pipeline_dir, tmp_path):
+    from emofeedback2.training import checkpoint as ckpt
+
+    # the scale hardly backs off, so every update overflows: after 2 skips in a row the run stops
+    acc = _cpu_accelerator_with_a_grad_scaler(init_scale=2.0**40, backoff_factor=0.99)
+    c = _fp16_config(tiny_pipeline_dir, tmp_path)
+    c.optim.max_skipped_updates_in_a_row = 2
+    trainer = GRPOTrainer(c, accelerator=acc, log=False)
+    with pytest.raises(NonFiniteError, match="skipped 2 optimizer updates in a row.*max_skipped_updates_in_a_row=2"):
+        trainer.train()
+    assert ckpt.latest_checkpoint(tmp_path / "checkpoints").name == "step-000001"  # one skip: still saved
+    assert trainer.updates == 0
 
 
 def _acc(mode: str, device: str = "cuda"):

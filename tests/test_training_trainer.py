@@ -63,13 +63,13 @@ def test_gradient_checkpointing_and_a_trained_window_of_steps(tiny_pipeline_dir,
     trainer = GRPOTrainer(c, log=False)
     assert trainer.derived.trained_timesteps == 1 and trainer.derived.backward_passes_per_update == 2
     seen = []
-    original = trainer._timestep_loss
+    original = trainer.update_phase.timestep_loss
 
     def spy(traj, j, adv, keep, **kwargs):
         seen.append(j)
         return original(traj, j, adv, keep, **kwargs)
 
-    trainer._timestep_loss = spy
+    trainer.update_phase.timestep_loss = spy
     metrics = trainer.train_step()
     assert len(seen) == 2 and set(seen) <= {1, 2}
     assert metrics["train/grad_norm"] > 0 and trainer.ratio_dev_before_first_update < 1e-6
@@ -99,13 +99,64 @@ def test_only_lora_and_adapter_change_base_weights_stay_bit_identical(tiny_pipel
     assert any("lora_B" in n for n in changed) and any(n.startswith("adapter.") for n in changed)
 
 
-def test_kl_is_zero_at_init_and_positive_after_an_update(tiny_pipeline_dir, tmp_path):
+def test_kl_is_zero_at_init_and_positive_after_an_update_and_logged_per_trained_timestep(tiny_pipeline_dir, tmp_path):
     c = tiny_config(tiny_pipeline_dir, tmp_path, kl_beta=0.05)
     trainer = GRPOTrainer(c, log=False)
     first = trainer.train_step()
     assert first["train/kl"] == 0.0  # LoRA B = 0 and identity adapter: policy == base before the update
     second = trainer.train_step()
     assert second["train/kl"] > 0.0
+    per_step = {k: v for k, v in second.items() if k.startswith("train/kl_by_step/")}
+    assert set(per_step) == {"train/kl_by_step/00", "train/kl_by_step/01"}  # 3 steps: the last is not trained
+    assert all(v > 0 for v in per_step.values())
+    assert second["train/kl"] == pytest.approx(sum(per_step.values()) / 2)  # every sample trains both
+
+
+def test_trained_timesteps_are_int_of_t_times_f_and_leave_the_last_step_out_by_default(tiny_pipeline_dir, tmp_path):
+    import numpy as np
+
+    from emofeedback2.training.generator.config import derive
+
+    c = tiny_config(tiny_pipeline_dir, tmp_path)
+    c.sampling.steps = 10
+    for fraction, window, expected in [(0.99, [], 9), (0.55, [0, 10], 5), (1.0, [], 9), (1.0, [0, 10], 10),
+                                       (0.6, [], 6), (0.05, [], 1), (0.5, [2, 4], 2)]:
+        c.grpo.train_timestep_fraction, c.grpo.train_window = fraction, window
+        assert derive(c).trained_timesteps == expected, (fraction, window)  # Flow-GRPO: int(T * f), floor
+    c.sampling.steps, c.grpo.train_timestep_fraction, c.grpo.train_window = 3, 0.5, []
+    trainer = GRPOTrainer(c, log=False)
+    drawn = {j for seed in range(40) for j in trainer.update_phase.train_indices(np.random.default_rng(seed))}
+    assert drawn == {0, 1}  # never the last, near-deterministic step
+    trainer.config.grpo.train_window = [0, 3]
+    drawn = {j for seed in range(40) for j in trainer.update_phase.train_indices(np.random.default_rng(seed))}
+    assert drawn == {0, 1, 2}  # an explicit window trains it
+
+
+@pytest.mark.parametrize("decay,warmed", [(0.95, False), (0.15, True)])
+def test_export_uses_the_ema_only_once_warmed_up_and_says_so(tiny_pipeline_dir, tmp_path, capsys, decay, warmed):
+    from safetensors import safe_open
+
+    c = tiny_config(tiny_pipeline_dir, tmp_path)
+    c.optim.ema, c.optim.ema_decay = True, decay  # 0.95 warms up after 170 updates, 0.15 after 1
+    trainer = GRPOTrainer(c, log=False)
+    trainer.train_step()
+    trainer.train_step()
+    live = {n: p.detach().clone() for n, p in trainer.trainable}
+    assert any(not torch.equal(s, live[n]) for s, (n, _) in zip(trainer.ema.shadow, trainer.trainable))
+    paths = trainer.export(tmp_path / "export")
+    out = capsys.readouterr().out
+    assert ("exporting the EMA weights" if warmed else "has not warmed up (2 of 170 updates") in out
+    with safe_open(str(paths["kohya_lora"]), "pt") as f:
+        meta = f.metadata()
+        up = [k for k in f.keys() if k.endswith("lora_up.weight")][0]
+        exported = f.get_tensor(up)
+    assert meta["weights"] == ("ema" if warmed else "live") and "warm" in meta["weights_note"]
+    ema = dict(zip([n for n, _ in trainer.trainable], trainer.ema.shadow))
+    source, other = (ema, live) if warmed else (live, ema)
+    assert any(torch.equal(exported.float(), v.float()) for n, v in source.items() if "lora_B" in n)
+    assert not any(torch.equal(exported.float(), v.float()) for n, v in other.items() if "lora_B" in n)
+    for n, p in trainer.trainable:  # the live weights are back after the export
+        assert torch.equal(p.detach(), live[n])
 
 
 def test_lora_params_stay_fp32_under_bf16_base(tiny_pipeline_dir, tmp_path):

@@ -6,7 +6,7 @@ Pure tensor functions, kept apart from the trainer so each formula has its own t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 
@@ -112,27 +112,73 @@ def ppo_clip_loss(
 
 
 class EMA:
-    """Exponential moving average of a list of parameters (kept in fp32 on their device)."""
+    """EMA of a list of parameters: diffusers' ``EMAModel`` with Flow-GRPO's warm-up.
+
+    At the n-th update (n = 1, 2, ...) the decay is ``min((1 + n) / (10 + n), decay)`` (Flow-GRPO's
+    ``EMAModuleWrapper``, n = its optimizer-step count at the call), so early on the average follows
+    the weights instead of dragging the initial ones along. diffusers computes ``(1 + s) / (10 + s)``
+    with ``s = optimization_step - update_after_step - 1`` (and decay 0 at ``s = 0``): with
+    ``update_after_step = -1``, ``s`` is exactly n. The shadow copies stay fp32 on the parameters'
+    device. Warmed up: the decay has reached ``decay`` (``n >= (10·decay - 1) / (1 - decay)``).
+    """
 
     def __init__(self, params: Iterable[torch.nn.Parameter], decay: float):
+        from diffusers.training_utils import EMAModel
+
         self.params = list(params)
-        self.decay = float(decay)
-        self.shadow = [p.detach().float().clone() for p in self.params]
+        self.model = EMAModel([p.detach().float() for p in self.params], decay=float(decay), min_decay=0.0,
+                              update_after_step=-1, use_ema_warmup=False)
+
+    @property
+    def decay(self) -> float:
+        """The decay reached after the warm-up (``optim.ema_decay``)."""
+        return float(self.model.decay)
+
+    @decay.setter
+    def decay(self, value: float) -> None:
+        self.model.decay = float(value)
+
+    @property
+    def shadow(self) -> list[torch.Tensor]:
+        return self.model.shadow_params
+
+    @property
+    def updates(self) -> int:
+        return int(self.model.optimization_step)
+
+    def current_decay(self) -> float:
+        """The decay the next update will use."""
+        return self.model.get_decay(self.model.optimization_step + 1)
+
+    @property
+    def warmup_updates(self) -> int:
+        """Updates until the decay reaches ``decay``: the smallest n with (1 + n)/(10 + n) >= decay."""
+        return ema_warmup_updates(self.decay)
+
+    @property
+    def warmed_up(self) -> bool:
+        return self.updates >= self.warmup_updates
 
     @torch.no_grad()
     def update(self) -> None:
-        for s, p in zip(self.shadow, self.params):
-            s.mul_(self.decay).add_(p.detach().float(), alpha=1 - self.decay)
+        self.model.step(self.params)  # trainable (requires_grad) fp32 parameters: the averaged branch
 
     def state_dict(self) -> dict:
-        return {"decay": self.decay, "shadow": [s.cpu() for s in self.shadow]}
+        state = dict(self.model.state_dict())
+        state["shadow_params"] = [s.cpu() for s in state["shadow_params"]]
+        return state
 
-    def load_state_dict(self, state: dict) -> None:
-        if len(state["shadow"]) != len(self.shadow):
+    def load_state_dict(self, state: dict, updates: int = 0) -> None:
+        """Restore a :meth:`state_dict`; a checkpoint of the hand-written EMA before it (``decay`` and
+        ``shadow``) continues as if its ``updates`` optimizer updates had been averaged with the warm-up."""
+        if "shadow" in state and "shadow_params" not in state:
+            state = {"decay": float(state["decay"]), "shadow_params": state["shadow"],
+                     "optimization_step": int(updates)}
+        if len(state.get("shadow_params", ())) != len(self.shadow):
             raise ValueError("EMA state does not match the trainable parameters")
-        self.decay = float(state["decay"])
-        for s, t in zip(self.shadow, state["shadow"]):
-            s.copy_(t.to(s.device))
+        devices = [s.device for s in self.shadow]
+        self.model.load_state_dict({**state, "shadow_params": [t.clone() for t in state["shadow_params"]]})
+        self.model.shadow_params = [t.to(d) for t, d in zip(self.model.shadow_params, devices)]
 
     @torch.no_grad()
     def swap(self) -> None:
@@ -141,3 +187,29 @@ class EMA:
             tmp = p.detach().clone()
             p.copy_(s.to(p.dtype))
             s.copy_(tmp.float())
+
+
+def ema_warmup_updates(decay: float) -> int:
+    """The smallest n with ``(1 + n) / (10 + n) >= decay`` (0 when ``decay`` <= 0.1)."""
+    import math
+
+    if decay <= 0.1:
+        return 0
+    n = math.ceil((10 * decay - 1) / (1 - decay) - 1e-9)
+    while (1 + n) / (10 + n) < decay:  # guard the float rounding of the closed form
+        n += 1
+    return max(0, n)
+
+
+def ema_export_choice(ema_state: Optional[dict], wanted: bool = True) -> tuple[bool, str]:
+    """Whether an export uses the EMA (kept, wanted and warmed up), and the sentence that says so."""
+    if not ema_state:
+        return False, "exporting the live weights (no EMA kept)"
+    updates = int(ema_state.get("optimization_step", 0))
+    needed = ema_warmup_updates(float(ema_state.get("decay", 0.0)))
+    if not wanted:
+        return False, "exporting the live weights (EMA not asked for)"
+    if updates < needed:
+        return False, (f"exporting the live weights: the EMA has not warmed up ({updates} of {needed} updates "
+                       f"before its decay reaches {float(ema_state['decay']):g})")
+    return True, f"exporting the EMA weights (warmed up: {updates} updates, decay {float(ema_state['decay']):g})"

@@ -183,7 +183,14 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, use_ema: bool
         arch, rank, alpha = meta["arch"], int(model["lora_rank"]), float(model["lora_alpha"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{checkpoint}/state.json lacks the run's model settings ({exc})") from exc
-    if use_ema and any(k.startswith("ema.") for k in weights):
+    from ..grpo import ema_export_choice
+
+    ema_state = (_state or {}).get("ema") if any(k.startswith("ema.") for k in weights) else None
+    if ema_state and "optimization_step" not in ema_state:  # an EMA from before diffusers' EMAModel: one per update
+        ema_state = {**ema_state, "optimization_step": int((_state or {}).get("updates", 0))}
+    with_ema, note = ema_export_choice(ema_state, use_ema)  # the EMA only once it has warmed up
+    print(f"[export] {note}")
+    if with_ema:
         weights = {k[len("ema."):]: v for k, v in weights.items() if k.startswith("ema.")}
     else:
         weights = {k: v for k, v in weights.items() if not k.startswith("ema.")}
@@ -203,4 +210,5 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, use_ema: bool
     if not lora:
         raise CheckpointError(f"{checkpoint} holds no LoRA tensors (denoiser.*); it is not a training checkpoint")
     return export_all(out_dir, arch, lora, rank, alpha, adapter,
-                      metadata={"step": meta.get("step"), "source": str(checkpoint)})
+                      metadata={"step": meta.get("step"), "source": str(checkpoint),
+                                "weights": "ema" if with_ema else "live", "weights_note": note})

@@ -2,12 +2,17 @@
 
 Every ``heldout.every`` steps the trainer generates a fixed evaluation set (held-out prompts × fixed
 V-A targets × fixed seeds) with the deterministic sampler, so two checks differ only by the weights.
-It logs, separately,
+The prompts are not training prompts: ``heldout.prompts_file``, by default the shipped
+``training/data/heldout_prompts.txt`` (a file that overlaps the training prompts is named in a note).
+The images are made at the guidance the policy is trained at (1 with ``cfg_free_training``: the
+policy that is optimised) and, when that differs, also at ``sampling.guidance_scale`` (``…@guided``
+figures). It logs, separately,
 
 - ``heldout/emotion``: the mean emotion reward (unweighted mean over the rewards with role
   ``emotion``: the LVLM or colour reward),
-- ``heldout/quality``: the mean quality reward (role ``quality``: PickScore-style CLIP; a quality
-  reward with weight 0 is monitored without being trained on),
+- ``heldout/quality``: the mean quality score — of ``heldout.quality``, a judge that is not a training
+  reward, when set; else of the training rewards with role ``quality`` (PickScore-style CLIP; a
+  quality reward with weight 0 is monitored without being trained on),
 - ``heldout/distance_to_base``: RMS pixel distance to the base model's images of the same set (made
   once, with the LoRA and the emotion adapter disabled),
 
@@ -17,7 +22,9 @@ signature of the proxy reward being gamed (Flow-GRPO / DanceGRPO users' most com
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
@@ -27,15 +34,15 @@ from .policies import rollout
 from .policy_net import adapters_disabled
 
 QUALITY_KINDS = ("clip_quality",)
+HELDOUT_PROMPTS = Path(__file__).resolve().parents[1] / "data" / "heldout_prompts.txt"
 
 
-def heldout_prompts(config, train_prompts: Sequence[str]) -> list[str]:
-    """The held-out prompts: ``heldout.prompts_file`` or the first ``num_prompts`` training prompts."""
+def heldout_prompts(config, train_prompts: Sequence[str] = ()) -> list[str]:
+    """The held-out prompts: the first ``num_prompts`` of ``heldout.prompts_file`` (default: the shipped file)."""
     h = config.heldout
     if not h.every:
         return []
-    pool = load_prompts(h.prompts_file, "heldout.prompts_file") if h.prompts_file else list(train_prompts)
-    return pool[: h.num_prompts]
+    return load_prompts(h.prompts_file or HELDOUT_PROMPTS, "heldout.prompts_file")[: h.num_prompts]
 
 
 def hacking_warning(previous: dict[str, float], current: dict[str, float], tolerance: float = 0.0) -> Optional[str]:
@@ -93,52 +100,73 @@ class HeldoutMonitor:
         self.steps = c.heldout.steps or c.sampling.eval_steps
         self.set = build_heldout_set(c, trainer.sampler.prompts)
         self.roles = reward_roles(trainer.reward, c.rewards)
-        self.base_images: Optional[torch.Tensor] = None
+        self.quality = quality_judge(c, str(trainer.device))
+        # the policy that is optimised first; the sampling guidance as well when CFG-free training differs from it
+        self.guidances = list(dict.fromkeys([trainer.train_guidance, c.sampling.guidance_scale]))
+        self.base_images: dict[float, torch.Tensor] = {}
         self.records: list[dict[str, float]] = []
         self.warnings: list[str] = []
+        shared = sorted(set(self.set.prompts) & set(trainer.sampler.prompts))
+        self.notes = [f"{len(shared)} held-out prompt(s) are training prompts too (e.g. {shared[0]!r}): the "
+                      "check is not fully held out; point heldout.prompts_file at other prompts"] if shared else []
+        if self.notes and trainer.accelerator.is_main_process:
+            print(f"[train] note: {self.notes[0]}")
 
     @torch.no_grad()
-    def _images(self, base: bool) -> torch.Tensor:
+    def _images(self, base: bool, guidance: Optional[float] = None) -> torch.Tensor:
         t = self.trainer
         c = t.config
         s = self.set
-        cfg = c.sampling.guidance_scale != 1.0  # evaluation samples with guidance even when training is CFG-free
+        guidance = t.train_guidance if guidance is None else guidance
         out = []
         t.raw_net.eval()
-        for sl in t._chunks(len(s.prompts)):
-            cond = t.policy.encode(s.prompts[sl], c.sampling.negative_prompt, cfg)
+        for sl in t.rollout_phase.chunks(len(s.prompts)):
+            cond = t.policy.encode(s.prompts[sl], c.sampling.negative_prompt, guidance != 1.0)
             va = s.targets[sl].to(t.device)
             strength = 0.0 if base else c.sampling.adapter_strength
-            if base:
-                with adapters_disabled(t.raw_net):
-                    traj = rollout(t.policy, t.raw_net, cond, va, s.seeds[sl], self.steps, c.sampling.guidance_scale,
-                                   strength, stochastic=False)
-            else:
-                traj = rollout(t.policy, t.raw_net, cond, va, s.seeds[sl], self.steps, c.sampling.guidance_scale,
-                               strength, stochastic=False)
+            with adapters_disabled(t.raw_net) if base else contextlib.nullcontext():
+                traj = rollout(t.policy, t.raw_net, cond, va, s.seeds[sl], self.steps, guidance, strength,
+                               stochastic=False)
             out.append(traj.images)
         return torch.cat(out)
 
     def due(self, step: int) -> bool:
         return bool(self.every) and step % self.every == 0
 
-    def run(self, step: int) -> dict[str, float]:
-        """Generate, score and log the held-out set now; returns the figures."""
+    def _figures(self, guidance: float) -> dict[str, float]:
+        """Emotion, quality and distance to base of the held-out images made at ``guidance``."""
         t = self.trainer
-        if self.base_images is None:
-            self.base_images = self._images(base=True)
-        images = self._images(base=False)
+        if guidance not in self.base_images:
+            self.base_images[guidance] = self._images(base=True, guidance=guidance)
+        images = self._images(base=False, guidance=guidance)
         parts = t.reward.score_parts(images, self.set.prompts, self.set.targets)
-        record: dict[str, float] = {"step": float(step)}
+        record: dict[str, float] = {}
         by_role: dict[str, list[float]] = {"emotion": [], "quality": []}
         for name, role in zip(t.reward.names, self.roles):
             value = float(parts[name].mean())
             record[f"heldout/{name}"] = value
             by_role[role].append(value)
+        for name, value in parts.items():
+            if name not in t.reward.names:  # flags, e.g. judge readings with low digit mass
+                record[f"heldout/flags/{name}"] = float(value.sum())
+        if self.quality is not None:  # a judge the policy never trains on
+            judged = self.quality.score_parts(images, self.set.prompts, self.set.targets)
+            name = self.quality.names[0]
+            record[f"heldout/quality_judge/{name}"] = float(judged[name].mean())
+            by_role["quality"] = [record[f"heldout/quality_judge/{name}"]]
         # unweighted means: a quality reward with weight 0 is monitored, not trained on
         record["emotion"] = sum(by_role["emotion"]) / len(by_role["emotion"]) if by_role["emotion"] else float("nan")
         record["quality"] = sum(by_role["quality"]) / len(by_role["quality"]) if by_role["quality"] else None
-        record["distance_to_base"] = float(((images - self.base_images) ** 2).mean().sqrt())
+        record["distance_to_base"] = float(((images - self.base_images[guidance]) ** 2).mean().sqrt())
+        return record
+
+    def run(self, step: int) -> dict[str, float]:
+        """Generate, score and log the held-out set now; returns the figures."""
+        t = self.trainer
+        record: dict[str, float] = {"step": float(step), "guidance": float(self.guidances[0])}
+        record.update(self._figures(self.guidances[0]))
+        for guidance in self.guidances[1:]:
+            record.update({f"{k}@guided": v for k, v in self._figures(guidance).items()})
         warning = hacking_warning(self.records[-1], record, self.tolerance) if self.records else None
         record["hacking_warning"] = 1.0 if warning else 0.0
         self.records.append(record)
@@ -146,16 +174,28 @@ class HeldoutMonitor:
             self.warnings.append(warning)
             if t.accelerator.is_main_process:
                 print(f"[train] WARNING step {step}: {warning}")
-        if t.writer is not None:
-            for key in ("emotion", "quality", "distance_to_base", "hacking_warning"):
-                if record.get(key) is not None:
-                    t.writer.add_scalar(f"heldout/{key}", record[key], step)
+        writer = t.train_log.open_writer()
+        if writer is not None:
+            for key, value in record.items():
+                if key not in ("step", "guidance") and value is not None:
+                    writer.add_scalar(key if key.startswith("heldout/") else f"heldout/{key}", value, step)
             if warning:
-                t.writer.add_text("heldout/warning", warning, step)
+                writer.add_text("heldout/warning", warning, step)
         return record
 
     def maybe_run(self, step: int) -> Optional[dict[str, float]]:
         return self.run(step) if self.due(step) else None
+
+
+def quality_judge(config, device: str):
+    """The ``heldout.quality`` judge as a one-term reward (None when not set)."""
+    spec = config.heldout.quality
+    if not spec:
+        return None
+    from .config_loading import quality_spec
+    from .rewards import build_reward
+
+    return build_reward([quality_spec(spec)], device)
 
 
 def attach_heldout(trainer) -> Optional[HeldoutMonitor]:

@@ -30,6 +30,22 @@ CLIP_G_TEXT = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, n
 T5_XXL_ENCODER = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
                       relative_attention_num_buckets=32, feed_forward_proj="gated-gelu", is_encoder_decoder=False)
 
+# --- SDXL base 1.0 (stabilityai/stable-diffusion-xl-base-1.0), for the shipped SDXL recipe's plan -----------
+# UNet (2,567,463,684 params), the SD VAE with SDXL's scaling (kept fp32 in fp16 runs: force_upcast), and the
+# CLIP-L (no projection) + OpenCLIP bigG (with projection) text encoders, from the repo's config.json files.
+SDXL_UNET = dict(
+    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=[320, 640, 1280],
+    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], transformer_layers_per_block=[1, 2, 10],
+    attention_head_dim=[5, 10, 20], cross_attention_dim=2048, use_linear_projection=True,
+    addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+    act_fn="silu", norm_num_groups=32, flip_sin_to_cos=True, freq_shift=0,
+)
+SDXL_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[128, 256, 512, 512], layers_per_block=2,
+    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4, sample_size=1024,
+    scaling_factor=0.13025, force_upcast=True,
+)
 #: T5 sequence length SD3 pipelines encode to (max_sequence_length) and the CLIP length
 SD3_T5_TOKENS = 256
 CLIP_TOKENS = 77
@@ -224,6 +240,12 @@ PIPELINES: dict[str, dict[str, tuple[str, str, dict]]] = {
         "transformer": ("diffusers", "QwenImageTransformer2DModel", QWEN_IMAGE_TRANSFORMER),
         "vae": ("diffusers", "AutoencoderKLQwenImage", QWEN_IMAGE_VAE),
         "text_encoder": ("transformers", "Qwen2_5_VLForConditionalGeneration", QWEN25_VL_7B),  # the judge's model
+    },
+    "stabilityai/stable-diffusion-xl-base-1.0": {
+        "unet": ("diffusers", "UNet2DConditionModel", SDXL_UNET),
+        "vae": ("diffusers", "AutoencoderKL", SDXL_VAE),
+        "text_encoder": ("transformers", "CLIPTextModel", CLIP_L_TEXT),
+        "text_encoder_2": ("transformers", "CLIPTextModelWithProjection", CLIP_G_TEXT),
     },
     "Tongyi-MAI/Z-Image-Turbo": {
         "transformer": ("diffusers", "ZImageTransformer2DModel", Z_IMAGE_TURBO_TRANSFORMER),

@@ -99,6 +99,7 @@ class LVLMReasoningReward:
         config = judge_config(spec.path, device, spec.dtype, spec.offload, spec.quantization, spec.images_per_pass,
                               spec.attention)
         config.adapter = spec.adapter or None
+        config.max_pixels = int(spec.max_pixels) or None  # 0: the adapter's training limit, else the model's own
         if choice.preset is not None and choice.preset.max_pixels and config.max_pixels is None:
             config.min_pixels, config.max_pixels = choice.preset.min_pixels, choice.preset.max_pixels
         judge = judge_with_reading(load_lvlm(config), choice, settings)

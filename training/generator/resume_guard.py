@@ -29,7 +29,8 @@ IDENTITY = ("model.pretrained", "model.arch", "model.lora_rank", "model.lora_tar
 APPLIED = ("optim.lr", "optim.adapter_lr", "optim.weight_decay", "optim.betas", "optim.eps",
            "optim.max_grad_norm", "optim.ema", "optim.ema_decay")
 FREE = ("output_dir", "max_steps", "save_every", "keep_checkpoints", "log_every", "image_log_every", "device",
-        "reward_workers", "export_at_end", "progress", "model.gradient_checkpointing")
+        "reward_workers", "export_at_end", "progress", "model.gradient_checkpointing",
+        "optim.max_skipped_updates_in_a_row")
 # Where and with which attention kernel a reward model runs does not change what it returns.
 REWARD_PLACEMENT = ("device", "offload", "attention")
 

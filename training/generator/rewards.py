@@ -10,18 +10,30 @@ is being sampled, so the reward model is off the critical path.
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Optional, Protocol, Sequence
+from dataclasses import dataclass, field
+from typing import Optional, Protocol, Sequence, Union
 
 import torch
 
 from ...engines.emotion_space import VA_MAX, VA_MIN, va_reward_tensor
 from .config import check_one_normalization
 
+LOW_MASS_RULES = ("floor", "keep")
+
+
+@dataclass
+class FlaggedReward:
+    """A reward's values [B] with per-sample flags (bool [B]) that the trainer counts and logs."""
+
+    values: torch.Tensor
+    flags: dict[str, torch.Tensor] = field(default_factory=dict)
+
 
 class Reward(Protocol):
     name: str
 
-    def __call__(self, images: torch.Tensor, prompts: Sequence[str], targets: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str],
+                 targets: torch.Tensor) -> Union[torch.Tensor, FlaggedReward]:
         ...
 
 
@@ -52,31 +64,47 @@ class BrightnessReward:
 
 
 class LVLMVAReward:
-    """``va_reward`` of the LVLM scorer's reading (expected-value digits) against the target."""
+    """``va_reward`` of the LVLM scorer's reading (expected-value digits) against the target.
+
+    A reading whose digit probability mass is below ``LOW_DIGIT_MASS`` was not an answer: the judge's
+    continuation went elsewhere (an image with text in it can hijack it), and the expected value rests on
+    little mass. With ``low_digit_mass="floor"`` such an image gets the lowest reward, 0 — gaming the
+    judge that way never pays; ``"keep"`` scores it as read. Either way it is flagged and counted
+    (``reward_flags/<name>/low_digit_mass``).
+    """
 
     name = "lvlm_va"
 
-    def __init__(self, scorer) -> None:
+    def __init__(self, scorer, low_digit_mass: str = "floor") -> None:
+        if low_digit_mass not in LOW_MASS_RULES:
+            raise ValueError(f"low_digit_mass must be one of {LOW_MASS_RULES}, got {low_digit_mass!r}")
         self.scorer = scorer
+        self.low_digit_mass = low_digit_mass
 
     @classmethod
     def from_path(cls, path: str, device: str = "", dtype: str = "float32", offload: bool = False,
                   quantization: str = "none", images_per_pass: int = 0, adapter: str = "",
-                  attention: str = "auto", max_pixels: int = 0) -> "LVLMVAReward":
+                  attention: str = "auto", low_digit_mass: str = "floor", max_pixels: int = 0) -> "LVLMVAReward":
         from ...engines.judge.lvlm_scorer import load_lvlm
         from ...engines.judge.placement import judge_config
 
         config = judge_config(path, device, dtype, offload, quantization, images_per_pass, attention)
         config.adapter = adapter or None  # a judge LoRA from ``emofeedback2 train-judge``
-        config.max_pixels = max_pixels or None  # None: the adapter's training limit (load_lvlm applies it)
-        return cls(load_lvlm(config))
+        # fewer image tokens: less memory and time per image; None = the adapter's training limit (load_lvlm
+        # applies it), else the model's own
+        config.max_pixels = int(max_pixels) or None
+        return cls(load_lvlm(config), low_digit_mass)
 
     def __call__(self, images, prompts, targets):
         readings = self.scorer.score(images.float().cpu())
         v = torch.tensor([r.valence for r in readings], dtype=torch.float32).clamp(VA_MIN, VA_MAX)
         a = torch.tensor([r.arousal for r in readings], dtype=torch.float32).clamp(VA_MIN, VA_MAX)
         t = targets.float().cpu()
-        return va_reward_tensor(v, a, t[:, 0], t[:, 1])
+        reward = va_reward_tensor(v, a, t[:, 0], t[:, 1])
+        low = torch.tensor([r.low_digit_mass for r in readings], dtype=torch.bool)
+        if self.low_digit_mass == "floor":
+            reward = torch.where(low, torch.zeros_like(reward), reward)  # 0 = the reward's minimum
+        return FlaggedReward(reward, {"low_digit_mass": low})
 
 
 class CLIPQualityReward:
@@ -174,15 +202,23 @@ class CompositeReward:
         self.normalize = rule
 
     def score_parts(self, images: torch.Tensor, prompts: Sequence[str], targets: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Raw per-reward scores for one micro-batch (the part that may run on a worker thread)."""
+        """Raw per-reward scores for one micro-batch (the part that may run on a worker thread).
+
+        A reward's flags come back beside it as 0/1 tensors named ``<reward>/<flag>``.
+        """
         parts = {}
         for name, reward in zip(self.names, self.rewards):
-            value = torch.as_tensor(reward(images, prompts, targets), dtype=torch.float32).flatten().cpu()
+            out = reward(images, prompts, targets)
+            flags = out.flags if isinstance(out, FlaggedReward) else {}
+            out = out.values if isinstance(out, FlaggedReward) else out
+            value = torch.as_tensor(out, dtype=torch.float32).flatten().cpu()
             if value.shape[0] != images.shape[0]:
                 raise ValueError(f"reward {name} returned {value.shape[0]} values for {images.shape[0]} images")
             if not torch.isfinite(value).all():
                 raise ValueError(f"reward {name} returned NaN/inf; check its model and inputs")
             parts[name] = value
+            for flag, mask in flags.items():
+                parts[f"{name}/{flag}"] = torch.as_tensor(mask).flatten().float().cpu()
         return parts
 
     def normalized_parts(self, parts: dict[str, torch.Tensor], group_ids: Optional[torch.Tensor] = None
@@ -241,7 +277,7 @@ def build_reward(specs, device: str = "cpu") -> CompositeReward:
             reading_choice(spec, index)  # a GRPO-trained judge adapter is refused here, with the fix
             rewards.append(LVLMVAReward.from_path(spec.path, dev, spec.dtype, spec.offload, spec.quantization,
                                                   spec.images_per_pass, spec.adapter, spec.attention,
-                                                  spec.max_pixels))
+                                                  spec.low_digit_mass, spec.max_pixels))
         elif spec.kind == "lvlm_reasoning":
             rewards.append(LVLMReasoningReward.from_spec(spec, dev, index))
         elif spec.kind == "clip_quality":
@@ -270,7 +306,9 @@ class AsyncRewardRunner:
         """Wait for everything submitted since the last collect; concatenated per reward, in order."""
         results = [p.result() if isinstance(p, Future) else p for p in self.pending]
         self.pending = []
-        return {name: torch.cat([r[name] for r in results]) for name in self.reward.names}
+        if not results:
+            return {name: torch.zeros(0) for name in self.reward.names}
+        return {name: torch.cat([r[name] for r in results]) for name in results[0]}
 
     def close(self) -> None:
         if self.pool is not None:

@@ -139,15 +139,23 @@ def load_optimizer_state(accelerator: Any, model: torch.nn.Module, optimizer: An
 
 
 def ema_state(ema: Any) -> dict:
-    """The EMA's state with full shadow tensors (collective under FSDP2)."""
-    return {"decay": ema.decay, "shadow": [full(s).cpu() for s in ema.shadow]}
+    """The EMA's state (:class:`~..grpo.EMA`, diffusers ``EMAModel``) with full shadow tensors on the CPU
+    (collective under FSDP2)."""
+    state = {k: v for k, v in ema.model.state_dict().items() if k != "shadow_params"}
+    state["shadow_params"] = [full(s.detach()).to("cpu", copy=True) for s in ema.shadow]
+    return state
 
 
-def load_ema_state(ema: Any, state: dict) -> None:
-    if len(state["shadow"]) != len(ema.shadow):
+def load_ema_state(ema: Any, state: dict, updates: int = 0) -> None:
+    """Restore :func:`ema_state` into ``ema`` (each process keeps its shard of the shadows). A checkpoint of
+    the hand-written EMA before it (``decay`` and ``shadow``) counts its ``updates`` as averaged updates."""
+    if "shadow" in state and "shadow_params" not in state:
+        state = {"decay": float(state["decay"]), "shadow_params": state["shadow"], "optimization_step": int(updates)}
+    shadows = state.get("shadow_params", ())
+    if len(shadows) != len(ema.shadow):
         raise ValueError("EMA state does not match the trainable parameters")
-    ema.decay = float(state["decay"])
-    for shadow, value in zip(ema.shadow, state["shadow"]):
+    ema.model.load_state_dict({k: v for k, v in state.items() if k != "shadow_params"})  # decay, step count
+    for shadow, value in zip(ema.shadow, shadows):
         load_full(shadow, value)
 
 

@@ -10,6 +10,13 @@ Two step rules, both small pure functions tested against ``torch.distributions.N
 
 The log-prob is the Gaussian log-density **averaged** over C×H×W, in fp32, with the sampled next
 latent treated as data (detached).
+
+The KL to the reference model (:func:`step_kl`) is on Flow-GRPO's scale: ``mean((μ − μ_ref)²) /
+(2·σ_t²)`` with ``σ_t`` the SDE's noise level, not the step's whole variance ``σ_t²·|Δt|`` — the exact
+Gaussian KL of the step times ``|Δt|`` (a Riemann sum of the path KL's rate, so its size does not
+depend on the step count, and the near-deterministic last steps are not weighted ~1/|Δt| more).
+DDIM has no separate ``Δt`` in its step (its ``β̃_t`` already is the step's variance), so its KL
+divides by the step variance ``η²·β̃_t``: the exact step KL.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ class StepOutput:
     log_prob: torch.Tensor  # [B], mean over non-batch dims
     mean: torch.Tensor
     std: torch.Tensor  # broadcastable to mean
+    kl_std: Optional[torch.Tensor] = None  # the std the KL divides by (flow: σ_t without √|Δt|); None = std
 
 
 def gaussian_log_prob_mean(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -86,7 +94,7 @@ def ddim_step_with_logprob(
         if noise is None:
             raise ValueError("give prev_sample (to score a stored step) or noise (to sample one)")
         prev_sample = mean + std * noise.float()
-    return StepOutput(prev_sample.detach(), gaussian_log_prob_mean(prev_sample, mean, std), mean, std)
+    return StepOutput(prev_sample.detach(), gaussian_log_prob_mean(prev_sample, mean, std), mean, std, std)
 
 
 def flow_sde_step_with_logprob(
@@ -123,10 +131,16 @@ def flow_sde_step_with_logprob(
         if noise is None:
             raise ValueError("give prev_sample (to score a stored step) or noise (to sample one)")
         prev_sample = mean + std * noise.float()
-    return StepOutput(prev_sample.detach(), gaussian_log_prob_mean(prev_sample, mean, std), mean, std)
+    return StepOutput(prev_sample.detach(), gaussian_log_prob_mean(prev_sample, mean, std), mean, std, std_t)
 
 
 def gaussian_kl_mean(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """KL(N(mean, σ²) ‖ N(ref_mean, σ²)) per element, averaged over non-batch dims (same σ for both)."""
     kl = (mean.float() - ref_mean.float()) ** 2 / (2 * std.float() ** 2)
     return kl.mean(dim=tuple(range(1, kl.ndim)))
+
+
+def step_kl(step: StepOutput, ref: StepOutput) -> torch.Tensor:
+    """KL of a policy step to the reference's step [B], on Flow-GRPO's scale (see the module docstring)."""
+    scale = step.kl_std if step.kl_std is not None else step.std
+    return gaussian_kl_mean(step.mean, ref.mean, scale)
