@@ -95,6 +95,7 @@ class Context:
         self.emit = figures
         self.family = family
         self.shared: dict[str, Any] = {}  # models built once and reused by later sections (the 7B judge)
+        self.small_sizes = tiny  # recipes shrunk to tiny sizes (tests also use it on real-size code paths)
 
     @property
     def cuda(self) -> bool:

@@ -10,7 +10,7 @@ import torch
 
 from emofeedback2.training.checkpoint import NonFiniteError
 from emofeedback2.training.generator.config import ConfigError, RewardSpec, TrainConfig
-from emofeedback2.training.generator.precision import check_mixed_precision
+from emofeedback2.training.generator.precision import check_mixed_precision, cpu_accelerator_with_grad_scaler
 from emofeedback2.training.generator.trainer import GRPOTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -71,28 +71,6 @@ def test_bf16_mixed_precision_clips_unscaled_gradients(tiny_pipeline_dir, tmp_pa
     assert float(seen["after"]) == pytest.approx(1e-4, rel=1e-2)  # clipped to max_grad_norm, unscaled units
 
 
-def _cpu_accelerator_with_a_grad_scaler(**scaler_kwargs):
-    """accelerate makes its fp16 grad scaler only on accelerators. Give a CPU Accelerator a real
-    ``torch.amp.GradScaler("cpu")`` before ``prepare`` (its optimizer then steps through it, as on a GPU)
-    and let ``unscale_gradients`` unscale as accelerate does for fp16 (it gates that on a GPU's native AMP)."""
-    from accelerate import Accelerator
-    from accelerate.optimizer import AcceleratedOptimizer
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    acc = Accelerator(cpu=True)
-    acc.scaler = torch.amp.GradScaler("cpu", **scaler_kwargs)
-
-    def unscale_gradients(optimizer=None):
-        for opt in acc._optimizers:
-            while isinstance(opt, AcceleratedOptimizer):
-                opt = opt.optimizer
-            acc.scaler.unscale_(opt)
-
-    acc.unscale_gradients = unscale_gradients
-    return acc
-
-
 def _fp16_config(pipeline_dir, out) -> TrainConfig:
     c = _config(pipeline_dir, out)
     c.model.dtype = "float16"  # fp16 base weights: the backward through them overflows at a huge loss scale
@@ -103,7 +81,7 @@ def _fp16_config(pipeline_dir, out) -> TrainConfig:
 
 def test_an_fp16_overflow_skips_the_update_and_the_run_continues(tiny_pipeline_dir, tmp_path):
     # scale 2^40: the first update's gradients overflow fp16; the scaler skips it and backs off to 2^10
-    acc = _cpu_accelerator_with_a_grad_scaler(init_scale=2.0**40, backoff_factor=2.0**-30)
+    acc = cpu_accelerator_with_grad_scaler(init_scale=2.0**40, backoff_factor=2.0**-30)
     trainer = GRPOTrainer(_fp16_config(tiny_pipeline_dir, tmp_path), accelerator=acc, log=False)
     before = {n: p.detach().clone() for n, p in trainer.trainable}
     history = trainer.train()  # a skipped update is not divergence: no NonFiniteError
@@ -121,7 +99,7 @@ def test_many_skipped_updates_in_a_row_stop_the_run_before_saving(tiny_pipeline_
     from emofeedback2.training import checkpoint as ckpt
 
     # the scale hardly backs off, so every update overflows: after 2 skips in a row the run stops
-    acc = _cpu_accelerator_with_a_grad_scaler(init_scale=2.0**40, backoff_factor=0.99)
+    acc = cpu_accelerator_with_grad_scaler(init_scale=2.0**40, backoff_factor=0.99)
     c = _fp16_config(tiny_pipeline_dir, tmp_path)
     c.optim.max_skipped_updates_in_a_row = 2
     trainer = GRPOTrainer(c, accelerator=acc, log=False)

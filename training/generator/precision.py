@@ -55,3 +55,31 @@ def check_mixed_precision(accelerator: Any, model_dtype: str) -> None:
                    f"precisions: set model.dtype = \"{'float16' if mode == 'fp16' else 'bfloat16'}\" "
                    "or change the accelerate mixed_precision")
         raise ConfigError(fix)
+
+
+def cpu_accelerator_with_grad_scaler(**scaler_kwargs: Any) -> Any:
+    """A CPU ``Accelerator`` that runs the fp16 scaler path, for checks of that path without a GPU.
+
+    accelerate makes its fp16 grad scaler only on accelerators. This gives a CPU Accelerator a real
+    ``torch.amp.GradScaler("cpu")`` before ``prepare`` (its optimizer then steps through it and skips
+    updates with inf/NaN gradients, as on a GPU) and lets ``unscale_gradients`` unscale as accelerate
+    does for fp16 (it gates that on a GPU's native AMP). Used by ``bench gpu --device cpu --tiny`` and tests.
+    """
+    import torch
+    from accelerate import Accelerator
+    from accelerate.optimizer import AcceleratedOptimizer
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    acc = Accelerator(cpu=True)
+    acc.scaler = torch.amp.GradScaler("cpu", **scaler_kwargs)
+
+    def unscale_gradients(optimizer: Any = None) -> None:
+        for opt in acc._optimizers:
+            while isinstance(opt, AcceleratedOptimizer):
+                opt = opt.optimizer
+            acc.scaler.unscale_(opt)
+
+    acc.unscale_gradients = unscale_gradients
+    return acc
+
