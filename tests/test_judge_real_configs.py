@@ -44,5 +44,5 @@ def test_bench_train_plans_a_non_qwen_judge(capsys):
 
     assert main(["bench", "train", "--real-size", "sd3.5-medium", "--judge-real-size", "smolvlm-2b", "--plan"]) == 0
     out = capsys.readouterr().out
-    assert "judge SmolVLM-Instruct (bfloat16)" in out and "2,246,272,880 params" in out
+    assert "judge SmolVLM-Instruct (8bit)" in out and "2,246,272,880 params" in out
     assert out.strip().splitlines()[-1].startswith("planned_peak_gib=")
