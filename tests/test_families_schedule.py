@@ -9,7 +9,8 @@ against formulas written out here (not diffusers' code):
 * Qwen-Image's terminal stretch: ``1 − σ`` rescaled so the last sigma is ``shift_terminal`` (0.02);
 * the Flow-GRPO SDE step (Flow-GRPO ``sd3_sde_with_logprob.py``): ``std_t = a·sqrt(σ/(1−σ))`` (at σ = 1
   the denominator takes the next sigma), ``mean = x·(1 + std_t²/(2σ)·dt) + v·(1 + std_t²(1−σ)/(2σ))·dt``,
-  noise ``std_t·sqrt(−dt)``, log-prob the Gaussian density averaged over the latent.
+  noise ``std_t·sqrt(−dt)``, log-prob the Gaussian density averaged over the latent;
+* the KL to the reference on Flow-GRPO's scale (``train_sd3.py``): ``mean((μ − μ_ref)²) / (2·std_t²)``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from emofeedback2.tiny_models.flow_pipelines import (
     Z_IMAGE_TURBO_SCHEDULER,
 )
 from emofeedback2.training.generator.policies import DiffusionPolicy
+from emofeedback2.training.generator.step_logprob import step_kl
 
 # family → (released scheduler config, real resolution, real transformer in_channels, rollout steps)
 REAL = {
@@ -130,3 +132,42 @@ def test_sde_step_equals_flow_grpo_on_the_real_schedule(arch):
         prev, log_prob = flow_grpo_step(v, x, sigmas[i], sigmas[i + 1], sigmas[1], 0.7, noise)
         torch.testing.assert_close(ours.prev_sample, prev, atol=3e-5, rtol=1e-5)
         torch.testing.assert_close(ours.log_prob.double(), log_prob, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", list(REAL))
+def test_kl_equals_flow_grpo_kl_loss_on_the_real_schedule(arch):
+    """The KL divides by the flow SDE's std_t² (Flow-GRPO's kl_loss), not the step variance std_t²·|dt|, at every
+    step of the family's real schedule — the distilled families' few, large steps included."""
+    policy = _policy(arch)
+    steps = REAL[arch][3]
+    _, params = policy.schedule(steps)
+    sigmas = [float(p) for p in params[:, 0]] + [float(params[-1, 1])]
+    g = torch.Generator().manual_seed(7)
+    for i in range(steps):
+        x, v, v_ref, noise = (torch.randn(2, 4, 8, 8, generator=g) for _ in range(4))
+        res = policy.step(v, x, params[i], noise=noise)
+        ref = policy.step(v_ref, x, params[i], prev_sample=res.prev_sample)
+        sigma, dt = sigmas[i], sigmas[i + 1] - sigmas[i]
+        std_t = 0.7 * math.sqrt(sigma / (1 - (sigmas[1] if sigma == 1 else sigma)))
+        mean_gap = (v.double() - v_ref.double()) * (1 + std_t**2 * (1 - sigma) / (2 * sigma)) * dt
+        kl_loss = (mean_gap**2).mean(dim=(1, 2, 3)) / (2 * std_t**2)
+        torch.testing.assert_close(step_kl(res, ref).double(), kl_loss, rtol=1e-4, atol=1e-10)
+
+
+@pytest.mark.parametrize("arch,recipe", [("flux2_klein", "flux2_klein_4b_lvlm.toml"),
+                                         ("z_image", "z_image_turbo_lvlm.toml")])
+def test_distilled_recipes_train_every_sde_step_but_the_last_one_to_sigma_zero(arch, recipe):
+    """Klein (4 steps) and Z-Image-Turbo (8): rollouts use the distilled step count, every step is an SDE step,
+    and the trained ones are int(T·f) of the default window [0, T−1]: never the last step, which lands on σ = 0."""
+    from pathlib import Path
+
+    from emofeedback2.training.generator.config import derive, load_config, train_window
+
+    config = load_config(Path(__file__).resolve().parents[1] / "training" / "configs" / recipe)
+    steps = config.sampling.steps
+    assert steps == REAL[arch][3] and config.sampling.eval_steps == steps
+    _, params = _policy(arch).schedule(steps)
+    assert float(params[-1, 1]) == 0.0 and float(params[-2, 1]) > 0  # only the last step reaches sigma = 0
+    assert train_window(config) == (0, steps - 1)
+    trained = derive(config).trained_timesteps
+    assert trained == int(steps * config.grpo.train_timestep_fraction) <= steps - 1

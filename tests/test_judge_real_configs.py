@@ -44,5 +44,26 @@ def test_bench_train_plans_a_non_qwen_judge(capsys):
 
     assert main(["bench", "train", "--real-size", "sd3.5-medium", "--judge-real-size", "smolvlm-2b", "--plan"]) == 0
     out = capsys.readouterr().out
-    assert "judge SmolVLM-Instruct (bfloat16)" in out and "2,246,272,880 params" in out
+    assert "judge SmolVLM-Instruct (8bit)" in out and "2,246,272,880 params" in out
     assert out.strip().splitlines()[-1].startswith("planned_peak_gib=")
+
+
+# image tokens of one 512² image per judge family: Qwen-VL from smart_resize (Qwen2.5-VL 28-px tokens: 18² = 324;
+# Qwen3-VL/3.5 32-px tokens: 16² = 256); fixed-size encoders one tile at their size (Gemma 3: 256 soft tokens;
+# InternVL: 256 per 448² tile; LLaVA-OneVision: 27² = 729 patches of the 384² base image; SmolVLM: 27² / 3² = 81)
+JUDGE_TOKENS_512 = {"qwen2.5-vl-7b": 324, "qwen3-vl-8b": 256, "qwen3.5-9b": 256, "gemma-3-12b": 256,
+                    "internvl3.5-8b": 256, "llava-onevision-7b": 729, "smolvlm-2b": 81}
+
+
+def test_the_plan_counts_image_tokens_for_every_judge_family():
+    from emofeedback2.training.generator.judge_memory import image_grid, judge_working_bytes
+    from emofeedback2.training.generator.meta_models import reward_model
+    from emofeedback2.training.generator.real_configs import REAL_JUDGES
+
+    assert set(JUDGE_TOKENS_512) == set(REAL_JUDGES)
+    for name, hub_id in REAL_JUDGES.items():
+        model = reward_model("lvlm", hub_id)
+        grid = image_grid(model, 512)
+        assert grid.tokens == JUDGE_TOKENS_512[name], name
+        work, detail = judge_working_bytes(model, 8, 2, grid)
+        assert work > 0 and f"{grid.tokens} image tokens each" in detail

@@ -12,13 +12,20 @@ What a tiny CPU run cannot take is swapped, each for a reason:
   per step at 512-1024 px are hours of tiny-model arithmetic on two CPU cores, not more coverage;
 - without CUDA: the bitsandbytes 8-bit judge (CUDA only) loads unquantised, and fp16 base weights run in
   float32 (CPU fp16 math is ~8x slower here, and accelerate makes its fp16 grad scaler on GPUs only; the
-  scaler path has its own CPU test in test_training_precision.py).
+  scaler path has its own CPU test in test_training_precision.py). A bitsandbytes 8-bit base (FLUX.1-dev)
+  loads as torchao's int8 weight-only base instead, which runs on the CPU, so the QLoRA path still runs; a
+  4-bit base (Qwen-Image) loads unquantised (peft has no LoRA layer for torchao's 4-bit layouts; the
+  4-bit path is bitsandbytes', CUDA only).
+
+The step-distilled FLUX.2 [klein] keeps its own 4 sampling steps, so the run trains all of them but the
+last (which lands on sigma = 0), as the recipe does.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -29,8 +36,12 @@ from test_training_cli import _tiny_clip
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
-RECIPES = sorted(p for p in CONFIGS.iterdir() if p.suffix in (".toml", ".yaml", ".yml"))
-ARCH = {"sd15_color_cpu.toml": "sd15", "sdxl_color_lvlm.yaml": "sdxl", "sd35_medium_lvlm.toml": "sd3"}
+# the training recipes (accelerate_*.yaml are accelerate launch configs)
+RECIPES = sorted(p for p in CONFIGS.iterdir() if p.suffix in (".toml", ".yaml", ".yml")
+                 and not p.name.startswith("accelerate_"))
+ARCH = {"sd15_color_cpu.toml": "sd15", "sdxl_color_lvlm.yaml": "sdxl", "sd35_medium_lvlm.toml": "sd3",
+        "flux1_dev_lvlm.toml": "flux", "flux2_klein_4b_lvlm.toml": "flux2_klein", "qwen_image_lvlm.toml": "qwen_image",
+        "z_image_turbo_lvlm.toml": "z_image"}
 
 
 def test_every_shipped_recipe_is_covered():
@@ -39,11 +50,13 @@ def test_every_shipped_recipe_is_covered():
 
 TINY_SCALE = {"sampling.resolution": 32, "sampling.steps": 3, "sampling.eval_steps": 2, "grpo.groups_per_step": 1,
               "heldout.num_prompts": 1}
+#: the distilled model's own step count (its sigmas are what it was distilled on)
+OWN_STEPS = {"flux2_klein_4b_lvlm.toml": {"sampling.steps": 4, "sampling.eval_steps": 4}}
 
 
 def _tiny_run_of(recipe: Path, pipelines, lvlm_dir: Path, tmp_path: Path):
     config = load_config(recipe)
-    for key, value in TINY_SCALE.items():
+    for key, value in {**TINY_SCALE, **OWN_STEPS.get(recipe.name, {})}.items():
         section, name = key.split(".")
         setattr(getattr(config, section), name, value)
     config.model.pretrained = str(pipelines[ARCH[recipe.name]])
@@ -59,6 +72,10 @@ def _tiny_run_of(recipe: Path, pipelines, lvlm_dir: Path, tmp_path: Path):
             config.model.dtype = "float32"
         for spec in config.rewards:
             spec.quantization = "none"  # bitsandbytes runs on CUDA only
+        if config.model.quantization == "8bit":  # the QLoRA path on the CPU: torchao's int8 weight-only base
+            config.model.quantization_backend = "torchao"
+        elif config.model.quantization != "none":
+            config.model.quantization = "none"
     return config
 
 
@@ -74,9 +91,14 @@ def test_a_shipped_recipe_trains_two_steps_with_its_options(recipe, tiny_pipelin
     assert (trainer.prompt_cache is not None) == shipped.data.cache_prompt_embeddings
     assert trainer.pipe.text_encoder is None if shipped.data.cache_prompt_embeddings else trainer.pipe.text_encoder
     assert (trainer.ema is not None) == shipped.optim.ema
-    assert trainer.train_guidance == (1.0 if shipped.sampling.cfg_free_training else shipped.sampling.guidance_scale)
+    # CFG-free training drops a negative branch; a guidance-distilled family has none to drop
+    cfg_free = shipped.sampling.cfg_free_training and trainer.raw_net.guidance_mode == "cfg"
+    assert trainer.train_guidance == (1.0 if cfg_free else shipped.sampling.guidance_scale)
     steps = config.sampling.steps
     assert trainer.derived.trained_timesteps == max(1, min(int(steps * shipped.grpo.train_timestep_fraction), steps - 1))
+    assert trainer.update_phase.train_indices(np.random.default_rng(0))[-1] < steps - 1  # the last step: never
+    if config.model.quantization != "none":  # the base was loaded quantised (torchao int8 on the CPU)
+        assert any(hasattr(p, "qdata") for n, p in trainer._denoiser().named_parameters() if "lora_" not in n)
     assert trainer.config.grpo.kl_beta == shipped.grpo.kl_beta and trainer.config.reward_schedule == shipped.reward_schedule
     if shipped.heldout.every:
         assert trainer.heldout is not None and [r["step"] for r in trainer.heldout.records][:1] == [0.0]

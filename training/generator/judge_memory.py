@@ -7,7 +7,11 @@ For a pass over ``images`` images (``images_per_pass``, else all of the call's i
   ``[min_pixels, max_pixels]``) and every ``merge × merge`` block of patches becomes one token.
   Qwen2/2.5-VL: 14-px patches merged 2×2, so one token per 28×28 px — a 1024² image is 37² = 1,369
   tokens, a 512² image 18² = 324. Patch and merge sizes come from the model's vision config, the pixel
-  limits from ``rewards[i].max_pixels`` or the model's preprocessor config (:data:`PIXEL_LIMITS`);
+  limits from ``rewards[i].max_pixels`` or the model's preprocessor config (:data:`PIXEL_LIMITS`).
+  Judges whose vision encoder takes a fixed size (Gemma 3, InternVL, LLaVA-OneVision, SmolVLM; no
+  ``spatial_merge_size``) are counted as one image at that size with the tokens their config names
+  (``mm_tokens_per_image``, ``image_seq_length``, or the patches pooled by ``scale_factor``²); the
+  extra tiles a tiling processor adds are not counted;
 - **the vision encoder's activations** (no grad): the fp32 pixel patches, one block's tensors over
   all patches (hidden states in and out, q/k/v and attention output, the MLP's gate/up/activation; a
   fused SDPA kernel, no patch×patch matrix) and the merged embeddings handed to the language model;
@@ -63,10 +67,22 @@ class ImageGrid:
     tokens: int
 
 
+def _first(value) -> int:
+    """A size given as ``n`` or ``[n, n]`` (InternVL writes both sides)."""
+    return int(value[0] if isinstance(value, (list, tuple)) else value)
+
+
 def image_grid(model: nn.Module, resolution: int, max_pixels: int = 0, folder: Optional[str] = None) -> ImageGrid:
     """Patches and tokens of one ``resolution``² image for ``model`` (see the module docstring)."""
     vision = getattr(model.config, "vision_config", None)
-    patch = int(getattr(vision, "patch_size", 14))
+    patch = _first(getattr(vision, "patch_size", 14))
+    if vision is not None and not hasattr(vision, "spatial_merge_size"):  # a fixed-size encoder (one tile)
+        side = _first(getattr(vision, "image_size", resolution))
+        patches = (side // patch) ** 2
+        config = model.config
+        tokens = (getattr(config, "mm_tokens_per_image", None) or getattr(config, "image_seq_length", None)
+                  or patches // int(getattr(config, "scale_factor", 1)) ** 2)
+        return ImageGrid((side, side), patches, int(tokens))
     merge = int(getattr(vision, "spatial_merge_size", 2))
     low, high = processor_pixel_limits(getattr(model.config, "model_type", ""), folder)
     if max_pixels:
@@ -119,8 +135,8 @@ def vision_working_bytes(model: nn.Module, patches: int, dtype_bytes: int) -> in
     width = int(getattr(vision, "hidden_size", getattr(vision, "embed_dim", 0)))
     inner = int(getattr(vision, "intermediate_size", 4 * width))
     channels = int(getattr(vision, "in_chans", getattr(vision, "in_channels", 3)))
-    patch = int(getattr(vision, "patch_size", 14))
-    temporal = int(getattr(vision, "temporal_patch_size", 2))
+    patch = _first(getattr(vision, "patch_size", 14))
+    temporal = int(getattr(vision, "temporal_patch_size", 1))  # Qwen-VL stacks 2 frames per patch; the others 1
     pixels = patches * channels * temporal * patch * patch * 4  # fp32 pixel patches from the processor
     block = patches * (6 * width + 3 * inner) * dtype_bytes  # in/out states, q/k/v + attention out, MLP
     return pixels + block

@@ -110,14 +110,15 @@ def quantized_bytes(module: nn.Module, dtype_bytes: int, quantization: str) -> t
         if isinstance(sub, nn.Linear) and not name.endswith(skip):
             linear_w += sub.weight.numel()
             rows += sub.weight.shape[0]
-    other = count_params(module) - linear_w
+    n = count_params(module)
+    other = n - linear_w
     if quantization == "8bit":
         total = linear_w + 4 * rows + other * dtype_bytes
         how = f"{linear_w:,d} Linear weights x 1 B + {rows:,d} fp32 row scales + {other:,d} params x {dtype_bytes} B"
     else:
         total = linear_w // 2 + 4 * math.ceil(linear_w / 64) + other * dtype_bytes
         how = f"{linear_w:,d} Linear weights x 0.5 B + fp32 absmax per 64 + {other:,d} params x {dtype_bytes} B"
-    return total, how
+    return total, f"{n:,d} params: {how}"
 
 
 class _ArchProbe:

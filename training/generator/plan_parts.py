@@ -147,7 +147,10 @@ def reward_parts(setup: PlanSetup, spec: Any, phase: str, *, judged_images: int,
     overlap = ("rollout",) if c.reward_schedule == "micro_batch" and phase.startswith("score:") else ()
     # with the prompt cache the trainer loads reward models after encoding and freeing the text encoders
     loaded = setup.step_phases if setup.cached else tuple(setup.phases)
-    if spec.offload:
+    if spec.offload and spec.quantization != "none":  # bitsandbytes weights cannot move: freed, reloaded per call
+        out = [Component(name, device, wbytes, overlap + (phase,), how + "; loaded for its score call and freed "
+                         "after it (a quantised model cannot be moved: it reloads from disk every call)", n)]
+    elif spec.offload:
         busy = overlap + (phase,)
         out = [Component(name, device, wbytes, busy, how + "; swapped in for its score call only", n),
                Component(name + " (offloaded)", "cpu", wbytes, tuple(p for p in loaded if p not in busy), how, n)]
