@@ -34,15 +34,15 @@ import time
 import traceback
 from typing import Any, Callable
 
-from . import gpu_sections
+from . import gpu_grpo, gpu_sections
 
 #: (name, function, expected seconds at real size, at tiny size): the order the sections run in
 SECTIONS: tuple[tuple[str, Callable[[Any], None], float, float], ...] = (
     ("scorer", gpu_sections.scorer_section, 90.0, 5.0),
-    ("grpo", gpu_sections.grpo_section, 240.0, 20.0),
+    ("grpo", gpu_grpo.grpo_section, 240.0, 20.0),
     ("judge_train", gpu_sections.judge_train_section, 120.0, 10.0),
     ("fp16", gpu_sections.fp16_section, 60.0, 10.0),
-    ("family", gpu_sections.family_section, 150.0, 20.0),
+    ("family", gpu_grpo.family_section, 150.0, 20.0),
 )
 
 

@@ -9,7 +9,7 @@ import argparse
 import pytest
 import torch
 
-from emofeedback2.bench import gpu, gpu_sections
+from emofeedback2.bench import gpu, gpu_grpo, gpu_sections
 
 
 def _figures(text: str) -> dict[str, str]:
@@ -103,25 +103,25 @@ def test_the_real_size_path_swaps_in_the_real_classes_and_encodes_real_shapes(na
     from emofeedback2.bench.train_plan import REAL_PIPELINES
     from emofeedback2.training.generator import real_configs
 
-    arch = gpu_sections.REAL_GENERATORS[name][0]
+    arch = gpu_grpo.REAL_GENERATORS[name][0]
     ctx = gpu.Context("cpu", False, gpu.Budget(600), str(tmp_path), gpu.Figures(), name)
     ctx.small_sizes = True
-    tiny_pipe, _ = gpu_sections._pipeline(gpu.Context("cpu", True, gpu.Budget(60), str(tmp_path / "t"),
+    tiny_pipe, _ = gpu_grpo._pipeline(gpu.Context("cpu", True, gpu.Budget(60), str(tmp_path / "t"),
                                                       gpu.Figures(), name), name)
     hub = REAL_PIPELINES[name]
     shrunk = {part: (lib, cls, dict(getattr(tiny_pipe, part).config))
               for part, (lib, cls, _) in real_configs.PIPELINES[hub].items() if part in ("transformer", "vae")}
     monkeypatch.setitem(real_configs.PIPELINES, hub, {**real_configs.PIPELINES[hub], **shrunk})
-    monkeypatch.setattr(gpu_sections, "_pipeline", _float32(gpu_sections._pipeline))
-    pipe, model_path = gpu_sections._pipeline(ctx, name)
+    monkeypatch.setattr(gpu_grpo, "_pipeline", _float32(gpu_grpo._pipeline))
+    pipe, model_path = gpu_grpo._pipeline(ctx, name)
     assert model_path == hub
     assert type(pipe.transformer) is type(tiny_pipe.transformer)
-    tokens = gpu_sections.REAL_GENERATORS[name][2]
+    tokens = gpu_grpo.REAL_GENERATORS[name][2]
     context = pipe.encode_prompt(prompt=["a", "b"], device=torch.device("cpu"))[0]
     assert tuple(context.shape) == (2, tokens, pipe.transformer.config.joint_attention_dim)
     ctx.shared["judge"] = gpu_sections.shared_judge(gpu.Context("cpu", True, gpu.Budget(60), str(tmp_path / "j"),
                                                                 gpu.Figures(), name))
-    gpu_sections._grpo_figures(ctx, "check", name, steps=1)
+    gpu_grpo._grpo_figures(ctx, "check", name, steps=1)
     assert float(ctx.emit.values["check_update_plan_gib"]) > 0 and ctx.emit.values["check_step0_seconds"]
     assert arch in ("sd3", "flux2_klein")
 
