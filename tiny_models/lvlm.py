@@ -20,6 +20,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .lvlm_tokenizers import bytes_to_unicode
+
 QWEN_VL_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 #: every family ``emofeedback2 bench scorer --family`` and the tests know (the ones transformers ships)
 FAMILIES = (*QWEN_VL_FAMILIES, "qwen3_5", "gemma3", "gemma4", "internvl", "llava_onevision", "smolvlm")
@@ -64,18 +66,6 @@ CHAT_TEMPLATE = (
 )
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """The byte-level BPE alphabet: printable bytes map to themselves, others to U+0100 onwards."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    mapping = {b: chr(b) for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in mapping:
-            mapping[b] = chr(256 + extra)
-            extra += 1
-    return mapping
-
-
 def special_token_ids() -> dict[str, int]:
     """Id of each Qwen-VL special token in the tiny tokenizer (right after the 256 bytes)."""
     return {token: BYTE_VOCAB + i for i, token in enumerate(QWEN_VL_SPECIAL_TOKENS)}
@@ -85,7 +75,7 @@ def build_tiny_tokenizer():
     """A byte-level ``Qwen2Tokenizer`` (no merges) with the Qwen-VL specials and chat template."""
     from transformers import Qwen2Tokenizer
 
-    alphabet = _bytes_to_unicode()
+    alphabet = bytes_to_unicode()
     vocab = {alphabet[b]: b for b in range(256)}
     vocab.update(special_token_ids())
     tokenizer = Qwen2Tokenizer(
