@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from emofeedback2.engines.judge.options import LVLMOptionError
-from emofeedback2.nodes import NODE_CLASS_MAPPINGS
+from emofeedback2.nodes import NODE_CLASS_MAPPINGS, loader_nodes, scorer_nodes
 from emofeedback2.nodes.lvlm_memory import JudgePatcher
 
 
@@ -31,13 +31,13 @@ def llm_dir(fake_comfy, tiny_lvlm_dir):
 
 
 def _load(**widgets):
-    node = NODE_CLASS_MAPPINGS["EmoLVLMLoader"]()
+    node = NODE_CLASS_MAPPINGS[loader_nodes.NODE_ID]()
     return getattr(node, node.FUNCTION)(**{"model": "tiny-qwen2.5-vl", "device": "cpu", **widgets})[0]
 
 
 def _readings(lvlm, images) -> list[float]:
-    node = NODE_CLASS_MAPPINGS["LVLMEmotionScorer"]()
-    rows = json.loads(getattr(node, node.FUNCTION)(lvlm=lvlm, images=images)[4])
+    node = NODE_CLASS_MAPPINGS[scorer_nodes.NODE_ID]()
+    rows = json.loads(getattr(node, node.FUNCTION)(lvlm=lvlm, images=images)[node.RETURN_NAMES.index("readings_json")])
     return [value for r in rows for value in (r["valence"], r["arousal"])]
 
 
@@ -164,7 +164,7 @@ def test_flash_attention_on_cpu_asks_for_a_cuda_gpu_and_suggests_sdpa(fake_comfy
 
 
 def test_loader_offers_quantisation_and_attention_choices():
-    spec = NODE_CLASS_MAPPINGS["EmoLVLMLoader"].INPUT_TYPES()
+    spec = NODE_CLASS_MAPPINGS[loader_nodes.NODE_ID].INPUT_TYPES()
     assert spec["optional"]["quantization"][0] == ["none", "8bit", "4bit"]
     assert spec["optional"]["quantization"][1]["default"] == "none"
     assert spec["required"]["attention"][0] == ["auto", "sdpa", "eager", "flash_attention_2"]
