@@ -239,30 +239,44 @@ def links(page: Path) -> list[tuple[int, str]]:
     return found
 
 
-@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
-def test_every_link_resolves(page):
+def broken_links(page: Path, root: Path = ROOT) -> list[str]:
+    """One line per link of ``page`` that names no file, leaves ``root`` or names a missing heading."""
     broken = []
     for number, target in links(page):
         if re.match(r"^[a-z]+:", target):  # http(s), mailto: not fetched here (no network)
-            assert target.startswith(("https://", "http://", "mailto:")), f"{page.name}:{number}: {target}"
+            if not target.startswith(("https://", "http://", "mailto:")):
+                broken.append(f"{page.name}:{number}: {target} (unknown scheme)")
             continue
         path_part, _, anchor = target.partition("#")
         destination = (page.parent / path_part).resolve() if path_part else page
         if not destination.exists():
             broken.append(f"{page.name}:{number}: {target} (no file {destination})")
             continue
-        if not str(destination).startswith(str(ROOT)):
+        if not str(destination).startswith(str(root)):
             broken.append(f"{page.name}:{number}: {target} leaves the repository")
         if anchor and destination.suffix == ".md" and anchor not in anchors(destination):
             broken.append(f"{page.name}:{number}: {target} (no heading #{anchor} in {destination.name})")
+    return broken
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
+def test_every_link_resolves(page):
+    broken = broken_links(page)
     assert not broken, "\n".join(broken)
 
 
 def test_the_link_check_can_fail(tmp_path):
     page = tmp_path / "p.md"
-    page.write_text("# Top\n## Two words\n[a](#two-words) [b](#missing) [c](nope.md)\n```\n[d](inside-a-fence.md)\n```\n")
+    (tmp_path / "there.md").write_text("# There\n")
+    page.write_text("# Top\n## Two words\n[a](#two-words) [b](#missing) [c](nope.md) [d](there.md#there)\n"
+                    "[e](there.md#gone) [f](ftp://x)\n```\n[g](inside-a-fence.md)\n```\n")
     assert anchors(page) == {"top", "two-words"}
-    assert [t for _, t in links(page)] == ["#two-words", "#missing", "nope.md"]
+    assert [t for _, t in links(page)] == ["#two-words", "#missing", "nope.md", "there.md#there", "there.md#gone",
+                                           "ftp://x"]
+    flagged = broken_links(page, root=tmp_path)
+    assert len(flagged) == 4, flagged
+    assert [line.split(": ")[1].split(" ")[0] for line in flagged] == ["#missing", "nope.md", "there.md#gone", "ftp://x"]
+    assert any("leaves the repository" in line for line in broken_links(page, root=tmp_path / "elsewhere"))
 
 
 # --- the README -------------------------------------------------------------------------------------

@@ -59,15 +59,17 @@ def test_eemo_logic_settings_are_the_published_ones():
 
 def test_paper_preset_is_the_grpo_objectives_instruction_and_parser():
     assert load_preset("paper") is PAPER and PAPER.questions["both"] is REASONING_INSTRUCTION
-    texts = ["<think>warm light</think><answer>1.25, -0.50</answer>", "<answer>1, 2</answer>",
-             "<think>a</think><answer>3.5, 0</answer>", "<think>a</think><answer>1, 2</answer> more",
-             "<think>x</think><answer>-3, 3</answer>"]
-    for text in texts:
+    # what the paper's format defines: <think>…</think><answer>v, a</answer> and nothing after, both on [-3, 3]
+    cases = {"<think>warm light</think><answer>1.25, -0.50</answer>": (1.25, -0.5),
+             "<answer>1, 2</answer>": None,  # no reasoning block
+             "<think>a</think><answer>3.5, 0</answer>": None,  # off the scale
+             "<think>a</think><answer>1, 2</answer> more": None,  # text after the answer
+             "<think>x</think><answer>-3, 3</answer>": (-3.0, 3.0)}
+    for text, expected in cases.items():
         parsed = parse_answer(PAPER, "both", text)
-        expected = parse_paper_answer(text)
-        assert (parsed is None) == (expected is None), text
-        if parsed is not None:
-            assert (parsed.numbers["valence"].value, parsed.numbers["arousal"].value) == expected
+        read = None if parsed is None else (parsed.numbers["valence"].value, parsed.numbers["arousal"].value)
+        assert read == expected, text
+        assert parse_paper_answer(text) == expected, text  # the GRPO objective's parser agrees
 
 
 # --- parsing untrusted answers ---------------------------------------------------------------------------------

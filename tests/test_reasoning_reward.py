@@ -133,7 +133,8 @@ def test_a_grpo_adapter_is_the_generators_reward_in_a_two_step_run(grpo_adapter,
         f'[model]\npretrained = "{tiny_pipeline_dir}"\nlora_rank = 2\nadapter_hidden = 8\n'
         '[sampling]\nsteps = 2\nresolution = 32\nguidance_scale = 1.0\n'
         '[grpo]\ngroup_size = 2\ngroups_per_step = 1\nbatch_size = 2\n'
-        f'[[rewards]]\nkind = "lvlm_reasoning"\npath = "{tiny_lvlm_dir}"\nadapter = "{grpo_adapter}"\ndevice = "cpu"\n')
+        f'[[rewards]]\nkind = "lvlm_reasoning"\npath = "{tiny_lvlm_dir}"\nadapter = "{grpo_adapter}"\ndevice = "cpu"\n'
+        'unparsable_reward = -0.5\n')
     assert main(["train", "--config", str(toml)]) == 0
     out = capsys.readouterr().out
     # the adapter is read in the paper's format, with the completion cap it was trained with, greedy
@@ -142,7 +143,8 @@ def test_a_grpo_adapter_is_the_generators_reward_in_a_two_step_run(grpo_adapter,
     events.Reload()
     rates = [e.value for e in events.Scalars("reward_info/lvlm_reasoning/unparsable_rate")]
     assert rates == [1.0, 1.0]  # a random judge never writes the format: every answer counted as unparsable
-    assert [e.value for e in events.Scalars("reward/lvlm_reasoning")] == [0.0, 0.0]  # ...and scores the penalty
+    # ...and scores the configured penalty (not 0, which a reward that returns nothing would also give)
+    assert [e.value for e in events.Scalars("reward/lvlm_reasoning")] == [-0.5, -0.5]
     tokens = [e.value for e in events.Scalars("reward_info/lvlm_reasoning/generated_tokens_per_image")]
     assert all(0 < t <= 12 for t in tokens)
 
