@@ -79,10 +79,12 @@ def test_training_reward_score_eval_and_the_loader_node_see_the_training_token_c
     image.save(image_file)
     assert main(["score", str(image_file), "--lvlm", str(tiny_lvlm_dir), "--adapter", str(adapter),
                  "--device", "cpu", "--json"]) == 0
+    assert len(loaded) == 1, "score did not load its judge through load_lvlm"
     seen["score"] = image_tokens(loaded[-1], image)
     manifest = write_synthetic_judge_set(tmp_path / "eval", n_train=0, n_test=3, seed=2, size=SIDE)
     assert main(["eval-judge", "--data", str(manifest), "--lvlm", str(tiny_lvlm_dir), "--adapter", str(adapter),
                  "--device", "cpu", "--dtype", "float32", "--plots", ""]) == 0
+    assert len(loaded) == 2, "eval-judge did not load its judge through load_lvlm"
     seen["eval-judge"] = image_tokens(loaded[-1], image)
     capsys.readouterr()
 
