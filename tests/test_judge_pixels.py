@@ -147,6 +147,28 @@ def test_a_record_without_usable_limits_is_ignored(tmp_path, content):
     assert adapter_pixel_limits(str(tmp_path / "missing")) == {} and adapter_pixel_limits(None) == {}
 
 
+def test_an_adapter_under_home_is_read_alike_by_every_reader(tmp_path, monkeypatch):
+    """``~/adapter``: pixel limits, objective and the model card's record all come from the one reader.
+
+    Before, only the pixel limits expanded ``~``: a GRPO adapter given as ``~/x`` had no objective, so
+    ``choose_reading('auto')`` read it with the digit readout."""
+    from emofeedback2.engines.judge.adapter_record import adapter_generation_cap, adapter_objective
+    from emofeedback2.engines.judge.preset_judge import choose_reading
+    from emofeedback2.training.judge.adapter_card import read_training_record
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    folder = tmp_path / "grpo-judge"
+    folder.mkdir()
+    record = {"objective": "grpo", "objective_settings": {"max_new_tokens": 48}, "pixels": {"max_pixels": 12544}}
+    (folder / "judge_training.json").write_text(json.dumps(record), encoding="utf-8")
+    adapter = "~/grpo-judge"
+    assert adapter_pixel_limits(adapter) == {"max_pixels": 12544}
+    assert adapter_objective(adapter) == "grpo" and adapter_generation_cap(adapter) == 48
+    assert read_training_record(adapter) == record
+    choice = choose_reading("auto", adapter)
+    assert choice.preset is not None and choice.preset.name == "paper" and choice.max_new_tokens == 48
+
+
 def test_reward_max_pixels_is_checked():
     config = TrainConfig()
     config.rewards = [RewardSpec(kind="lvlm", path="judge", max_pixels=-1)]

@@ -4,15 +4,19 @@
 ``"soft_label"`` (trained on the 1-9 digit readout) or ``"grpo"`` (trained to write the paper's
 reasoning format). Every consumer that loads an adapter reads it through here to read the judge in
 the format it was trained on. Adapters from elsewhere have no record: ``None``. The file is user
-data: read with a size cap, anything malformed counts as no record.
+data: read with a size cap, anything malformed counts as no record. This is the one reader of the
+record (the pixel limits, the objective, the model card all go through :func:`read_adapter_record`),
+so an adapter given as ``~/...`` means the same folder to all of them.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Optional
 
+#: The record ``train-judge`` writes into an adapter folder (base model, data, objective, pixel limits).
 TRAINING_RECORD = "judge_training.json"
 MAX_RECORD_BYTES = 1 << 20
 GRPO = "grpo"
@@ -23,7 +27,7 @@ def read_adapter_record(adapter: Optional[str | Path]) -> Optional[dict[str, Any
     """The adapter folder's training record, or ``None`` (no adapter, no record, unreadable)."""
     if not adapter:
         return None
-    path = Path(adapter) / TRAINING_RECORD
+    path = Path(os.path.expanduser(str(adapter))) / TRAINING_RECORD
     try:
         if not path.is_file() or path.stat().st_size > MAX_RECORD_BYTES:
             return None

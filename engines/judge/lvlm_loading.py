@@ -9,7 +9,6 @@ load) applies them unless the caller set its own, in which case one log line say
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -19,13 +18,12 @@ import torch
 from safetensors import SafetensorError
 
 from .. import devices
+from .adapter_record import read_adapter_record
 from .lvlm_config import _HUB_ID, MODELS_LLM_HINT, LVLMConfig, LVLMLoadError
 from .options import quantization_kwargs
 
 logger = logging.getLogger(__name__)
 
-#: The record ``train-judge`` writes into an adapter folder (base model, data, objective, pixel limits).
-JUDGE_TRAINING_RECORD = "judge_training.json"
 PIXEL_FIELDS = ("min_pixels", "max_pixels")
 
 
@@ -158,13 +156,8 @@ def adapter_pixel_limits(adapter: Optional[str]) -> dict[str, int]:
 
     The record is a file in a downloaded folder: anything but positive integers is ignored.
     """
-    if not adapter:
-        return {}
-    try:
-        record = json.loads((Path(os.path.expanduser(adapter)) / JUDGE_TRAINING_RECORD).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    pixels = record.get("pixels") if isinstance(record, dict) else None
+    record = read_adapter_record(adapter)
+    pixels = record.get("pixels") if record else None
     if not isinstance(pixels, dict):
         return {}
     return {name: pixels[name] for name in PIXEL_FIELDS

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import torch
 
-from ...engines.judge.lvlm_loading import JUDGE_TRAINING_RECORD as TRAINING_RECORD
+from ...engines.judge.adapter_record import TRAINING_RECORD, read_adapter_record
 from .config import JudgeTrainConfig, effective_lr, target_modules
 
 
@@ -146,14 +146,10 @@ def _fmt(value: Any) -> str:
 
 
 def read_training_record(adapter: str | Path) -> Optional[dict]:
-    """The ``judge_training.json`` of an adapter folder, or None (adapters from elsewhere)."""
-    path = Path(adapter) / TRAINING_RECORD
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
+    """The ``judge_training.json`` of an adapter folder, or None (adapters from elsewhere).
+
+    The one reader, :func:`...engines.judge.adapter_record.read_adapter_record` (``~`` expanded, size cap)."""
+    return read_adapter_record(adapter)
 
 
 def _targets(value: Any) -> Any:
