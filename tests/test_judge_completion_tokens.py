@@ -61,6 +61,17 @@ def test_blocked_ids_are_the_vision_and_special_tokens_not_the_end_or_text(tiny_
     assert set(range(len(scorer.tokenizer), vocab_rows)) <= blocked  # padded logits rows no token decodes to
 
 
+def test_preset_reading_blocks_and_ends_as_grpo_sampling_does(tiny_lvlm_dir):
+    """One rule for every generated answer: the preset reader uses completion_tokens, not a copy of its own."""
+    from emofeedback2.engines.judge.generated_reading import GeneratedReader
+    from emofeedback2.engines.judge.presets import PAPER
+
+    scorer = load_lvlm(LVLMConfig(model=str(tiny_lvlm_dir), device="cpu", dtype="float32"))
+    reader = GeneratedReader(scorer, PAPER)
+    assert reader.suppress == blocked_token_ids(scorer.model, scorer.tokenizer)
+    assert reader.end_ids == end_token_ids(scorer.model, scorer.tokenizer)
+
+
 def test_sampling_never_emits_the_image_pad_even_when_the_model_prefers_it(tiny_lvlm_dir, judge_set, tmp_path,
                                                                              one_thread):
     trainer = _trainer(tiny_lvlm_dir, judge_set, tmp_path)

@@ -9,7 +9,8 @@ Per image, every question of the preset is asked ``samples`` times in one left-p
 generation config, as the released judges' scripts run it) or sampled from the full tempered
 distribution (``temperature > 0``: no top-k/top-p/repetition penalty, the distribution a GRPO-trained
 judge was trained on), seeded. Vision and other special tokens are suppressed in generation (an
-image-pad token in an answer would corrupt a later forward pass); generation stops at the end token.
+image-pad token in an answer would corrupt a later forward pass; the same rule as GRPO sampling,
+:mod:`.completion_tokens`); generation stops at the end token.
 
 Each answer is parsed by the preset's parser (:mod:`.answer_parsing`); where the preset allows it and
 the answer is a decimal number, the reading is the expected value of its digits
@@ -34,6 +35,7 @@ from ..images import ImageBatch, to_pil_list
 from ..progress import ProgressCallback, report
 from ..text_safety import sanitize_model_text
 from .answer_parsing import parse_answer
+from .completion_tokens import blocked_token_ids, end_token_ids
 from .digit_expectation import (
     DigitScores, NumberSite, digit_by_digit, digit_token_ids, expected_numbers, locate_site,
 )
@@ -141,24 +143,6 @@ class GeneratedReading:
         return min(masses) if masses else None
 
 
-def special_token_ids_to_suppress(lvlm: Any, end_ids: set[int]) -> list[int]:
-    """Special tokens (vision placeholders, chat markers) and ids past the tokenizer, except the end tokens."""
-    tokenizer = lvlm.tokenizer
-    special = {int(i) for i, token in getattr(tokenizer, "added_tokens_decoder", {}).items() if token.special}
-    special |= {int(i) for i in tokenizer.all_special_ids}
-    config = lvlm.model.config
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    vocab = int(getattr(text_config, "vocab_size", 0) or 0)
-    beyond = set(range(len(tokenizer), vocab))  # padded embedding rows no text decodes to
-    return sorted((special | beyond) - end_ids)
-
-
-def end_token_ids(lvlm: Any) -> set[int]:
-    eos = getattr(getattr(lvlm.model, "generation_config", None), "eos_token_id", None)
-    ids = [eos] if isinstance(eos, int) else list(eos or [])
-    return {int(i) for i in ids + [lvlm.tokenizer.eos_token_id] if i is not None}
-
-
 class GeneratedReader:
     """Generate answers in ``preset``'s format for a batch of images and read V-A from them."""
 
@@ -167,8 +151,8 @@ class GeneratedReader:
         self.preset = preset
         self.settings = settings or SamplingSettings()
         self.settings.check()
-        self.end_ids = end_token_ids(lvlm)
-        self.suppress = special_token_ids_to_suppress(lvlm, self.end_ids)
+        self.end_ids = end_token_ids(lvlm.model, lvlm.tokenizer)
+        self.suppress = blocked_token_ids(lvlm.model, lvlm.tokenizer)
         use_digits = self.settings.reading != "parsed" and preset.expected_value
         self.digit_ids = digit_token_ids(lvlm.tokenizer) if use_digits else None
         self.extra_processors: list[Any] = []  # run after the digit recorder (tests force scripted answers here)
@@ -261,5 +245,4 @@ class GeneratedReader:
         return min(VA_MAX, max(VA_MIN, self.preset.to_va(value)))
 
 
-__all__ = ["AxisReading", "GeneratedReader", "GeneratedReading", "READINGS", "SamplingSettings",
-           "end_token_ids", "special_token_ids_to_suppress"]
+__all__ = ["AxisReading", "GeneratedReader", "GeneratedReading", "READINGS", "SamplingSettings"]
