@@ -65,17 +65,6 @@ def seed_value(text: str) -> int:
 
 
 
-def tolerance_value(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"tolerance must be a number in [0, 6], got {text!r}") from None
-    if not 0.0 <= value <= 6.0:
-        raise argparse.ArgumentTypeError(f"tolerance is a V-A distance in [0, 6], got {value}")
-    return value
-
-
-
 def image_size(text: str) -> int:
     value = positive_int("size", 4096)(text)
     if value % 8:

@@ -83,28 +83,36 @@ def _prompts(args) -> list[str]:
     raise UserError("--prompts FILE (one prompt per line) or --prompt TEXT is required")
 
 
-def _load(args, workdir: Path):
-    """(generator, scorer, description) for --demo or real weights."""
+def _judge_choice(args):
+    """How the judge will be read, settled before any weights load: a bad ``--judge-*`` option or a missing
+    ``--generator``/``--lvlm`` fails in a second, not after the generator and quality models have loaded."""
     from ..engines.errors import UserError
 
+    if args.demo:
+        if args.generator or args.lora or args.adapter:
+            raise UserError("--demo evaluates the embedded demo; drop --generator/--lora/--adapter or drop --demo")
+        if args.lvlm is None:  # a preset needs --lvlm: the demo's judge is the colour heuristic
+            return judge_reading(args, None, "colour")
+    else:
+        if not args.generator:
+            raise UserError("--generator is required (a diffusers folder or hub id), or use --demo")
+        if not args.lvlm:
+            raise UserError("--lvlm is required (a vision-language model folder or hub id, or 'colour')")
+    return judge_reading(args, args.lvlm_adapter, args.lvlm)
+
+
+def _load(args, workdir: Path, choice):
+    """(generator, scorer, description) for --demo or real weights; ``choice`` from :func:`_judge_choice`."""
     if args.demo:
         from ..engines.demo.toy_demo import build_demo_components
         from ..evaluation.demo import DEMO_NOTE, TextRouteGenerator
 
-        if args.generator or args.lora or args.adapter:
-            raise UserError("--demo evaluates the embedded demo; drop --generator/--lora/--adapter or drop --demo")
         components = build_demo_components(workdir)
         strength = 1.0 if args.text_strength is None else args.text_strength
         generator = TextRouteGenerator(components.generator, strength)
-        if args.lvlm is None:
-            judge_reading(args, None, "colour")  # a preset needs --lvlm: the demo's judge is the colour heuristic
-        scorer = components.scorer if args.lvlm is None else _scorer(args)
+        scorer = components.scorer if args.lvlm is None else _scorer(args, choice)
         return generator, scorer, {"generator": f"demo: {generator.name}", "demo": True, "note": DEMO_NOTE,
                                    "text_strength": strength}
-    if not args.generator:
-        raise UserError("--generator is required (a diffusers folder or hub id), or use --demo")
-    if not args.lvlm:
-        raise UserError("--lvlm is required (a vision-language model folder or hub id, or 'colour')")
     from ..engines.generation.diffusers_backend import DiffusersGeneratorConfig, load_diffusers_generator
 
     strength = 0.0 if args.text_strength is None else args.text_strength
@@ -114,13 +122,12 @@ def _load(args, workdir: Path):
     ))
     description = {"generator": args.generator, "lora": args.lora, "adapter": args.adapter, "text_strength": strength,
                    "arch": generator.arch, "demo": False}
-    return generator, _scorer(args), description
+    return generator, _scorer(args, choice), description
 
 
-def _scorer(args):
+def _scorer(args, choice):
     from .lvlm_args import load_scorer
 
-    choice = judge_reading(args, args.lvlm_adapter, args.lvlm)
     return read_with(load_scorer(args.lvlm, args.device, args.dtype, args.lvlm_adapter, **lvlm_load_options(args),
                                  **preset_pixel_options(choice)), choice, args)
 
@@ -165,13 +172,14 @@ def _evaluate(args, out: Path, prompts, targets, sampling, started: float) -> in
     demo = args.demo
     if demo:
         torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    # the quality models first: a wrong --clip or --lpips folder should stop the run before it starts
+    choice = _judge_choice(args)
+    # the quality models next: a wrong --clip or --lpips folder should stop the run before it starts
     device = str(resolve_device(args.device))
     clip = CLIPMetrics(args.clip, device=device) if args.clip else None
     lpips = LPIPSMetric(args.lpips, net=args.lpips_net, device=device) if args.lpips else None
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="emofeedback2-eval-"))
     try:
-        generator, scorer, description = _load(args, workdir)
+        generator, scorer, description = _load(args, workdir, choice)
         judge = getattr(scorer, "name", str(args.lvlm))
         models = {**{k: v for k, v in description.items() if k != "note"}, "judge": judge, "lvlm": args.lvlm,
                   "lvlm_adapter": args.lvlm_adapter}

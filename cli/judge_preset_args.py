@@ -14,6 +14,7 @@ import sys
 from typing import Any, Optional
 
 from ..engines.judge.presets import AUTO, DIGITS, shipped_preset_names
+from .lvlm_args import is_colour
 
 
 def add_judge_preset_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +41,7 @@ def judge_reading(args: argparse.Namespace, adapter: Optional[str], lvlm: str = 
 
     requested = getattr(args, "judge_preset", AUTO) or AUTO
     _settings(args).check()  # before any weights load
-    if lvlm.strip().lower() in ("colour", "color", "colour-heuristic", "color-heuristic"):
+    if is_colour(lvlm):
         if requested not in (AUTO, DIGITS):
             raise JudgePresetError(f"--judge-preset {requested} needs an LVLM that writes text; the colour heuristic "
                                    "reads no answer: pass --lvlm <model folder> or drop --judge-preset")

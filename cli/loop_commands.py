@@ -21,7 +21,6 @@ from .arg_types import (
     image_size,
     positive_int,
     seed_value,
-    tolerance_value,
     va_component,
 )
 from .console import quiet_prompt_truncation
@@ -45,7 +44,7 @@ def _add_schedule_arguments(parser: argparse.ArgumentParser, steps: int, size: i
                         help=f"most rounds of generate → judge → rewrite (default {defaults.rounds})")
     parser.add_argument("--candidates", type=positive_int("candidates", 256), default=defaults.candidates,
                         help=f"images per round, judged in one batch (default {defaults.candidates})")
-    parser.add_argument("--tolerance", type=tolerance_value, default=defaults.tolerance,
+    parser.add_argument("--tolerance", type=finite_number("tolerance (a V-A distance)", 0.0, 6.0), default=defaults.tolerance,
                         help=f"stop once the best image is this close to the target, mean |ΔV|,|ΔA| (default {defaults.tolerance}; 0 = never)")
     parser.add_argument("--min-improvement", type=finite_number("min-improvement", 0.0, 6.0), default=defaults.min_improvement,
                         help=f"stop when a round brings the best and the mean reading less than this closer (default {defaults.min_improvement}; 0 = never)")
@@ -219,6 +218,7 @@ def _load_and_loop(args: argparse.Namespace, out: Path) -> int:
     from ..engines.judge.lvlm_scorer import LVLMLoadError
     from ..engines.loop.refiner import make_refiner
 
+    choice = judge_reading(args, args.lvlm_adapter, args.lvlm)  # before any weights load
     try:
         generator = load_diffusers_generator(DiffusersGeneratorConfig(
             model=args.generator, device=args.device, dtype=args.dtype, lora=args.lora, adapter=args.adapter,
@@ -227,7 +227,6 @@ def _load_and_loop(args: argparse.Namespace, out: Path) -> int:
         raise LoopCommandError(f"--adapter {args.adapter!r} does not fit this generator: {exc}") from exc
     except (ModelLoadError, FileNotFoundError) as exc:
         raise LoopCommandError(f"cannot load --generator {args.generator!r}: {exc}") from exc
-    choice = judge_reading(args, args.lvlm_adapter, args.lvlm)
     try:
         scorer = read_with(load_scorer(args.lvlm, args.device, args.dtype, args.lvlm_adapter, **lvlm_load_options(args),
                                        **preset_pixel_options(choice)), choice, args)

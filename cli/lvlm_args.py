@@ -13,6 +13,13 @@ from typing import Any, Optional
 
 from ..engines.judge.options import ATTENTION_CHOICES, QUANTIZATION_CHOICES
 
+#: ``--lvlm`` values that mean the colour heuristic (weight-free), not a model folder
+COLOUR_NAMES = ("colour", "color", "colour-heuristic", "color-heuristic")
+
+
+def is_colour(spec: str) -> bool:
+    return spec.strip().lower() in COLOUR_NAMES
+
 
 def add_lvlm_load_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--attention`` (old spelling ``--attn`` still accepted) and ``--quantization`` to ``parser``."""
@@ -41,7 +48,7 @@ def load_scorer(spec: str, device: str = "auto", dtype: str = "auto", adapter: O
 
     ``options``: further :class:`LVLMConfig` fields, e.g. from :func:`.lvlm_args.lvlm_load_options`.
     """
-    if spec.lower() in ("colour", "color", "colour-heuristic", "color-heuristic"):
+    if is_colour(spec):
         from ..engines.judge.color_scorer import ColorHeuristicScorer
 
         return ColorHeuristicScorer()

@@ -7,11 +7,10 @@ import json
 from pathlib import Path
 
 from .judge_preset_args import add_judge_preset_arguments, judge_reading, preset_pixel_options, read_with, reading_record
-from .lvlm_args import add_lvlm_load_arguments, lvlm_load_options
+from .lvlm_args import add_lvlm_load_arguments, load_scorer, lvlm_load_options
 from .run_info import run_identity
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
-COLOUR_NAMES = ("colour", "color")
 
 
 def register(subparsers) -> None:
@@ -66,7 +65,6 @@ def _load_images(files: list[Path]):
 
 def run(args: argparse.Namespace) -> int:
     from ..engines.emotion_space import VA, EmotionValueError
-    from ..engines.judge.lvlm_scorer import LVLMConfig, load_lvlm
     from ..engines.judge.scoring import LOW_DIGIT_MASS, assess_readings, reading_rows
 
     # every anticipated failure below is a UserError: cli.main prints it as one line, exit 2
@@ -76,16 +74,10 @@ def run(args: argparse.Namespace) -> int:
     files = _collect(args.images)
     images = _load_images(files)
     choice = judge_reading(args, args.adapter, args.lvlm)
-    if args.lvlm.strip().lower() in COLOUR_NAMES:
-        from ..engines.judge.color_scorer import ColorHeuristicScorer
-
-        scorer = ColorHeuristicScorer()
-    else:
-        options = {"max_pixels": args.max_pixels, **preset_pixel_options(choice, args.max_pixels)}
-        scorer = read_with(load_lvlm(LVLMConfig(
-            model=args.lvlm, dtype=args.dtype, device=args.device, adapter=args.adapter, trust_remote_code=args.trust_remote_code,
-            **options, **lvlm_load_options(args),
-        )), choice, args)
+    options = {"max_pixels": args.max_pixels, **preset_pixel_options(choice, args.max_pixels)}
+    scorer = read_with(load_scorer(args.lvlm, args.device, args.dtype, args.adapter,
+                                   trust_remote_code=args.trust_remote_code, **options, **lvlm_load_options(args)),
+                       choice, args)
     readings = scorer.score(images, analysis=args.analysis)
 
     rows = reading_rows(readings, target)

@@ -419,6 +419,26 @@ def test_score_cli_with_the_eemo_logic_preset_flags_every_garbage_answer(tiny_lv
     assert "colour heuristic" in capsys.readouterr().err
 
 
+def test_loop_and_eval_check_the_judge_options_before_loading_any_weights(tmp_path, capsys, monkeypatch):
+    """A bad --judge-* option fails before the generator loads (with a real generator that is minutes)."""
+    from emofeedback2.cli import main
+    from emofeedback2.engines.generation import diffusers_backend
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the generator was loaded before the judge options were checked")
+
+    monkeypatch.setattr(diffusers_backend, "load_diffusers_generator", no_load)
+    bad = ["--judge-preset", "paper", "--judge-samples", "2"]  # > 1 sample needs a temperature > 0
+    assert main(["loop", "--prompt", "a lake", "--valence", "1", "--arousal", "1", "--generator", str(tmp_path / "gen"), "--lvlm", str(tmp_path / "judge"),
+                 "--out", str(tmp_path / "loop"), *bad]) == 2
+    assert "temperature > 0" in capsys.readouterr().err
+    (tmp_path / "prompts.txt").write_text("a lake\n")
+    assert main(["eval", "--generator", str(tmp_path / "gen"), "--lvlm", str(tmp_path / "judge"),
+                 "--prompts", str(tmp_path / "prompts.txt"),
+                 "--out", str(tmp_path / "eval"), *bad]) == 2
+    assert "temperature > 0" in capsys.readouterr().err
+
+
 def test_loader_node_offers_the_presets_and_returns_a_preset_judge(fake_comfy, tiny_lvlm_dir):
     import shutil
 

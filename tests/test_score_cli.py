@@ -29,8 +29,9 @@ def test_score_with_tiny_lvlm_prints_json_rows(tiny_lvlm_dir, image_files, capsy
     assert out["heuristic"] is False and out["target"] == {"valence": 1.5, "arousal": -0.5}
 
 
-def test_colour_heuristic_on_a_folder_is_labelled(image_files, capsys):
-    assert main(["score", str(image_files[0].parent), "--lvlm", "colour"]) == 0
+@pytest.mark.parametrize("name", ["colour", "color-heuristic"])  # every name loop and eval accept
+def test_colour_heuristic_on_a_folder_is_labelled(image_files, capsys, name):
+    assert main(["score", str(image_files[0].parent), "--lvlm", name]) == 0
     out = capsys.readouterr().out
     assert "heuristic" in out and "bright.png" in out and "dark.jpg" in out
 
