@@ -147,6 +147,19 @@ def test_a_record_without_usable_limits_is_ignored(tmp_path, content):
     assert adapter_pixel_limits(str(tmp_path / "missing")) == {} and adapter_pixel_limits(None) == {}
 
 
+def test_only_processors_sized_by_area_report_pixel_limits(tiny_lvlm_dirs):
+    """SmolVLM sizes by edge length: its ``size.longest_edge`` is no ``max_pixels`` (it was recorded as one,
+    the tiny SmolVLM's 64 px edge as ``max_pixels: 64``, and then warned about as an override)."""
+    from emofeedback2.engines.judge.lvlm_loading import processor_pixel_limits
+
+    smolvlm = load_lvlm(LVLMConfig(model=str(tiny_lvlm_dirs["smolvlm"]), device="cpu", dtype="float32"))
+    assert "longest_edge" in smolvlm.processor.image_processor.size
+    assert processor_pixel_limits(smolvlm.processor) == {"min_pixels": None, "max_pixels": None}
+    qwen = load_lvlm(LVLMConfig(model=str(tiny_lvlm_dirs["qwen2_5_vl"]), device="cpu", dtype="float32",
+                                max_pixels=TRAINED_PIXELS))
+    assert processor_pixel_limits(qwen.processor)["max_pixels"] == TRAINED_PIXELS
+
+
 def test_an_adapter_under_home_is_read_alike_by_every_reader(tmp_path, monkeypatch):
     """``~/adapter``: pixel limits, objective and the model card's record all come from the one reader.
 

@@ -140,10 +140,16 @@ def _apply_pixel_limits(processor: Any, min_pixels: Optional[int], max_pixels: O
 
 
 def processor_pixel_limits(processor: Any) -> dict[str, Optional[int]]:
-    """The pixel limits the processor applies now, in the fields :func:`_apply_pixel_limits` sets."""
+    """The pixel limits the processor applies now, in the fields :func:`_apply_pixel_limits` sets.
+
+    Only processors that size images by area have pixel limits: SmolVLM's ``size.longest_edge`` is an
+    edge length, not a pixel count, so it gives ``None`` for both (nothing to record with an adapter).
+    """
     image_processor = getattr(processor, "image_processor", None)
+    limits: dict[str, Optional[int]] = {name: None for name in PIXEL_FIELDS}
+    if image_processor is None or not _sizes_by_area(image_processor):
+        return limits
     size = dict(getattr(image_processor, "size", None) or {})
-    limits = {}
     for name, key in (("min_pixels", "shortest_edge"), ("max_pixels", "longest_edge")):
         value = getattr(image_processor, name, None)
         value = value if value is not None else size.get(key)
