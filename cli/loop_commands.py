@@ -116,10 +116,10 @@ def _config(args):
 
 def _run_and_report(generator, scorer, refiner, prompt: str, target, config, out: Path, extra: dict) -> int:
     from ..engines.judge.scoring import RecordedScorer
-    from ..engines.loop.feedback_loop import run_feedback_loop
+    from ..engines.loop.feedback_loop import progress_units, run_feedback_loop
     from ..engines.progress import TqdmProgress
 
-    bar = TqdmProgress("feedback loop", total=config.rounds * (config.candidates + 1))
+    bar = TqdmProgress("feedback loop", total=progress_units(config))
     judged = RecordedScorer(scorer)  # keeps the readings: are they trustworthy? (digit mass, spread)
     try:
         with quiet_prompt_truncation() as truncations:

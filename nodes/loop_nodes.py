@@ -13,7 +13,7 @@ from typing import Any, Optional
 import torch
 
 from ..engines.emotion_space import VA
-from ..engines.loop.feedback_loop import LoopConfig, run_feedback_loop
+from ..engines.loop.feedback_loop import LoopConfig, progress_units, run_feedback_loop
 from ..engines.images import check_image_tensor
 from ..engines.loop.refiner import make_refiner
 from ..engines.judge.scoring import EmotionScorer, RecordedScorer
@@ -227,11 +227,11 @@ class EmoRewardLoop:
             adapter_strength=float(adapter_strength) if emotion_adapter is not None else 0.0,
         )
         generator = ComfyGenerator(model, clip, vae, sampler_name=sampler_name, scheduler=scheduler, adapter=emotion_adapter)
-        progress = comfy_bridge.make_progress(config.rounds * (config.candidates + 1))
+        progress = comfy_bridge.make_progress(progress_units(config))
         judged = RecordedScorer(lvlm)  # keeps the readings, to flag low digit mass / near-constant ones
         result = run_feedback_loop(generator, judged, make_refiner(lvlm), prompt, target, config, progress=progress)
         plot = plot_to_tensor(plot_trajectory(result))
-        history = {**json.loads(result.to_json()), "reading_trust": judged.trust().as_dict()}
+        history = {**result.to_dict(), "reading_trust": judged.trust().as_dict()}
         return (result.best_image, result.images, result.final_prompt, json.dumps(history), plot, judge_label(lvlm))
 
 

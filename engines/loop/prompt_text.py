@@ -158,7 +158,7 @@ def fit_budget(parts: Sequence[str], token_budget: int = CLIP_TOKEN_BUDGET, max_
     parts = [p for p in parts if p]
     while len(parts) > keep:
         text = ", ".join(parts)
-        if estimate_clip_tokens(text) <= token_budget and len(WORD_RE.findall(text)) <= max_words:
+        if estimate_clip_tokens(text) <= token_budget and count_words(text) <= max_words:
             return text
         parts = parts[:-1]
     return ", ".join(parts)
