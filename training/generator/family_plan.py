@@ -32,7 +32,6 @@ class Family:
     denoiser_class: str  # the diffusers class of ``pipe.transformer``: how the family is detected
     text_tokens: int  # length of the conditioning sequence the pipeline's encode_prompt returns
     true_cfg: bool  # False: guidance-distilled, no negative branch whatever guidance_scale says
-    lora_targets: tuple[str, ...]  # attention projections (used when model.lora_targets is empty)
     latent: Callable[[nn.Module, int], tuple[int, ...]]  # (denoiser, latent side) -> one sample's model input
     decoded: Callable[[nn.Module, int], tuple[int, ...]]  # (vae, latent side) -> one sample's VAE input
     inputs: Inputs  # builds the denoiser's keyword arguments
@@ -110,20 +109,16 @@ def _vae_latent(vae: nn.Module, side: int) -> tuple[int, ...]:
 
 FAMILIES: dict[str, Family] = {
     "flux": Family("flux", "FluxTransformer2DModel", real_configs.FLUX1_T5_TOKENS, False,
-                   ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"),
                    _flux_latent, _vae_latent, _flux_inputs),
     # the step-distilled Klein (the recipe's); the undistilled klein-base models use true CFG, which the
     # transformer's config does not tell apart (the pipeline's is_distilled does)
     "flux2_klein": Family("flux2_klein", "Flux2Transformer2DModel", real_configs.FLUX2_KLEIN_TOKENS, False,
-                          ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj",
-                           "to_add_out", "to_qkv_mlp_proj"),
                           _flux_latent, _flux2_decoded, _flux2_inputs),
     "qwen_image": Family("qwen_image", "QwenImageTransformer2DModel", real_configs.LLM_PROMPT_TOKENS, True,
-                         ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"),
                          _flux_latent, _qwen_decoded, _qwen_inputs),
     # Z-Image: classic CFG when guidance != 1 (the base model); Turbo's recipe runs at 1, so no branch
     "z_image": Family("z_image", "ZImageTransformer2DModel", real_configs.LLM_PROMPT_TOKENS, True,
-                      ("to_q", "to_k", "to_v", "to_out.0"), _zimage_latent, _vae_latent, _zimage_inputs),
+                      _zimage_latent, _vae_latent, _zimage_inputs),
 }
 
 
@@ -206,12 +201,3 @@ def plan_forward(family: Family, denoiser: nn.Module, adapter: Optional[nn.Modul
 
     return net, forward, decode
 
-
-def adapter_arch(arch: str, pooled_dim: Optional[int]) -> str:
-    """An arch label the emotion adapter's config accepts: its size depends only on the widths it is given,
-    so a family the adapter module does not list yet borrows the label of one with (or without) a pooled input."""
-    from ...engines.generation.emotion_adapter import ARCH_DIMS
-
-    if arch in ARCH_DIMS:
-        return arch
-    return "sd3" if pooled_dim else "sd15"

@@ -164,7 +164,7 @@ def plan_training(config, *, components: Optional[dict[str, nn.Module]] = None,
     with torch.device("meta"):
         add_lora(denoiser, arch, m.lora_rank, m.lora_alpha, list(m.lora_targets))  # empty: the family defaults
     tokens, ctx_dim, pooled_dim = _conditioning_dims(arch, components)
-    adapter = adapter_on_meta(config, family_plan.adapter_arch(arch, pooled_dim), ctx_dim, pooled_dim)
+    adapter = adapter_on_meta(config, arch, ctx_dim, pooled_dim)
     out += trainable_parts(setup, count_params(denoiser, lambda n, p: "lora_" in n),
                            count_params(adapter) if adapter is not None else 0)
     per_prompt = tokens * ctx_dim + (pooled_dim or 0)
@@ -179,7 +179,7 @@ def plan_training(config, *, components: Optional[dict[str, nn.Module]] = None,
     if family is not None:
         latent = family_plan.latent_values(family, denoiser, vae, s.resolution)
     else:
-        latent = denoiser.config.in_channels * (s.resolution // 2 ** (len(vae.config.block_out_channels) - 1)) ** 2
+        latent = denoiser.config.in_channels * (s.resolution // family_plan.vae_scale(vae)) ** 2
     out += step_parts(setup, latent, per_prompt, acts)
     judged = setup.samples if config.reward_schedule == "step" else g.batch_size
     for spec, phase in zip(config.rewards, reward_phases):
