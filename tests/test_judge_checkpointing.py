@@ -99,3 +99,18 @@ def test_checkpointed_training_readout_is_what_the_scorer_reads(tiny_lvlm_dir, j
     assert va[:, 1].tolist() == pytest.approx(read.arousal.tolist(), abs=1e-5)
     base = load_lvlm(LVLMConfig(model=str(tiny_lvlm_dir), device="cpu", dtype="float32")).score_details(images)
     assert (base.valence - read.valence).abs().max() > 1e-3  # it trained: the comparison can fail
+
+
+def test_one_cache_rule_decides_the_shared_prefix(tiny_lvlm_dir):
+    """shares_prefix follows transformers (keeps_cache): checkpointing drops the cache only in a training
+    forward *with* gradients; a no-grad pass in training mode keeps it (it used to fall back to full rows)."""
+    scorer = load_lvlm(LVLMConfig(model=str(tiny_lvlm_dir), device="cpu", dtype="float32"))
+    prompt, suffixes = scorer._chat(scorer.prompts.question), [scorer.prompts.valence_prefix]
+    scorer.model.gradient_checkpointing_enable()
+    scorer.model.train()
+    assert not lvlm_batching.keeps_cache(scorer.model) and not scorer._shares_prefix(prompt, suffixes)
+    with torch.no_grad():
+        assert lvlm_batching.keeps_cache(scorer.model) and scorer._shares_prefix(prompt, suffixes)
+    scorer.model.eval()
+    assert scorer._shares_prefix(prompt, suffixes)
+

@@ -222,6 +222,19 @@ def test_shared_prefix_and_shared_vision_equal_full_rows(tiny_lvlm_dirs, family)
         assert torch.allclose(a.valence, x.valence, atol=1e-5) and torch.allclose(a.arousal, x.arousal, atol=1e-5)
 
 
+def test_the_vision_sharing_check_runs_once_per_judge(tiny_lvlm_dir, monkeypatch):
+    """Batching asks the judge's memoised ``_shares_vision``: the signature inspection runs once, not per pass."""
+    from emofeedback2.engines.judge import lvlm_batching
+
+    scorer = load_lvlm(LVLMConfig(model=str(tiny_lvlm_dir), device="cpu", dtype="float32"))
+    calls = []
+    original = lvlm_batching.shares_vision
+    monkeypatch.setattr(lvlm_batching, "shares_vision", lambda judge: (calls.append(1), original(judge))[1])
+    for _ in range(3):
+        scorer.score_details(_images(1, seed=4))
+    assert len(calls) == 1
+
+
 @pytest.mark.parametrize("damage", ["truncated", "overwritten"])
 def test_damaged_weights_file_is_a_clear_error(tiny_lvlm_dir, tmp_path, damage):
     import shutil

@@ -104,14 +104,19 @@ def cache_argument(judge: Any) -> Optional[str]:
     return next((name for name in ("cache", "past_key_values") if name in params), None)
 
 
+def keeps_cache(model: Any) -> bool:
+    """False in a training forward under gradient checkpointing: transformers then drops the key/value
+    cache (``use_cache=False``), so there is no prompt cache to share and every row runs in full."""
+    if not (model.training and torch.is_grad_enabled()):
+        return True
+    return not any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+
+
 def shares_prefix(judge: Any, prompt: str, suffixes: list[str]) -> bool:
-    """Whether the shared-prefix path applies: asked for, a cache is returned, and the suffixes tokenise the
-    same after the prompt as on their own."""
-    if not judge.config.share_prefix or cache_argument(judge) is None:
+    """Whether the shared-prefix path applies: asked for, a cache is returned (:func:`keeps_cache`), and the
+    suffixes tokenise the same after the prompt as on their own."""
+    if not judge.config.share_prefix or cache_argument(judge) is None or not keeps_cache(judge.model):
         return False
-    base = _base(judge)
-    if base.training and getattr(base, "is_activation_checkpointing", False):
-        return False  # transformers turns the cache off under gradient checkpointing in train mode
     prompt_ids = judge.tokenizer.encode(prompt, add_special_tokens=False)
     for suffix in suffixes:
         joint = judge.tokenizer.encode(prompt + suffix, add_special_tokens=False)
@@ -123,7 +128,7 @@ def shares_prefix(judge: Any, prompt: str, suffixes: list[str]) -> bool:
 def full_row_logits(judge: Any, prompt: str, suffixes: list[str], images: list[Any]) -> torch.Tensor:
     """Next-token logits of every ``image × (prompt + suffix)`` row as full sequences of one batch."""
     rows = [prompt + suffix for suffix in suffixes]
-    if shares_vision(judge):
+    if judge._shares_vision():  # memoised on the judge (shares_vision inspects signatures)
         encoded = encode_shared_vision(judge, rows, images)
     else:
         encoded = encode_rows(judge, [row for _ in images for row in rows], [im for im in images for _ in rows])
@@ -133,7 +138,7 @@ def full_row_logits(judge: Any, prompt: str, suffixes: list[str], images: list[A
 def prefix_shared_logits(judge: Any, prompt: str, suffixes: list[str], images: list[Any]) -> torch.Tensor:
     """The same logits with the prompt and image run once per image and only the suffixes per row."""
     n_suffix, n_images = len(suffixes), len(images)
-    if shares_vision(judge):
+    if judge._shares_vision():  # memoised on the judge (shares_vision inspects signatures)
         encoded = encode_shared_vision(judge, [prompt], images)
     else:
         encoded = encode_rows(judge, [prompt] * n_images, images)

@@ -25,14 +25,6 @@ from .options import is_quantized
 from .residency import LocalResidency, Residency
 
 
-def keeps_cache(model: Any) -> bool:
-    """False in a training forward under gradient checkpointing: transformers then drops the key/value
-    cache (``use_cache=False``), so there is no prompt cache to share and every row runs in full."""
-    if not (model.training and torch.is_grad_enabled()):
-        return True
-    return not any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
-
-
 class LVLMModel:
     """A loaded image-text-to-text model with its processor, ready to run prompts on images."""
 
@@ -172,7 +164,7 @@ class LVLMModel:
         answer prefixes run per row, on the prompt's key/value cache; otherwise every row is a full
         sequence of one left-padded batch. Both give the same numbers.
         """
-        if self._shares_prefix(prompt, suffixes) and keeps_cache(self.model):
+        if self._shares_prefix(prompt, suffixes):
             return lvlm_batching.prefix_shared_logits(self, prompt, suffixes, images)
         return lvlm_batching.full_row_logits(self, prompt, suffixes, images)
 
