@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch.distributions import Normal
 
-from emofeedback2.training.grpo import EMA, ema_export_choice, ema_warmup_updates, group_advantages, ppo_clip_loss
+from emofeedback2.training.grpo import (EMA, ema_export_choice, ema_warmup_updates, group_advantages, ppo_clip_loss,
+                                        upgrade_ema_state)
 from emofeedback2.training.generator.step_logprob import (ddim_step_with_logprob, flow_sde_step_with_logprob,
                                                            gaussian_kl_mean, step_kl)
 
@@ -222,6 +223,10 @@ def test_ema_state_round_trips_and_a_legacy_state_continues():
     assert legacy.updates == 7 and torch.equal(legacy.shadow[0], torch.full((2,), 0.25))
     with pytest.raises(ValueError, match="does not match"):
         legacy.load_state_dict({"decay": 0.5, "shadow_params": []})
+    # the export reads a legacy checkpoint's state through the same upgrade: its updates count as averaged
+    upgraded = upgrade_ema_state({"decay": 0.5, "shadow": []}, updates=8)
+    assert upgraded["optimization_step"] == 8 and ema_export_choice(upgraded)[0]
+    assert upgrade_ema_state(ema.state_dict(), updates=99)["optimization_step"] == 3  # a current state: as saved
 
 
 def test_exports_use_the_ema_only_once_it_has_warmed_up():
@@ -232,9 +237,11 @@ def test_exports_use_the_ema_only_once_it_has_warmed_up():
     for _ in range(7):
         ema.update()
     assert not ema_export_choice(ema.state_dict())[0]
+    assert not ema.warmed_up and ema_export_choice(ema) == ema_export_choice(ema.state_dict())  # one rule
     ema.update()
     use, note = ema_export_choice(ema.state_dict())
     assert use and "EMA weights" in note
+    assert ema.warmed_up and ema_export_choice(ema) == (use, note)
     assert ema_export_choice(ema.state_dict(), wanted=False)[0] is False
     assert ema_export_choice(None) == (False, "exporting the live weights (no EMA kept)")
 

@@ -157,7 +157,7 @@ class EMA:
 
     @property
     def warmed_up(self) -> bool:
-        return self.updates >= self.warmup_updates
+        return ema_warmed_up(self.updates, self.decay)
 
     @torch.no_grad()
     def update(self) -> None:
@@ -171,9 +171,7 @@ class EMA:
     def load_state_dict(self, state: dict, updates: int = 0) -> None:
         """Restore a :meth:`state_dict`; a checkpoint of the hand-written EMA before it (``decay`` and
         ``shadow``) continues as if its ``updates`` optimizer updates had been averaged with the warm-up."""
-        if "shadow" in state and "shadow_params" not in state:
-            state = {"decay": float(state["decay"]), "shadow_params": state["shadow"],
-                     "optimization_step": int(updates)}
+        state = upgrade_ema_state(state, updates)
         if len(state.get("shadow_params", ())) != len(self.shadow):
             raise ValueError("EMA state does not match the trainable parameters")
         devices = [s.device for s in self.shadow]
@@ -201,15 +199,31 @@ def ema_warmup_updates(decay: float) -> int:
     return max(0, n)
 
 
-def ema_export_choice(ema_state: Optional[dict], wanted: bool = True) -> tuple[bool, str]:
-    """Whether an export uses the EMA (kept, wanted and warmed up), and the sentence that says so."""
-    if not ema_state:
+def ema_warmed_up(updates: int, decay: float) -> bool:
+    """Whether an EMA with ``decay`` has warmed up after ``updates`` optimizer updates (its decay reached)."""
+    return updates >= ema_warmup_updates(decay)
+
+
+def upgrade_ema_state(state: dict, updates: int) -> dict:
+    """``state`` in diffusers ``EMAModel``'s layout. A checkpoint of the hand-written EMA before it (``decay``
+    and ``shadow``) becomes one whose ``updates`` optimizer updates were averaged with the warm-up."""
+    if "shadow" in state and "shadow_params" not in state:
+        return {"decay": float(state["decay"]), "shadow_params": state["shadow"], "optimization_step": int(updates)}
+    return state
+
+
+def ema_export_choice(ema: "EMA | dict | None", wanted: bool = True) -> tuple[bool, str]:
+    """Whether an export uses the EMA (kept, wanted and warmed up), and the sentence that says so. ``ema``: the
+    :class:`EMA` itself or its saved state (only its update count and decay are read)."""
+    if not ema:
         return False, "exporting the live weights (no EMA kept)"
-    updates = int(ema_state.get("optimization_step", 0))
-    needed = ema_warmup_updates(float(ema_state.get("decay", 0.0)))
+    if isinstance(ema, EMA):
+        updates, decay = ema.updates, ema.decay
+    else:
+        updates, decay = int(ema.get("optimization_step", 0)), float(ema.get("decay", 0.0))
     if not wanted:
         return False, "exporting the live weights (EMA not asked for)"
-    if updates < needed:
-        return False, (f"exporting the live weights: the EMA has not warmed up ({updates} of {needed} updates "
-                       f"before its decay reaches {float(ema_state['decay']):g})")
-    return True, f"exporting the EMA weights (warmed up: {updates} updates, decay {float(ema_state['decay']):g})"
+    if not ema_warmed_up(updates, decay):
+        return False, (f"exporting the live weights: the EMA has not warmed up ({updates} of "
+                       f"{ema_warmup_updates(decay)} updates before its decay reaches {decay:g})")
+    return True, f"exporting the EMA weights (warmed up: {updates} updates, decay {decay:g})"

@@ -183,11 +183,11 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, use_ema: bool
         arch, rank, alpha = meta["arch"], int(model["lora_rank"]), float(model["lora_alpha"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{checkpoint}/state.json lacks the run's model settings ({exc})") from exc
-    from ..grpo import ema_export_choice
+    from ..grpo import ema_export_choice, upgrade_ema_state
 
     ema_state = (_state or {}).get("ema") if any(k.startswith("ema.") for k in weights) else None
-    if ema_state and "optimization_step" not in ema_state:  # an EMA from before diffusers' EMAModel: one per update
-        ema_state = {**ema_state, "optimization_step": int((_state or {}).get("updates", 0))}
+    if ema_state:  # an EMA from before diffusers' EMAModel: one averaged update per optimizer update
+        ema_state = upgrade_ema_state(ema_state, int((_state or {}).get("updates", 0)))
     with_ema, note = ema_export_choice(ema_state, use_ema)  # the EMA only once it has warmed up
     print(f"[export] {note}")
     if with_ema:

@@ -28,6 +28,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from ..config_fields import ConfigError
+from ..grpo import upgrade_ema_state
 
 
 def is_sharded(accelerator: Any) -> bool:
@@ -149,8 +150,7 @@ def ema_state(ema: Any) -> dict:
 def load_ema_state(ema: Any, state: dict, updates: int = 0) -> None:
     """Restore :func:`ema_state` into ``ema`` (each process keeps its shard of the shadows). A checkpoint of
     the hand-written EMA before it (``decay`` and ``shadow``) counts its ``updates`` as averaged updates."""
-    if "shadow" in state and "shadow_params" not in state:
-        state = {"decay": float(state["decay"]), "shadow_params": state["shadow"], "optimization_step": int(updates)}
+    state = upgrade_ema_state(state, updates)
     shadows = state.get("shadow_params", ())
     if len(shadows) != len(ema.shadow):
         raise ValueError("EMA state does not match the trainable parameters")

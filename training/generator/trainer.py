@@ -226,7 +226,7 @@ class GRPOTrainer:
         Every process must call it (under FSDP the weights are gathered); the main process writes."""
         from .export import export_all
 
-        use_ema, note = ema_export_choice(self.ema.state_dict() if self.ema is not None else None)
+        use_ema, note = ema_export_choice(self.ema)  # reads its counters, copies no shadow
         if self.accelerator.is_main_process:
             print(f"[train] {note}")
         if use_ema:
