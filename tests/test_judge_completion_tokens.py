@@ -97,6 +97,20 @@ def test_sampling_never_emits_the_image_pad_even_when_the_model_prefers_it(tiny_
         handle.remove()
 
 
+def test_a_rollout_works_out_the_blocked_ids_once(tiny_lvlm_dir, judge_set, tmp_path, one_thread, monkeypatch):
+    """Sampling suppresses and the rollout refuses by the same list, computed once per GRPO step."""
+    from emofeedback2.training.judge import grpo_objective
+
+    trainer = _trainer(tiny_lvlm_dir, judge_set, tmp_path)
+    calls = []
+    original = grpo_objective.blocked_token_ids
+    monkeypatch.setattr(grpo_objective, "blocked_token_ids", lambda scorer: (calls.append(1), original(scorer))[1])
+    trainer.model.eval()
+    images = load_images(trainer.train_rows[:2])
+    sample_rollout(trainer.scorer, images, trainer.labels[:2], trainer.config.objective, seed=0)
+    assert len(calls) == 1
+
+
 def test_refuse_blocked_pads_a_refused_row_and_every_position_past_the_end():
     completion = torch.tensor([[5, 7, 9, 2], [5, 9, 7, 2], [5, 6, 2, 1]])  # 7 blocked, 2 = end, 1 = pad
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 0]], dtype=torch.bool)

@@ -140,13 +140,17 @@ def encode_prompts(scorer: Any, images: Sequence[Any], objective: Any) -> list[d
 
 
 def build_rollout(scorer: Any, images: Sequence[Any], labels: torch.Tensor, completions: Sequence[torch.Tensor],
-                  objective: Any, encodings: Optional[list[dict[str, Any]]] = None) -> Rollout:
-    """A rollout from given completion ids (one ``[n, T]`` tensor per chunk of ``rows_per_pass`` rows)."""
+                  objective: Any, encodings: Optional[list[dict[str, Any]]] = None,
+                  blocked: Optional[list[int]] = None) -> Rollout:
+    """A rollout from given completion ids (one ``[n, T]`` tensor per chunk of ``rows_per_pass`` rows).
+
+    ``encodings`` and ``blocked`` (:func:`blocked_token_ids`) are computed here unless the sampler passes its own.
+    """
     group = objective.group_size
     n_rows = len(images) * group
     encodings = encodings if encodings is not None else encode_prompts(scorer, images, objective)
     end_ids = end_token_ids(scorer)
-    blocked = blocked_token_ids(scorer)
+    blocked = blocked if blocked is not None else blocked_token_ids(scorer)
     blocked_ids = torch.tensor(blocked, dtype=torch.long)
     chunks, texts, refused = [], [], 0
     for (start, stop), completion, encoded in zip(_row_chunks(n_rows, objective.rows_per_pass), completions,
@@ -186,7 +190,7 @@ def sample_rollout(scorer: Any, images: Sequence[Any], labels: torch.Tensor, obj
                 pad_token_id=scorer.tokenizer.pad_token_id, suppress_tokens=blocked or None,
             )
             completions.append(generated[:, encoded["input_ids"].shape[1]:])
-    return build_rollout(scorer, images, labels, completions, objective, encodings)
+    return build_rollout(scorer, images, labels, completions, objective, encodings, blocked)
 
 
 # --- log-probs and the loss ------------------------------------------------------------------------
