@@ -151,18 +151,11 @@ def soft_label_loss(readout: ReadoutLogits, labels: torch.Tensor, sigma: float, 
     return SoftLabelLoss(loss=loss, cross_entropy=float(ce.detach()), mass_nll=float(mass_nll.detach()), mae=float(mae))
 
 
-def minimum_cross_entropy(labels: torch.Tensor, sigma: float) -> float:
-    """Entropy of the soft targets: the floor the cross-entropy can reach (for logging a gap)."""
-    target = soft_digit_targets(labels.float(), sigma)
-    return float(-torch.special.xlogy(target, target).sum(dim=-1).mean())
-
-
 __all__ = [
     "N_DIGITS",
     "ReadoutLogits",
     "SoftLabelLoss",
     "digit_to_va",
-    "minimum_cross_entropy",
     "readout_logits",
     "soft_digit_targets",
     "soft_label_loss",
