@@ -3,6 +3,7 @@ mixed sizes equal to one-by-one reading, the fast paths, and the per-tokenizer d
 
 from __future__ import annotations
 
+import logging
 import shutil
 
 import pytest
@@ -79,8 +80,11 @@ def test_gemma_prompt_carries_one_bos_token(tiny_lvlm_dirs):
 
 
 @pytest.mark.parametrize("family, kept", [("qwen2_5_vl", True), ("gemma3", True), ("smolvlm", False)])
-def test_answer_prefix_keeps_or_drops_its_space_by_how_the_tokenizer_splits_it(tiny_lvlm_dirs, family, kept):
-    scorer = load(tiny_lvlm_dirs[family])
+def test_answer_prefix_keeps_or_drops_its_space_by_how_the_tokenizer_splits_it(tiny_lvlm_dirs, family, kept, caplog):
+    with caplog.at_level(logging.INFO, logger="emofeedback2.engines.judge.lvlm_scorer"):
+        scorer = load(tiny_lvlm_dirs[family])
+    notes = [r.getMessage() for r in caplog.records if r.name == "emofeedback2.engines.judge.lvlm_scorer"]
+    assert notes == ([] if kept else [f"judge {tiny_lvlm_dirs[family]}: {scorer.readout_note}"])  # said once, at load
     tokens = scorer.tokenizer.convert_ids_to_tokens(scorer.digit_ids)
     if kept:  # space and digit are separate tokens: the prefix ends with the space, digits are bare
         assert scorer.prompts.valence_prefix == "Valence: " and tokens == list("123456789")

@@ -19,6 +19,7 @@ adapter folder produced by training.
 
 from __future__ import annotations
 
+import logging
 from typing import Optional, Union
 
 import torch
@@ -82,6 +83,8 @@ def load_lvlm(config: LVLMConfig, residency: Optional[Residency] = None) -> "LVL
         raise LVLMLoadError(f"{source} has no image processor and tokenizer; it is not a vision-language model folder.")
     apply_pixel_limits(processor, config)  # explicit limits, else those the adapter was trained at
     scorer = LVLMScorer(model, processor, config, device=device, dtype=dtype, source=source, residency=residency)
+    if scorer.readout_note:  # the answer prefixes differ from the configured ones: say why, once per load
+        logging.getLogger(__name__).info("judge %s: %s", source, scorer.readout_note)
     scorer.residency.place(scorer)
     return scorer
 
