@@ -31,6 +31,13 @@ def run_files(tmp_path_factory, tiny_pipeline_dir):
     (["--set", "heldout.every=1", "--set", "heldout.prompts_file={root}/missing.txt"], "set heldout.prompts_file"),
     (["--set", "rewards.0.kind=lvlm", "--set", "rewards.0.path={root}", "--set", "rewards.0.adapter={root}/no-adapter"],
      "rewards[0].adapter"),
+    # the held-out quality judge is checked as a training reward is, and named as itself ({{}}: str.format)
+    (["--set", 'heldout.quality={{"kind": "brightness", "dtype": "float8"}}'],
+     "heldout.quality.dtype must be float32, float16 or bfloat16, got 'float8'"),
+    (["--set", 'heldout.quality={{"kind": "lvlm", "path": "org/judge", "quantization": "3bit"}}'],
+     "heldout.quality.quantization must be 'none', '8bit' or '4bit', got '3bit'"),
+    (["--set", 'heldout.quality={{"kind": "clip_quality", "path": "org/pick", "max_pixels": 100000}}'],
+     "heldout.quality.max_pixels must be >= 0"),
 ])
 def test_dry_run_catches_it_in_one_line(run_files, extra, message, capsys):
     root, config, _ = run_files

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..config_fields import ConfigError, _number
 from ...engines.generation.pipeline_families import ARCHES as MODEL_ARCHES
-from ...engines.judge.options import ATTENTION_SETTINGS
+from ...engines.judge.options import ATTENTION_SETTINGS, QUANTIZATION_CHOICES
 from .config_schema import TrainConfig
 
 
@@ -78,6 +78,7 @@ def _check_device(device: str, name: str) -> None:
 NORMALIZATIONS = ("group", "batch", "none")
 REWARD_KINDS = ("lvlm", "lvlm_reasoning", "color", "brightness", "clip_quality")
 LVLM_REWARD_KINDS = ("lvlm", "lvlm_reasoning")
+LOW_MASS_RULES = ("floor", "keep")  # rewards.LVLMVAReward's low_digit_mass: floor such an image at 0, or keep it
 
 
 def check_one_normalization(rules: list[str]) -> str:
@@ -122,22 +123,7 @@ def validate(config: TrainConfig) -> None:
         if not 0 <= start < end <= s.steps:
             raise ConfigError(f"grpo.train_window {g.train_window} must satisfy 0 <= start < end <= sampling.steps={s.steps}")
     for i, r in enumerate(config.rewards):
-        if r.kind not in REWARD_KINDS:
-            raise ConfigError(f"rewards[{i}].kind must be one of {', '.join(REWARD_KINDS)}, got {r.kind!r}")
-        if r.preset and r.kind != "lvlm_reasoning":
-            raise ConfigError(f"rewards[{i}].preset applies to kind = 'lvlm_reasoning' (the judge writes an answer in "
-                              f"the preset's format): set kind = 'lvlm_reasoning' or remove preset")
-        if r.kind in ("lvlm", "lvlm_reasoning", "clip_quality") and not r.path:
-            raise ConfigError(f"rewards[{i}] ({r.kind}) needs path = a local model folder or hub id")
-        if r.kind == "lvlm_reasoning":
-            from .reasoning_reward import sampling_settings
-
-            sampling_settings(r, i)  # samples, temperature, max_new_tokens, reading, unparsable_reward
-        if r.normalize not in NORMALIZATIONS:
-            raise ConfigError(f"rewards[{i}].normalize must be 'group', 'batch' or 'none', got {r.normalize!r}")
-        if r.dtype not in ("float32", "float16", "bfloat16"):
-            raise ConfigError(f"rewards[{i}].dtype must be float32, float16 or bfloat16, got {r.dtype!r}")
-        _check_device(r.device, f"rewards[{i}].device")
+        _check_reward(r, f"rewards[{i}]")
     check_one_normalization([r.normalize for r in config.rewards])  # before any reward model loads
     _validate_one_gpu_options(config)
     if config.max_steps < 0 or config.save_every < 1 or config.keep_checkpoints < 1:
@@ -197,30 +183,56 @@ def _check_local_path(value: str, name: str, folder: bool, required: bool) -> No
         raise ConfigError(f"{name} = {text!r} is a folder; it must be a .safetensors file")
 
 
+def _check_reward(r, where: str) -> None:
+    """One reward spec, ``rewards[i]`` or ``heldout.quality`` (named ``where`` in the messages): its kind, model
+    path, normalisation and how its model loads (dtype, device, quantization, attention, max_pixels, ...)."""
+    if r.kind not in REWARD_KINDS:
+        raise ConfigError(f"{where}.kind must be one of {', '.join(REWARD_KINDS)}, got {r.kind!r}")
+    if r.preset and r.kind != "lvlm_reasoning":
+        raise ConfigError(f"{where}.preset applies to kind = 'lvlm_reasoning' (the judge writes an answer in "
+                          f"the preset's format): set kind = 'lvlm_reasoning' or remove preset")
+    if r.kind in (*LVLM_REWARD_KINDS, "clip_quality") and not r.path:
+        raise ConfigError(f"{where} ({r.kind}) needs path = a local model folder or hub id")
+    if r.kind == "lvlm_reasoning":
+        from .reasoning_reward import sampling_settings
+
+        sampling_settings(r, where=where)  # samples, temperature, max_new_tokens, reading, unparsable_reward
+    if r.normalize not in NORMALIZATIONS:
+        raise ConfigError(f"{where}.normalize must be 'group', 'batch' or 'none', got {r.normalize!r}")
+    if r.dtype not in ("float32", "float16", "bfloat16"):
+        raise ConfigError(f"{where}.dtype must be float32, float16 or bfloat16, got {r.dtype!r}")
+    _check_device(r.device, f"{where}.device")
+    if r.quantization not in QUANTIZATION_CHOICES:
+        raise ConfigError(f"{where}.quantization must be {_choices(QUANTIZATION_CHOICES)}, got {r.quantization!r}")
+    if r.quantization != "none" and r.kind not in LVLM_REWARD_KINDS:
+        raise ConfigError(f"{where}.quantization applies to the LVLM judge only (kind = 'lvlm' or 'lvlm_reasoning')")
+    if r.attention not in ATTENTION_SETTINGS:
+        raise ConfigError(f"{where}.attention must be one of {', '.join(ATTENTION_SETTINGS)}, got {r.attention!r}")
+    if r.attention != "auto" and r.kind not in LVLM_REWARD_KINDS:
+        raise ConfigError(f"{where}.attention applies to the LVLM judge only (kind = 'lvlm' or 'lvlm_reasoning')")
+    if r.role not in ("auto", "emotion", "quality"):
+        raise ConfigError(f"{where}.role must be 'auto', 'emotion' or 'quality', got {r.role!r}")
+    if r.low_digit_mass not in LOW_MASS_RULES:  # the digit readout's mass ('lvlm'); reasoning answers are parsed
+        raise ConfigError(f"{where}.low_digit_mass must be {_choices(LOW_MASS_RULES)}, got {r.low_digit_mass!r}")
+    if r.max_pixels < 0 or (r.max_pixels and r.kind not in LVLM_REWARD_KINDS):
+        raise ConfigError(f"{where}.max_pixels must be >= 0 (0 = the adapter's training limit, else the "
+                          "model's own) and applies to the LVLM judge only")
+    if r.images_per_pass < 0:
+        raise ConfigError(f"{where}.images_per_pass must be >= 0 (0 = all images in one pass)")
+
+
+def _choices(names: tuple[str, ...]) -> str:
+    """'a', 'b' or 'c'."""
+    quoted = [repr(n) for n in names]
+    return ", ".join(quoted[:-1]) + " or " + quoted[-1] if len(quoted) > 1 else quoted[0]
+
+
 def _validate_one_gpu_options(config: TrainConfig) -> None:
     """Judge placement, guards and the held-out check (issue 15's options)."""
     if config.grpo.ratio_norm not in ("none", "grpo_guard"):
         raise ConfigError(f"grpo.ratio_norm must be 'none' or 'grpo_guard', got {config.grpo.ratio_norm!r}")
     if config.reward_schedule not in ("step", "micro_batch"):
         raise ConfigError(f"reward_schedule must be 'step' or 'micro_batch', got {config.reward_schedule!r}")
-    for i, r in enumerate(config.rewards):
-        if r.quantization not in ("none", "8bit", "4bit"):
-            raise ConfigError(f"rewards[{i}].quantization must be 'none', '8bit' or '4bit', got {r.quantization!r}")
-        if r.quantization != "none" and r.kind not in LVLM_REWARD_KINDS:
-            raise ConfigError(f"rewards[{i}].quantization applies to the LVLM judge only (kind = 'lvlm' or 'lvlm_reasoning')")
-        if r.attention not in ATTENTION_SETTINGS:
-            raise ConfigError(f"rewards[{i}].attention must be one of {', '.join(ATTENTION_SETTINGS)}, got {r.attention!r}")
-        if r.attention != "auto" and r.kind not in LVLM_REWARD_KINDS:
-            raise ConfigError(f"rewards[{i}].attention applies to the LVLM judge only (kind = 'lvlm' or 'lvlm_reasoning')")
-        if r.role not in ("auto", "emotion", "quality"):
-            raise ConfigError(f"rewards[{i}].role must be 'auto', 'emotion' or 'quality', got {r.role!r}")
-        if r.low_digit_mass not in ("floor", "keep"):  # the digit readout's mass ('lvlm'); reasoning answers are parsed
-            raise ConfigError(f"rewards[{i}].low_digit_mass must be 'floor' or 'keep', got {r.low_digit_mass!r}")
-        if r.max_pixels < 0 or (r.max_pixels and r.kind not in LVLM_REWARD_KINDS):
-            raise ConfigError(f"rewards[{i}].max_pixels must be >= 0 (0 = the adapter's training limit, else the "
-                              "model's own) and applies to the LVLM judge only")
-        if r.images_per_pass < 0:
-            raise ConfigError(f"rewards[{i}].images_per_pass must be >= 0 (0 = all images in one pass)")
     h = config.heldout
     if h.every < 0 or h.num_prompts < 1 or h.steps < 0:
         raise ConfigError("heldout.every and heldout.steps must be >= 0 and heldout.num_prompts >= 1")
@@ -229,11 +241,7 @@ def _validate_one_gpu_options(config: TrainConfig) -> None:
     if h.quality:
         from .config_loading import quality_spec
 
-        q = quality_spec(h.quality)
-        if q.kind not in REWARD_KINDS:
-            raise ConfigError(f"heldout.quality.kind must be one of {', '.join(REWARD_KINDS)}, got {q.kind!r}")
-        if q.kind in ("lvlm", "lvlm_reasoning", "clip_quality") and not q.path:
-            raise ConfigError(f"heldout.quality ({q.kind}) needs path = a local model folder or hub id")
+        _check_reward(quality_spec(h.quality), "heldout.quality")  # the same rules as a training reward
     for t in h.targets:
         if not (isinstance(t, (list, tuple)) and len(t) == 2 and all(-3 <= float(x) <= 3 for x in t)):
             raise ConfigError(f"heldout.targets entry {t!r} must be [valence, arousal] with both in [-3, 3]")

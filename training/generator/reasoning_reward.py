@@ -64,15 +64,17 @@ def reading_choice(spec: Any, index: int = 0) -> ReadingChoice:
     return choice
 
 
-def sampling_settings(spec: Any, index: int = 0) -> SamplingSettings:
+def sampling_settings(spec: Any, index: int = 0, where: str = "") -> SamplingSettings:
+    """The decoding settings of a reward spec, refused (naming ``where``, default ``rewards[index]``) when invalid."""
+    where = where or f"rewards[{index}]"
     settings = SamplingSettings(samples=spec.samples, temperature=float(spec.temperature),
                                 max_new_tokens=spec.max_new_tokens, reading=spec.reading)
     try:
         settings.check()
     except JudgePresetError as exc:
-        raise ConfigError(f"rewards[{index}]: {exc}") from None
+        raise ConfigError(f"{where}: {exc}") from None
     if not math.isfinite(spec.unparsable_reward) or not -10.0 <= spec.unparsable_reward <= 1.0:
-        raise ConfigError(f"rewards[{index}].unparsable_reward must be in [-10, 1] (the reward of an answer that "
+        raise ConfigError(f"{where}.unparsable_reward must be in [-10, 1] (the reward of an answer that "
                           f"cannot be read; 0 = the worst a readable answer gets), got {spec.unparsable_reward!r}")
     return settings
 

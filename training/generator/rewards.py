@@ -17,8 +17,7 @@ import torch
 
 from ...engines.emotion_space import VA_MAX, VA_MIN, va_reward_tensor
 from .config import check_one_normalization
-
-LOW_MASS_RULES = ("floor", "keep")
+from .config_checks import LOW_MASS_RULES
 
 
 @dataclass
