@@ -39,7 +39,6 @@ from ...engines.judge.presets import DIGITS, PAPER, JudgePresetError
 from ..config_fields import ConfigError
 
 _LOG = logging.getLogger("emofeedback2.rewards")
-LVLM_KINDS = ("lvlm", "lvlm_reasoning")
 
 
 def reading_choice(spec: Any, index: int = 0) -> ReadingChoice:
@@ -161,4 +160,4 @@ class LVLMReasoningReward:
         }
 
 
-__all__ = ["LVLMReasoningReward", "LVLM_KINDS", "reading_choice", "sampling_settings"]
+__all__ = ["LVLMReasoningReward", "reading_choice", "sampling_settings"]

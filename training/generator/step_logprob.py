@@ -38,7 +38,7 @@ class StepOutput:
     log_prob: torch.Tensor  # [B], mean over non-batch dims
     mean: torch.Tensor
     std: torch.Tensor  # broadcastable to mean
-    kl_std: Optional[torch.Tensor] = None  # the std the KL divides by (flow: σ_t without √|Δt|); None = std
+    kl_std: torch.Tensor  # the std the KL divides by (flow: σ_t without √|Δt|; DDIM: std)
 
 
 def gaussian_log_prob_mean(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -142,5 +142,4 @@ def gaussian_kl_mean(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tens
 
 def step_kl(step: StepOutput, ref: StepOutput) -> torch.Tensor:
     """KL of a policy step to the reference's step [B], on Flow-GRPO's scale (see the module docstring)."""
-    scale = step.kl_std if step.kl_std is not None else step.std
-    return gaussian_kl_mean(step.mean, ref.mean, scale)
+    return gaussian_kl_mean(step.mean, ref.mean, step.kl_std)
