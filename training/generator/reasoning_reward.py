@@ -63,6 +63,20 @@ def reading_choice(spec: Any, index: int = 0) -> ReadingChoice:
     return choice
 
 
+def judge_loading_config(path: str, device: str = "", dtype: str = "float32", offload: bool = False,
+                         quantization: str = "none", images_per_pass: int = 0, attention: str = "auto",
+                         adapter: str = "", max_pixels: int = 0) -> Any:
+    """The ``LVLMConfig`` a reward's judge loads with (both LVLM kinds): placement and kernels, the judge LoRA
+    from ``emofeedback2 train-judge`` (``adapter``) and the pixel cap per image (fewer image tokens: less memory
+    and time; 0 = the adapter's training limit, which ``load_lvlm`` applies, else the model's own)."""
+    from ...engines.judge.placement import judge_config
+
+    config = judge_config(path, device, dtype, offload, quantization, images_per_pass, attention)
+    config.adapter = adapter or None
+    config.max_pixels = int(max_pixels) or None
+    return config
+
+
 def sampling_settings(spec: Any, index: int = 0, where: str = "") -> SamplingSettings:
     """The decoding settings of a reward spec, refused (naming ``where``, default ``rewards[index]``) when invalid."""
     where = where or f"rewards[{index}]"
@@ -92,15 +106,12 @@ class LVLMReasoningReward:
     @classmethod
     def from_spec(cls, spec: Any, device: str = "", index: int = 0) -> "LVLMReasoningReward":
         from ...engines.judge.lvlm_scorer import load_lvlm
-        from ...engines.judge.placement import judge_config
         from ...engines.judge.preset_judge import judge_with_reading
 
         choice = reading_choice(spec, index)
         settings = sampling_settings(spec, index)
-        config = judge_config(spec.path, device, spec.dtype, spec.offload, spec.quantization, spec.images_per_pass,
-                              spec.attention)
-        config.adapter = spec.adapter or None
-        config.max_pixels = int(spec.max_pixels) or None  # 0: the adapter's training limit, else the model's own
+        config = judge_loading_config(spec.path, device, spec.dtype, spec.offload, spec.quantization,
+                                      spec.images_per_pass, spec.attention, spec.adapter, spec.max_pixels)
         if choice.preset is not None and choice.preset.max_pixels and config.max_pixels is None:
             config.min_pixels, config.max_pixels = choice.preset.min_pixels, choice.preset.max_pixels
         judge = judge_with_reading(load_lvlm(config), choice, settings)
@@ -160,4 +171,4 @@ class LVLMReasoningReward:
         }
 
 
-__all__ = ["LVLMReasoningReward", "reading_choice", "sampling_settings"]
+__all__ = ["LVLMReasoningReward", "judge_loading_config", "reading_choice", "sampling_settings"]

@@ -85,13 +85,10 @@ class LVLMVAReward:
                   quantization: str = "none", images_per_pass: int = 0, adapter: str = "",
                   attention: str = "auto", low_digit_mass: str = "floor", max_pixels: int = 0) -> "LVLMVAReward":
         from ...engines.judge.lvlm_scorer import load_lvlm
-        from ...engines.judge.placement import judge_config
+        from .reasoning_reward import judge_loading_config  # the one judge config of both LVLM reward kinds
 
-        config = judge_config(path, device, dtype, offload, quantization, images_per_pass, attention)
-        config.adapter = adapter or None  # a judge LoRA from ``emofeedback2 train-judge``
-        # fewer image tokens: less memory and time per image; None = the adapter's training limit (load_lvlm
-        # applies it), else the model's own
-        config.max_pixels = int(max_pixels) or None
+        config = judge_loading_config(path, device, dtype, offload, quantization, images_per_pass, attention,
+                                      adapter, max_pixels)
         return cls(load_lvlm(config), low_digit_mass)
 
     def __call__(self, images, prompts, targets):
