@@ -51,6 +51,20 @@ def test_toml_types_overrides_and_unknown_fields(tmp_path):
     assert load_config(yaml_path).grpo.group_size == 2
 
 
+def test_top_level_fields_take_trainconfigs_defaults_and_refuse_unknown_names():
+    import dataclasses
+
+    from emofeedback2.training.generator.config import SECTIONS, config_from_dict
+
+    loaded, default = config_from_dict({}), TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in SECTIONS and f.name != "rewards":
+            assert getattr(loaded, f.name) == getattr(default, f.name), f.name
+    assert config_from_dict({"progress": False, "reward_workers": 0}).reward_workers == 0
+    with pytest.raises(ConfigError, match=r"unknown field\(s\) \['max_step'\] in \[top level\]; known: .*'max_steps'"):
+        config_from_dict({"max_step": 3})
+
+
 def test_derived_numbers_and_impossible_combinations():
     c = TrainConfig()
     c.grpo.group_size, c.grpo.groups_per_step, c.grpo.batch_size, c.grpo.updates_per_step = 8, 3, 4, 3

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,20 +25,11 @@ def config_from_dict(data: dict) -> TrainConfig:
     return TrainConfig(**kwargs)
 
 
-@dataclass
-class _TopLevel:  # the scalar top-level fields, for validation of unknown names
-    output_dir: str = "runs/grpo"
-    seed: int = 0
-    max_steps: int = 100
-    save_every: int = 10
-    keep_checkpoints: int = 2
-    log_every: int = 1
-    image_log_every: int = 10
-    device: str = "auto"
-    reward_workers: int = 1
-    reward_schedule: str = "step"
-    export_at_end: bool = True
-    progress: bool = True
+# The scalar top-level fields of TrainConfig (not the sections, not rewards), for the refusal of unknown names:
+# derived from TrainConfig itself, so their names, types and defaults cannot drift from it.
+_TopLevel = dataclasses.make_dataclass("_TopLevel", [
+    (f.name, f.type, dataclasses.field(default=f.default, default_factory=f.default_factory, metadata=f.metadata))
+    for f in dataclasses.fields(TrainConfig) if f.name not in SECTIONS and f.name != "rewards"])
 
 
 def load_config(path: str | Path) -> TrainConfig:
