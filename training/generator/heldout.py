@@ -30,7 +30,6 @@ from typing import Optional, Sequence
 import torch
 
 from .data import load_prompts
-from .policies import rollout
 from .policy_net import adapters_disabled
 
 QUALITY_KINDS = ("clip_quality",)
@@ -115,20 +114,12 @@ class HeldoutMonitor:
     @torch.no_grad()
     def _images(self, base: bool, guidance: Optional[float] = None) -> torch.Tensor:
         t = self.trainer
-        c = t.config
         s = self.set
         guidance = t.train_guidance if guidance is None else guidance
-        out = []
-        t.raw_net.eval()
-        for sl in t.rollout_phase.chunks(len(s.prompts)):
-            cond = t.policy.encode(s.prompts[sl], c.sampling.negative_prompt, guidance != 1.0)
-            va = s.targets[sl].to(t.device)
-            strength = 0.0 if base else c.sampling.adapter_strength
-            with adapters_disabled(t.raw_net) if base else contextlib.nullcontext():
-                traj = rollout(t.policy, t.raw_net, cond, va, s.seeds[sl], self.steps, guidance, strength,
-                               stochastic=False)
-            out.append(traj.images)
-        return torch.cat(out)
+        strength = 0.0 if base else t.config.sampling.adapter_strength
+        with adapters_disabled(t.raw_net) if base else contextlib.nullcontext():  # the base model: no LoRA, no adapter
+            chunks = t.rollout_phase.deterministic(s.prompts, s.targets, s.seeds, self.steps, guidance, strength)
+            return torch.cat([images for _, _, images in chunks])
 
     def due(self, step: int) -> bool:
         return bool(self.every) and step % self.every == 0

@@ -9,7 +9,7 @@ and reward runner.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 
@@ -52,6 +52,21 @@ class RolloutPhase:
         return trajs, t.runner.collect(), batch
 
     @torch.no_grad()
+    def deterministic(self, prompts: Sequence[str], targets: torch.Tensor, seeds: Sequence[int], steps: int,
+                      guidance: float, strength: float) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
+        """(slice, targets on the device, images) per micro-batch of the deterministic sampler at ``guidance``
+        and adapter ``strength``: same seeds, same images (evaluation and the held-out check)."""
+        t = self.trainer
+        c = t.config
+        t.raw_net.eval()
+        for sl in self.chunks(len(prompts)):
+            cond = t.policy.encode(list(prompts[sl]), c.sampling.negative_prompt, guidance != 1.0)
+            va = targets[sl].to(t.device).float()
+            traj = rollout(t.policy, t.raw_net, cond, va, list(seeds[sl]), steps, guidance, strength,
+                           stochastic=False)
+            yield sl, va, traj.images
+
+    @torch.no_grad()
     def evaluate(self, prompts: Sequence[str], targets: torch.Tensor, seeds: Sequence[int],
                  steps: Optional[int] = None, use_ema: bool = False,
                  guidance_scale: Optional[float] = None) -> dict[str, torch.Tensor]:
@@ -64,19 +79,14 @@ class RolloutPhase:
         c = t.config
         steps = steps or c.sampling.eval_steps
         guidance = t.train_guidance if guidance_scale is None else float(guidance_scale)
-        cfg = guidance != 1.0
         swap = use_ema and t.ema is not None
         if swap:
             t.ema.swap()
         try:
-            t.raw_net.eval()
             parts: list[dict[str, torch.Tensor]] = []
-            for sl in self.chunks(len(prompts)):
-                cond = t.policy.encode(list(prompts[sl]), c.sampling.negative_prompt, cfg)
-                va = targets[sl].to(t.device).float()
-                traj = rollout(t.policy, t.raw_net, cond, va, list(seeds[sl]), steps, guidance,
-                               c.sampling.adapter_strength, stochastic=False)
-                parts.append(t.reward.score_parts(traj.images, list(prompts[sl]), va.cpu()))
+            for sl, va, images in self.deterministic(prompts, targets, seeds, steps, guidance,
+                                                     c.sampling.adapter_strength):
+                parts.append(t.reward.score_parts(images, list(prompts[sl]), va.cpu()))
         finally:
             if swap:
                 t.ema.swap()
